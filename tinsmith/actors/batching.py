@@ -1,0 +1,115 @@
+"""Turning a request's Datums into validated token datums, micro-batches and per-rank work.
+
+Pure Python (no torch, no Ray), so the coordinator's packing logic is unit-tested directly.
+"""
+
+from __future__ import annotations
+
+from tinsmith.errors import UserInputError
+from tinsmith.types.data import Datum
+from tinsmith.types.internal import MicroBatch, TokenDatum
+
+SUPPORTED_LOSSES = ("cross_entropy",)
+# Loss inputs each loss reads, beyond target_tokens.
+_LOSS_INPUTS: dict[str, tuple[str, ...]] = {"cross_entropy": ("weights",)}
+
+
+def validate_loss_fn(loss_fn: str) -> None:
+    if loss_fn not in SUPPORTED_LOSSES:
+        raise UserInputError(
+            f"loss_fn {loss_fn!r} is not supported by this server; supported: {', '.join(SUPPORTED_LOSSES)}"
+        )
+
+
+def to_token_datums(data: list[Datum], loss_fn: str, vocab_size: int, max_length: int) -> list[TokenDatum]:
+    """Validate every datum and flatten it; errors name the datum index and the field."""
+    validate_loss_fn(loss_fn)
+    if not data:
+        raise UserInputError("forward_backward_input.data is empty")
+    out: list[TokenDatum] = []
+    for i, datum in enumerate(data):
+        where = f"data[{i}]"
+        try:
+            tokens = datum.model_input.to_ints()
+        except ValueError as exc:
+            raise UserInputError(f"{where}.model_input: {exc}") from exc
+        n = len(tokens)
+        if n == 0:
+            raise UserInputError(f"{where}.model_input is empty")
+        if n > max_length:
+            raise UserInputError(f"{where}.model_input has {n} tokens, more than the model's {max_length}")
+        _check_token_range(tokens, vocab_size, f"{where}.model_input")
+        inputs = datum.loss_fn_inputs
+        if "target_tokens" not in inputs:
+            raise UserInputError(f"{where}.loss_fn_inputs is missing 'target_tokens' (needed by {loss_fn})")
+        targets = [int(t) for t in inputs["target_tokens"].data]
+        if len(targets) != n:
+            raise UserInputError(
+                f"{where}.loss_fn_inputs['target_tokens'] has length {len(targets)}, but model_input has {n} tokens"
+            )
+        _check_token_range(targets, vocab_size, f"{where}.loss_fn_inputs['target_tokens']")
+        extra: dict[str, list[float]] = {}
+        for key in _LOSS_INPUTS[loss_fn]:
+            if key not in inputs:
+                if key == "weights":
+                    extra[key] = [1.0] * n
+                    continue
+                raise UserInputError(f"{where}.loss_fn_inputs is missing {key!r} (needed by {loss_fn})")
+            values = [float(v) for v in inputs[key].data]
+            if len(values) != n:
+                raise UserInputError(
+                    f"{where}.loss_fn_inputs[{key!r}] has length {len(values)}, but model_input has {n} tokens"
+                )
+            if any(v != v or v in (float("inf"), float("-inf")) for v in values):
+                raise UserInputError(f"{where}.loss_fn_inputs[{key!r}] contains NaN or infinity")
+            extra[key] = values
+        weights = extra.pop("weights")
+        out.append(TokenDatum(index=i, input_tokens=tokens, target_tokens=targets, weights=weights, extra=extra))
+    return out
+
+
+def _check_token_range(tokens: list[int], vocab_size: int, where: str) -> None:
+    for pos, tok in enumerate(tokens):
+        if tok < 0 or tok >= vocab_size:
+            raise UserInputError(
+                f"{where}[{pos}] = {tok} is outside the vocabulary (valid ids are 0..{vocab_size - 1})"
+            )
+
+
+def pack_micro_batches(datums: list[TokenDatum], token_budget: int) -> list[MicroBatch]:
+    """Greedy packing by length: each micro-batch's padded size (count x longest) stays within budget.
+
+    A datum longer than the budget gets a micro-batch of its own. Datums are sorted longest first
+    so similar lengths share padding; the ``index`` field restores request order afterwards.
+    """
+    batches: list[MicroBatch] = []
+    current: list[TokenDatum] = []
+    longest = 0
+    for datum in sorted(datums, key=lambda d: (-d.length, d.index)):
+        new_longest = max(longest, datum.length)
+        if current and new_longest * (len(current) + 1) > token_budget:
+            batches.append(MicroBatch(datums=current))
+            current, new_longest = [], datum.length
+        current.append(datum)
+        longest = new_longest
+    if current:
+        batches.append(MicroBatch(datums=current))
+    return batches
+
+
+def spread_over_ranks(batches: list[MicroBatch], num_ranks: int) -> list[list[MicroBatch]]:
+    """Assign micro-batches to ranks, balancing padded tokens; every rank gets the same count.
+
+    Ranks short of micro-batches get empty ones: a data-parallel backward is a collective, so every
+    rank must run the same number of them.
+    """
+    per_rank: list[list[MicroBatch]] = [[] for _ in range(num_ranks)]
+    load = [0] * num_ranks
+    for batch in sorted(batches, key=lambda b: -b.padded_tokens):
+        rank = min(range(num_ranks), key=lambda r: (len(per_rank[r]), load[r]))
+        per_rank[rank].append(batch)
+        load[rank] += batch.padded_tokens
+    most = max(len(work) for work in per_rank)
+    for work in per_rank:
+        work.extend(MicroBatch(datums=[]) for _ in range(most - len(work)))
+    return per_rank

@@ -1,0 +1,210 @@
+"""The coordinator actor: one per base model, between the API server and the workers.
+
+It orders each training client's requests by ``seq_id``, packs datums into micro-batches under
+the token budget, spreads them over the trainer ranks, and after ``save_weights_for_sampler``
+makes every sampler replica serve the new adapter before the future resolves, so a sampling
+client never sees stale weights.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from pathlib import Path
+from typing import Protocol
+
+from tinsmith.actors.batching import pack_micro_batches, spread_over_ranks, to_token_datums
+from tinsmith.errors import NotFoundError, UserInputError
+from tinsmith.types.data import TensorData
+from tinsmith.types.internal import (
+    AdapterSpec,
+    DatumResult,
+    OptimStepWork,
+    RankResult,
+    RankWork,
+    SampleWork,
+    SavedAdapter,
+)
+from tinsmith.types.sampling import SampleResponse
+from tinsmith.types.training import AdamParams, ForwardBackwardInput, ForwardBackwardOutput, LoraConfig
+
+log = logging.getLogger(__name__)
+
+
+class _RemoteMethod(Protocol):
+    def remote(self, *args: object) -> asyncio.Future[object]: ...
+
+
+class _Handle(Protocol):
+    """The slice of a Ray actor handle the coordinator uses (methods are looked up by name)."""
+
+    def __getattr__(self, name: str) -> _RemoteMethod: ...
+
+
+class _Sequencer:
+    """Releases a model's requests strictly in seq_id order (1, 2, 3, ...), waiting for gaps."""
+
+    def __init__(self) -> None:
+        self.next_seq = 1
+        self.cond = asyncio.Condition()
+
+    async def wait_turn(self, seq_id: int | None) -> None:
+        if seq_id is None:
+            return
+        async with self.cond:
+            if seq_id < self.next_seq:
+                raise UserInputError(f"seq_id {seq_id} was already used (next expected {self.next_seq})")
+            await self.cond.wait_for(lambda: self.next_seq == seq_id)
+
+    async def done(self, seq_id: int | None) -> None:
+        if seq_id is None:
+            return
+        async with self.cond:
+            self.next_seq = seq_id + 1
+            self.cond.notify_all()
+
+
+class Coordinator:
+    """Async Ray actor. Its public methods take and return ``tinsmith.types`` models."""
+
+    def __init__(
+        self,
+        base_model: str,
+        vocab_size: int,
+        max_length: int,
+        micro_batch_tokens: int,
+        trainers: list[_Handle],
+        samplers: list[_Handle],
+        shm_dir: str,
+    ) -> None:
+        self.base_model = base_model
+        self.vocab_size = vocab_size
+        self.max_length = max_length
+        self.micro_batch_tokens = micro_batch_tokens
+        self.trainers = trainers
+        self.samplers = samplers
+        self.shm_dir = Path(shm_dir)
+        self.adapters: dict[str, LoraConfig] = {}
+        self.sequencers: dict[str, _Sequencer] = {}
+        self.sampler_paths: dict[str, str] = {}
+        self._rr = itertools.count()
+
+    # ----- training -----------------------------------------------------------------------
+    async def create_model(self, model_id: str, lora: LoraConfig) -> None:
+        if model_id in self.adapters:
+            raise UserInputError(f"model_id {model_id!r} already exists")
+        spec = AdapterSpec(adapter_id=_adapter_name(model_id), lora=lora)
+        await asyncio.gather(*[t.create_adapter.remote(spec) for t in self.trainers])
+        self.adapters[model_id] = lora
+        self.sequencers[model_id] = _Sequencer()
+
+    def _model(self, model_id: str) -> _Sequencer:
+        seq = self.sequencers.get(model_id)
+        if seq is None:
+            raise NotFoundError(f"model_id {model_id!r} is not a training model of {self.base_model}")
+        return seq
+
+    async def forward_backward(
+        self, model_id: str, seq_id: int | None, fb: ForwardBackwardInput, forward_only: bool
+    ) -> ForwardBackwardOutput:
+        seq = self._model(model_id)
+        # Validate before waiting for the turn, but keep the slot: a bad request still uses its seq_id.
+        try:
+            datums = to_token_datums(fb.data, fb.loss_fn, self.vocab_size, self.max_length)
+        except UserInputError:
+            await seq.wait_turn(seq_id)
+            await seq.done(seq_id)
+            raise
+        await seq.wait_turn(seq_id)
+        try:
+            per_rank = spread_over_ranks(pack_micro_batches(datums, self.micro_batch_tokens), len(self.trainers))
+            works = [
+                RankWork(
+                    adapter_id=_adapter_name(model_id),
+                    loss_fn=fb.loss_fn,
+                    loss_fn_config=dict(fb.loss_fn_config or {}),
+                    forward_only=forward_only,
+                    micro_batches=batches,
+                    grad_scale=float(len(self.trainers)),
+                )
+                for batches in per_rank
+            ]
+            results: list[RankResult] = list(
+                await asyncio.gather(*[t.forward_backward.remote(w) for t, w in zip(self.trainers, works, strict=True)])  # type: ignore[arg-type]
+            )
+        finally:
+            await seq.done(seq_id)
+        by_index: dict[int, DatumResult] = {d.index: d for r in results for d in r.datums}
+        outputs = [
+            {
+                "logprobs": TensorData(data=by_index[i].logprobs, dtype="float32", shape=[len(by_index[i].logprobs)]),
+                "elementwise_loss": TensorData(
+                    data=by_index[i].elementwise_loss,
+                    dtype="float32",
+                    shape=[len(by_index[i].elementwise_loss)],
+                ),
+            }
+            for i in range(len(datums))
+        ]
+        metrics = {
+            "loss:sum": sum(r.loss_sum for r in results),
+            "num_tokens:sum": float(sum(r.tokens for r in results)),
+        }
+        return ForwardBackwardOutput(loss_fn_outputs=outputs, metrics=metrics)
+
+    async def optim_step(self, model_id: str, seq_id: int | None, adam: AdamParams) -> dict[str, float]:
+        seq = self._model(model_id)
+        await seq.wait_turn(seq_id)
+        try:
+            work = OptimStepWork(adapter_id=_adapter_name(model_id), adam=adam)
+            metrics = await asyncio.gather(*[t.optim_step.remote(work) for t in self.trainers])
+        finally:
+            await seq.done(seq_id)
+        return dict(metrics[0])  # type: ignore[arg-type]
+
+    async def save_for_sampler(self, model_id: str, seq_id: int | None, key: str, directory: str) -> SavedAdapter:
+        """Write the adapter (rank 0) and load it on every sampler before returning."""
+        seq = self._model(model_id)
+        await seq.wait_turn(seq_id)
+        try:
+            saved: SavedAdapter = await self.trainers[0].save_adapter.remote(_adapter_name(model_id), directory)  # type: ignore[assignment]
+        finally:
+            await seq.done(seq_id)
+        await self.load_sampler_adapter(key, saved.path)
+        return saved
+
+    async def skip_seq(self, model_id: str, seq_id: int | None) -> None:
+        """Consume a seq_id for a request handled without the workers (keeps ordering intact)."""
+        seq = self._model(model_id)
+        await seq.wait_turn(seq_id)
+        await seq.done(seq_id)
+
+    async def adapter_state(self, model_id: str, rank: int) -> dict[str, list[float]]:
+        self._model(model_id)
+        return await self.trainers[rank].adapter_state.remote(_adapter_name(model_id))  # type: ignore[return-value]
+
+    # ----- sampling -----------------------------------------------------------------------
+    async def load_sampler_adapter(self, key: str, path: str) -> None:
+        if not self.samplers:
+            return
+        await asyncio.gather(*[s.load_adapter.remote(key, path) for s in self.samplers])
+        self.sampler_paths[key] = path
+
+    async def sample(self, work: SampleWork, adapter_path: str | None) -> SampleResponse:
+        if not self.samplers:
+            raise UserInputError(f"base model {self.base_model!r} has no sampler replicas (config)")
+        if work.adapter_key is not None and work.adapter_key not in self.sampler_paths:
+            if adapter_path is None:
+                raise NotFoundError(f"sampler weights {work.adapter_key!r} are not available")
+            await self.load_sampler_adapter(work.adapter_key, adapter_path)
+        replica = self.samplers[next(self._rr) % len(self.samplers)]
+        return await replica.sample.remote(work)  # type: ignore[return-value]
+
+    async def ping(self) -> str:
+        return self.base_model
+
+
+def _adapter_name(model_id: str) -> str:
+    """peft adapter names may not contain '.', and ':' is awkward in module paths."""
+    return "a_" + "".join(c if c.isalnum() else "_" for c in model_id)

@@ -1,0 +1,162 @@
+"""The sampler worker actor: one vLLM engine replica with LoRA enabled.
+
+Many adapters (tenants, versions) share one base model. Each adapter key gets a fresh integer
+LoRA id, because vLLM caches adapters by id: reusing an id for new weights would silently serve
+the old ones.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import uuid
+from typing import TYPE_CHECKING
+
+from tinsmith.cluster.config import SamplerConfig
+from tinsmith.errors import NotFoundError
+from tinsmith.types.internal import SampleWork
+from tinsmith.types.sampling import SampledSequence, SampleResponse, TopkLogprobs
+
+if TYPE_CHECKING:
+    from vllm.lora.request import LoRARequest
+
+log = logging.getLogger(__name__)
+
+
+class SamplerWorker:
+    """One vLLM replica; an async Ray actor so concurrent requests batch inside vLLM."""
+
+    def __init__(self, replica: int, model_dir: str, config: SamplerConfig) -> None:
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(config.kv_cache_gib))))
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        self.replica = replica
+        self.model_dir = model_dir
+        self.config = config
+        self._ids = itertools.count(1)
+        self._adapters: dict[str, LoRARequest] = {}
+        self._engine: object | None = None
+
+    async def start(self) -> int:
+        """Start the engine (seconds); separate from __init__ so the caller can await it."""
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        cfg = self.config
+        args = AsyncEngineArgs(
+            model=self.model_dir,
+            tokenizer=self.model_dir,
+            dtype=cfg.dtype,
+            max_model_len=cfg.max_model_len,
+            enable_lora=True,
+            max_loras=cfg.max_loras,
+            max_lora_rank=cfg.max_lora_rank,
+            max_cpu_loras=cfg.max_cpu_loras,
+            enforce_eager=cfg.enforce_eager,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            seed=0,
+            disable_log_stats=True,
+        )
+        self._engine = AsyncLLM.from_engine_args(args)
+        return self.replica
+
+    def _llm(self) -> object:
+        if self._engine is None:
+            raise RuntimeError("sampler engine not started")
+        return self._engine
+
+    async def load_adapter(self, key: str, path: str) -> None:
+        """Make ``key`` servable from the peft directory ``path`` (idempotent per key)."""
+        from vllm.lora.request import LoRARequest
+
+        if key in self._adapters:
+            return
+        request = LoRARequest(lora_name=key, lora_int_id=next(self._ids), lora_path=path)
+        await self._llm().add_lora(request)  # type: ignore[attr-defined]
+        self._adapters[key] = request
+
+    async def unload_adapter(self, key: str) -> None:
+        request = self._adapters.pop(key, None)
+        if request is not None:
+            await self._llm().remove_lora(request.lora_int_id)  # type: ignore[attr-defined]
+
+    def has_adapter(self, key: str) -> bool:
+        return key in self._adapters
+
+    async def sample(self, work: SampleWork) -> SampleResponse:
+        from vllm import SamplingParams as VllmSamplingParams
+        from vllm.inputs import TokensPrompt
+
+        lora = None
+        if work.adapter_key is not None:
+            lora = self._adapters.get(work.adapter_key)
+            if lora is None:
+                raise NotFoundError(f"adapter {work.adapter_key!r} is not loaded on sampler {self.replica}")
+        want_prompt = work.prompt_logprobs or work.topk_prompt_logprobs > 0
+        # vLLM refuses n > 1 when greedy; greedy samples are identical, so run one and copy it.
+        greedy = work.temperature == 0.0
+        params = VllmSamplingParams(
+            n=1 if greedy else work.num_samples,
+            max_tokens=work.max_tokens,
+            temperature=work.temperature,
+            top_k=work.top_k if work.top_k > 0 else 0,
+            top_p=work.top_p,
+            seed=work.seed,
+            stop=work.stop_strings or None,
+            stop_token_ids=work.stop_token_ids or None,
+            logprobs=max(0, work.topk_sample_logprobs),
+            prompt_logprobs=max(0, work.topk_prompt_logprobs) if want_prompt else None,
+        )
+        final = None
+        prompt = TokensPrompt(prompt_token_ids=work.prompt_tokens)
+        gen = self._llm().generate(prompt, params, request_id=uuid.uuid4().hex, lora_request=lora)  # type: ignore[attr-defined]
+        async for output in gen:
+            final = output
+        assert final is not None
+        sequences = [self._sequence(out, work.topk_sample_logprobs) for out in final.outputs]
+        if greedy:
+            sequences = [sequences[0].model_copy() for _ in range(work.num_samples)]
+        resp = SampleResponse(sequences=sequences)
+        if want_prompt and final.prompt_logprobs is not None:
+            resp.prompt_logprobs = [None] + [
+                _logprob_of(entry, tok)
+                for entry, tok in zip(final.prompt_logprobs[1:], work.prompt_tokens[1:], strict=True)
+            ]
+            if work.topk_prompt_logprobs > 0:
+                resp.topk_prompt_logprobs = _topk(final.prompt_logprobs, work.topk_prompt_logprobs)
+        return resp
+
+    @staticmethod
+    def _sequence(out: object, topk: int) -> SampledSequence:
+        tokens = list(out.token_ids)  # type: ignore[attr-defined]
+        raw = out.logprobs  # type: ignore[attr-defined]
+        logprobs = [_logprob_of(entry, tok) for entry, tok in zip(raw, tokens, strict=True)] if raw else None
+        reason = "stop" if out.finish_reason == "stop" else "length"  # type: ignore[attr-defined]
+        return SampledSequence(
+            stop_reason=reason,
+            tokens=tokens,
+            logprobs=[float(x) if x is not None else 0.0 for x in logprobs] if logprobs else None,
+            topk_logprobs=_topk(raw, topk) if (raw and topk > 0) else None,
+        )
+
+
+def _logprob_of(entry: dict[int, object] | None, token: int) -> float | None:
+    if entry is None or token not in entry:
+        return None
+    return float(entry[token].logprob)  # type: ignore[attr-defined]
+
+
+def _topk(entries: list[dict[int, object] | None], k: int) -> TopkLogprobs:
+    ids: list[list[int]] = []
+    lps: list[list[float]] = []
+    for entry in entries:
+        ranked = sorted((entry or {}).items(), key=lambda kv: -float(kv[1].logprob))[:k]  # type: ignore[attr-defined]
+        row_ids = [int(t) for t, _ in ranked] + [0] * (k - len(ranked))
+        row_lps = [float(lp.logprob) for _, lp in ranked] + [float("-inf")] * (k - len(ranked))  # type: ignore[attr-defined]
+        ids.append(row_ids)
+        lps.append(row_lps)
+    return TopkLogprobs(token_ids=ids, logprobs=lps)
+
+
+def not_found(key: str) -> NotFoundError:
+    return NotFoundError(f"sampler adapter {key!r} is unknown")

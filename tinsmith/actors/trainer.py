@@ -1,0 +1,317 @@
+"""The trainer worker actor: one data-parallel rank of DeepSpeed LoRA training.
+
+Each rank holds one copy of the base model and any number of peft LoRA adapters on it (one per
+training client). Every adapter has its own DeepSpeed engine (and optimizer) over a thin view
+module, so hooks and optimizer state never mix between adapters. Gradients accumulate across
+``forward_backward`` calls until ``optim_step`` (DeepSpeed's unmanaged gradient accumulation),
+which matches Tinker's semantics.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tinsmith.cluster.config import TrainerConfig
+from tinsmith.errors import NotFoundError, UserInputError
+from tinsmith.types.internal import (
+    AdapterSpec,
+    DatumResult,
+    MicroBatch,
+    OptimStepWork,
+    RankResult,
+    RankWork,
+    SavedAdapter,
+)
+
+if TYPE_CHECKING:
+    import torch
+    from peft import PeftModel
+
+log = logging.getLogger(__name__)
+
+ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
+UNEMBED_MODULES = ("lm_head",)
+LORA_ALPHA = 32
+
+
+def lora_target_modules(train_attn: bool, train_mlp: bool, train_unembed: bool) -> list[str]:
+    targets: list[str] = []
+    if train_attn:
+        targets += ATTN_MODULES
+    if train_mlp:
+        targets += MLP_MODULES
+    if train_unembed:
+        targets += UNEMBED_MODULES
+    return targets
+
+
+class TrainerWorker:
+    """One trainer rank. Created by ``tinsmith.cluster.placement.TrainerGroup``."""
+
+    def __init__(
+        self,
+        rank: int,
+        world_size: int,
+        master_addr: str,
+        master_port: int,
+        model_dir: str,
+        config: TrainerConfig,
+    ) -> None:
+        os.environ.update(
+            RANK=str(rank),
+            LOCAL_RANK="0",
+            WORLD_SIZE=str(world_size),
+            LOCAL_WORLD_SIZE="1",
+            MASTER_ADDR=master_addr,
+            MASTER_PORT=str(master_port),
+        )
+        import torch
+
+        threads = config.torch_threads or max(1, (os.cpu_count() or 1) // world_size)
+        torch.set_num_threads(threads)
+        import deepspeed
+        from transformers import AutoModelForCausalLM
+
+        self.rank = rank
+        self.world_size = world_size
+        self.config = config
+        self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+        self.dtype = torch.float32 if config.dtype == "float32" else torch.bfloat16
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=self.dtype)
+        model.requires_grad_(False)
+        model.config.use_cache = False
+        self.base = model.to(self.device)
+        self.vocab_size = int(model.config.vocab_size)
+        self.peft: PeftModel | None = None
+        self.engines: dict[str, object] = {}
+        self.specs: dict[str, AdapterSpec] = {}
+        log.info("trainer rank %d/%d ready (%s, %d threads)", rank, world_size, backend, threads)
+
+    # ----- adapters -------------------------------------------------------------------------
+    def create_adapter(self, spec: AdapterSpec) -> int:
+        """Add a LoRA adapter and its engine; returns the number of trainable parameters."""
+        import deepspeed
+        import torch
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import get_peft_model
+
+        lora = spec.lora
+        targets = lora_target_modules(lora.train_attn, lora.train_mlp, lora.train_unembed)
+        if not targets:
+            raise UserInputError("lora_config trains nothing: set train_attn, train_mlp or train_unembed")
+        peft_cfg = PeftLoraConfig(
+            r=lora.rank, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules=targets, bias="none"
+        )
+        torch.manual_seed(lora.seed if lora.seed is not None else 0)
+        name = spec.adapter_id
+        if self.peft is None:
+            self.peft = get_peft_model(self.base, peft_cfg, adapter_name=name)
+        else:
+            self.peft.add_adapter(name, peft_cfg)
+        params = self._adapter_params(name)
+        for p in params:
+            p.requires_grad_(True)
+        optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), eps=1e-12, weight_decay=0.0)
+        view = _AdapterView(self.peft, name)
+        engine, _, _, _ = deepspeed.initialize(model=view, optimizer=optimizer, config=self._ds_config())
+        self.engines[name] = engine
+        self.specs[name] = spec
+        return sum(p.numel() for p in params)
+
+    def _adapter_params(self, name: str) -> list[torch.nn.Parameter]:
+        assert self.peft is not None
+        marker = f".{name}."
+        return [p for n, p in self.peft.named_parameters() if marker in n]
+
+    def _ds_config(self) -> dict[str, object]:
+        cfg: dict[str, object] = {
+            "train_micro_batch_size_per_gpu": 1,
+            "gradient_accumulation_steps": 1,
+            "managed_gradient_accumulation": False,
+            "gradient_clipping": 0.0,
+            "zero_allow_untested_optimizer": True,
+            "zero_force_ds_cpu_optimizer": False,
+            "zero_optimization": {"stage": self.config.zero_stage},
+            "steps_per_print": 1 << 30,
+            "wall_clock_breakdown": False,
+        }
+        if self.config.dtype == "bfloat16":
+            cfg["bf16"] = {"enabled": True}
+        return cfg
+
+    def _engine(self, adapter_id: str) -> object:
+        engine = self.engines.get(adapter_id)
+        if engine is None:
+            raise NotFoundError(f"adapter {adapter_id!r} is not loaded on trainer rank {self.rank}")
+        return engine
+
+    def _activate(self, adapter_id: str) -> object:
+        engine = self._engine(adapter_id)
+        assert self.peft is not None
+        if self.peft.active_adapter != adapter_id:
+            self.peft.base_model.set_adapter(adapter_id)
+        # peft's set_adapter toggles requires_grad; keep only this adapter trainable
+        for p in self._adapter_params(adapter_id):
+            p.requires_grad_(True)
+        return engine
+
+    # ----- forward / backward ------------------------------------------------------------
+    def forward_backward(self, work: RankWork) -> RankResult:
+        """Run every micro-batch; gradients accumulate into this adapter until optim_step."""
+        import torch
+
+        from tinsmith.actors.losses import LOSSES
+
+        engine = self._activate(work.adapter_id)
+        loss_fn = LOSSES[work.loss_fn]
+        results: list[DatumResult] = []
+        loss_total = 0.0
+        tokens = 0
+        for batch in work.micro_batches:
+            if work.forward_only:
+                with torch.no_grad():
+                    logprobs_B_T, inputs, mask_B_T = self._forward(engine, batch)
+                    loss_B_T = loss_fn(logprobs_B_T, inputs, work.loss_fn_config) * mask_B_T
+            else:
+                logprobs_B_T, inputs, mask_B_T = self._forward(engine, batch)
+                loss_B_T = loss_fn(logprobs_B_T, inputs, work.loss_fn_config) * mask_B_T
+                loss = loss_B_T.sum()
+                engine.backward(loss * work.grad_scale, scale_wrt_gas=False)  # type: ignore[attr-defined]
+            loss_total += float(loss_B_T.detach().sum())
+            for row, datum in enumerate(batch.datums):
+                n = datum.length
+                tokens += n
+                results.append(
+                    DatumResult(
+                        index=datum.index,
+                        logprobs=logprobs_B_T[row, :n].detach().float().tolist(),
+                        elementwise_loss=loss_B_T[row, :n].detach().float().tolist(),
+                    )
+                )
+        return RankResult(datums=results, loss_sum=loss_total, tokens=tokens)
+
+    def _forward(self, engine: object, batch: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """Target logprobs ``(B, T)`` in fp32, the padded loss inputs and the padding mask.
+
+        An empty micro-batch (a rank with less work than its peers) runs one dummy token whose
+        loss is multiplied by zero, so every rank joins the same backward collectives.
+        """
+        import torch
+
+        datums = batch.datums
+        if not datums:
+            input_ids = torch.zeros((1, 1), dtype=torch.long, device=self.device)
+            logits = engine(input_ids=input_ids)  # type: ignore[operator]
+            zero = logits.float().sum()[None, None] * 0.0
+            return zero, {"weights": torch.zeros_like(zero)}, torch.zeros_like(zero)
+        longest = max(d.length for d in datums)
+        B = len(datums)
+        input_ids = torch.zeros((B, longest), dtype=torch.long)
+        targets = torch.zeros((B, longest), dtype=torch.long)
+        mask = torch.zeros((B, longest), dtype=torch.float32)
+        keys = ["weights", *sorted(datums[0].extra)]
+        inputs = {k: torch.zeros((B, longest), dtype=torch.float32) for k in keys}
+        for row, d in enumerate(datums):
+            n = d.length
+            input_ids[row, :n] = torch.tensor(d.input_tokens)
+            targets[row, :n] = torch.tensor(d.target_tokens)
+            mask[row, :n] = 1.0
+            inputs["weights"][row, :n] = torch.tensor(d.weights)
+            for k, v in d.extra.items():
+                inputs[k][row, :n] = torch.tensor(v)
+        dev = self.device
+        logits_B_T_V = engine(input_ids=input_ids.to(dev), attention_mask=mask.to(dev).long())  # type: ignore[operator]
+        logprobs_B_T_V = torch.log_softmax(logits_B_T_V.float(), dim=-1)
+        logprobs_B_T = logprobs_B_T_V.gather(-1, targets.to(dev)[..., None]).squeeze(-1)
+        return logprobs_B_T, {k: v.to(dev) for k, v in inputs.items()}, mask.to(dev)
+
+    # ----- optimizer ----------------------------------------------------------------------
+    def optim_step(self, work: OptimStepWork) -> dict[str, float]:
+        """Apply AdamW with this call's hyper-parameters to the accumulated gradients."""
+        engine = self._activate(work.adapter_id)
+        adam = work.adam
+        optimizer = engine.optimizer  # type: ignore[attr-defined]
+        for group in optimizer.param_groups:
+            group["lr"] = adam.learning_rate
+            group["betas"] = (adam.beta1, adam.beta2)
+            group["eps"] = adam.eps
+            group["weight_decay"] = adam.weight_decay
+        if hasattr(optimizer, "clip_grad"):
+            optimizer.clip_grad = adam.grad_clip_norm
+        else:
+            engine._config.gradient_clipping = adam.grad_clip_norm  # type: ignore[attr-defined]
+        engine.step()  # type: ignore[attr-defined]
+        norm = engine.get_global_grad_norm()  # type: ignore[attr-defined]
+        metrics = {"learning_rate:mean": adam.learning_rate}
+        if norm is not None:
+            metrics["grad_norm:mean"] = float(norm)
+        return metrics
+
+    # ----- weights ------------------------------------------------------------------------
+    def save_adapter(self, adapter_id: str, directory: str) -> SavedAdapter:
+        """Write the adapter as a peft directory that vLLM and ``PeftModel.from_pretrained`` load."""
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        self._engine(adapter_id)
+        assert self.peft is not None
+        out = Path(directory)
+        tmp = out.with_name(out.name + ".partial")
+        tmp.mkdir(parents=True, exist_ok=True)
+        state = get_peft_model_state_dict(self.peft, adapter_name=adapter_id, save_embedding_layers=False)
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+        save_file(tensors, str(tmp / "adapter_model.safetensors"))
+        cfg = self.peft.peft_config[adapter_id]
+        cfg.save_pretrained(str(tmp))
+        os.replace(tmp, out) if not out.exists() else _replace_dir(tmp, out)
+        size = sum(f.stat().st_size for f in out.iterdir())
+        return SavedAdapter(path=str(out), size_bytes=size)
+
+    def adapter_state(self, adapter_id: str) -> dict[str, list[float]]:
+        """The adapter's tensors, flattened (tests compare them across ranks and with references)."""
+        from peft import get_peft_model_state_dict
+
+        self._engine(adapter_id)
+        assert self.peft is not None
+        state = get_peft_model_state_dict(self.peft, adapter_name=adapter_id, save_embedding_layers=False)
+        return {k: v.detach().float().flatten().tolist() for k, v in state.items()}
+
+    def ping(self) -> int:
+        return self.rank
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    import shutil
+
+    old = out.with_name(out.name + ".old")
+    os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _make_view_class() -> type:
+    import torch
+
+    class AdapterView(torch.nn.Module):
+        """Gives each adapter's DeepSpeed engine a module of its own over the shared peft model."""
+
+        def __init__(self, peft_model: torch.nn.Module, adapter_id: str) -> None:
+            super().__init__()
+            self.inner = peft_model
+            self.adapter_id = adapter_id
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+            out = self.inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            return out.logits
+
+    return AdapterView
+
+
+def _AdapterView(peft_model: object, adapter_id: str) -> object:
+    return _make_view_class()(peft_model, adapter_id)

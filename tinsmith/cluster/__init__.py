@@ -1,0 +1,1 @@
+"""Bringing a cluster up: config, model cache, placement, API server, CLI."""

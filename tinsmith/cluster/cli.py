@@ -1,0 +1,118 @@
+"""The `tinsmith` command line: parse, build, run, and tear down in ``finally``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Awaitable
+from pathlib import Path
+
+from tinsmith.cluster.config import ClusterConfig, load_config
+from tinsmith.errors import ConfigurationError
+
+log = logging.getLogger("tinsmith")
+
+
+class RayCoordinator:
+    """Adapts a coordinator actor handle to the server's ``CoordinatorClient`` protocol."""
+
+    def __init__(self, handle: object) -> None:
+        self.handle = handle
+
+    def call(self, method: str, *args: object) -> Awaitable[object]:
+        return getattr(self.handle, method).remote(*args)  # type: ignore[no-any-return]
+
+
+def _init_ray(config: ClusterConfig) -> bool:
+    """Join RAY_ADDRESS if set, else start a private local cluster; True if we started it."""
+    import ray
+
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+        return False
+    kwargs: dict[str, object] = {"include_dashboard": False, "log_to_driver": True}
+    if config.ray_num_cpus is not None:
+        kwargs["num_cpus"] = config.ray_num_cpus
+    temp_dir = os.environ.get("TINSMITH_RAY_TEMP_DIR")
+    if temp_dir:
+        kwargs["_temp_dir"] = temp_dir
+    ray.init(**kwargs)  # type: ignore[arg-type]
+    return True
+
+
+def serve(config: ClusterConfig, host: str, port: int) -> None:
+    import ray
+    import uvicorn
+
+    from tinsmith.cluster.model_cache import prepare_all
+    from tinsmith.cluster.placement import ModelActors, start_model
+    from tinsmith.cluster.server import ServedModel, ServerState, build_app
+
+    model_dirs = prepare_all(config)
+    started = _init_ray(config)
+    shm_dir = Path(config.shm_dir) / f"tinsmith-{os.getpid()}"
+    shm_dir.mkdir(parents=True, exist_ok=True)
+    actors: list[ModelActors] = []
+    try:
+        served: dict[str, ServedModel] = {}
+        for spec in config.models:
+            model_dir = model_dirs[spec.name]
+            sampler_cfg = config.sampler_for(spec)
+            started_model = start_model(spec, model_dir, config.trainer_for(spec), sampler_cfg, str(shm_dir))
+            actors.append(started_model)
+            vocab = int(json.loads((model_dir / "config.json").read_text())["vocab_size"])
+            served[spec.name] = ServedModel(
+                name=spec.name,
+                model_dir=model_dir,
+                max_context_length=min(spec.max_context_length, sampler_cfg.max_model_len),
+                coordinator=RayCoordinator(started_model.coordinator),
+                vocab_size=vocab,
+                sampleable=sampler_cfg.num_replicas > 0,
+            )
+            log.info("model %s ready from %s", spec.name, model_dir)
+        data_dir = config.resolved_data_dir()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        state = ServerState(models=served, data_dir=data_dir, shm_dir=shm_dir)
+        log.info("tinsmith serving on http://%s:%d", host, port)
+        print(f"tinsmith: ready on http://{host}:{port}", flush=True)
+        uvicorn.run(build_app(state), host=host, port=port, log_level="warning", timeout_keep_alive=75)
+    finally:
+        for model in actors:
+            model.shutdown()
+        shutil.rmtree(shm_dir, ignore_errors=True)
+        if started:
+            ray.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tinsmith", description="Tinker-compatible fine-tuning on Ray")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_serve = sub.add_parser("serve", help="start the cluster and the API server")
+    p_serve.add_argument("--config", default="configs/local.yaml", help="cluster config YAML")
+    p_serve.add_argument("--host", default="127.0.0.1")
+    p_serve.add_argument("--port", type=int, default=8000)
+    p_prep = sub.add_parser("prepare", help="prepare the configured models into the local cache")
+    p_prep.add_argument("--config", default="configs/local.yaml")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        config = load_config(args.config)
+        if args.command == "serve":
+            serve(config, args.host, args.port)
+        elif args.command == "prepare":
+            from tinsmith.cluster.model_cache import prepare_all
+
+            for name, path in prepare_all(config).items():
+                print(f"{name}: {path}")
+    except ConfigurationError as exc:
+        print(f"tinsmith: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

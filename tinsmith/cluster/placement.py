@@ -1,0 +1,134 @@
+"""Placement: config -> placement groups -> trainer, sampler and coordinator actors.
+
+The only module that creates placement groups. Trainer ranks of a model share one PACK group
+(rank i pinned to bundle i); sampler replicas are spread. Actors themselves never place anything.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ray
+from ray.actor import ActorHandle
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from tinsmith.cluster.config import ModelSpec, SamplerConfig, TrainerConfig
+
+log = logging.getLogger(__name__)
+
+
+def _bundle(cpus: float, gpus: float) -> dict[str, float]:
+    bundle = {"CPU": cpus}
+    if gpus:
+        bundle["GPU"] = gpus
+    return bundle
+
+
+@ray.remote(num_cpus=0)
+def _rendezvous() -> tuple[str, int]:
+    """Run on rank 0's node: its IP and a free port for torch.distributed."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("", 0))
+        port = int(s.getsockname()[1])
+    return ray.util.get_node_ip_address(), port
+
+
+@dataclass
+class ModelActors:
+    """Everything started for one base model; ``shutdown`` stops it all."""
+
+    spec: ModelSpec
+    coordinator: ActorHandle
+    trainers: list[ActorHandle]
+    samplers: list[ActorHandle]
+    groups: list[PlacementGroup] = field(default_factory=list)
+
+    def shutdown(self) -> None:
+        for actor in [self.coordinator, *self.trainers, *self.samplers]:
+            try:
+                ray.kill(actor)
+            except Exception:
+                log.debug("actor already gone")
+        for group in self.groups:
+            try:
+                remove_placement_group(group)
+            except Exception:
+                log.debug("placement group already removed")
+
+
+def _strategy(group: PlacementGroup | None, index: int) -> PlacementGroupSchedulingStrategy | None:
+    if group is None:
+        return None
+    return PlacementGroupSchedulingStrategy(placement_group=group, placement_group_bundle_index=index)
+
+
+def start_model(
+    spec: ModelSpec, model_dir: Path, trainer_cfg: TrainerConfig, sampler_cfg: SamplerConfig, shm_dir: str
+) -> ModelActors:
+    """Create the placement groups and actors for one base model and wait until they are ready."""
+    from tinsmith.actors.coordinator import Coordinator
+    from tinsmith.actors.sampler import SamplerWorker
+    from tinsmith.actors.trainer import TrainerWorker
+
+    hf_config = json.loads((model_dir / "config.json").read_text())
+    groups: list[PlacementGroup] = []
+
+    t_cpus, t_gpus = trainer_cfg.num_cpus_per_rank, trainer_cfg.num_gpus_per_rank
+    t_group: PlacementGroup | None = None
+    if t_cpus or t_gpus:
+        t_group = placement_group([_bundle(t_cpus, t_gpus)] * trainer_cfg.num_ranks, strategy="PACK")
+        ray.get(t_group.ready())
+        groups.append(t_group)
+    addr, port = ray.get(_rendezvous.options(scheduling_strategy=_strategy(t_group, 0)).remote())
+    trainer_cls = ray.remote(TrainerWorker)
+    trainers = [
+        trainer_cls.options(
+            num_cpus=t_cpus,
+            num_gpus=t_gpus,
+            scheduling_strategy=_strategy(t_group, rank),
+            name=None,
+            max_restarts=0,
+        ).remote(rank, trainer_cfg.num_ranks, addr, port, str(model_dir), trainer_cfg)
+        for rank in range(trainer_cfg.num_ranks)
+    ]
+
+    samplers: list[ActorHandle] = []
+    if sampler_cfg.num_replicas:
+        s_cpus, s_gpus = sampler_cfg.num_cpus, sampler_cfg.num_gpus
+        s_group: PlacementGroup | None = None
+        if s_cpus or s_gpus:
+            s_group = placement_group([_bundle(s_cpus, s_gpus)] * sampler_cfg.num_replicas, strategy="SPREAD")
+            ray.get(s_group.ready())
+            groups.append(s_group)
+        sampler_cls = ray.remote(SamplerWorker)
+        samplers = [
+            sampler_cls.options(
+                num_cpus=s_cpus,
+                num_gpus=s_gpus,
+                scheduling_strategy=_strategy(s_group, i),
+                max_concurrency=1000,
+            ).remote(i, str(model_dir), sampler_cfg)
+            for i in range(sampler_cfg.num_replicas)
+        ]
+    ray.get([t.ping.remote() for t in trainers] + [s.start.remote() for s in samplers])
+    coordinator = (
+        ray.remote(Coordinator)
+        .options(num_cpus=0, max_concurrency=1000)
+        .remote(
+            spec.name,
+            int(hf_config["vocab_size"]),
+            spec.max_context_length,
+            trainer_cfg.micro_batch_tokens,
+            trainers,
+            samplers,
+            shm_dir,
+        )
+    )
+    ray.get(coordinator.ping.remote())
+    return ModelActors(spec=spec, coordinator=coordinator, trainers=trainers, samplers=samplers, groups=groups)

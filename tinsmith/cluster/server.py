@@ -1,0 +1,475 @@
+"""The HTTP API server: Tinker's wire protocol in front of the coordinators.
+
+It validates requests, records a future for every mutating call and returns its request id at
+once; the work runs on the coordinator actor of the request's base model. Only this module maps
+errors to HTTP status codes and future failure categories.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import traceback
+import uuid
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+
+from tinsmith.cluster.futures import FutureResult, FutureStore, failure
+from tinsmith.errors import NotFoundError, TinsmithError, UserInputError
+from tinsmith.types import proto
+from tinsmith.types.checkpoints import (
+    GetServerCapabilitiesResponse,
+    ParsedCheckpointTinkerPath,
+    SupportedModel,
+)
+from tinsmith.types.futures import (
+    FutureRetrieveRequest,
+    RequestErrorCategory,
+    TryAgainResponse,
+    UntypedAPIFuture,
+)
+from tinsmith.types.internal import SampleWork
+from tinsmith.types.requests import (
+    ClientConfigResponse,
+    ClientDynamicConfigResponse,
+    CreateModelRequest,
+    CreateSamplingSessionRequest,
+    CreateSamplingSessionResponse,
+    CreateSessionRequest,
+    CreateSessionResponse,
+    GetInfoRequest,
+    HealthResponse,
+    OptimStepRequest,
+    SampleRequest,
+    SaveWeightsForSamplerRequest,
+    SaveWeightsRequest,
+    SessionHeartbeatRequest,
+    SessionHeartbeatResponse,
+    UnloadModelRequest,
+)
+from tinsmith.types.sampling import GetSamplerResponse, SampleResponse
+from tinsmith.types.training import (
+    AdamParams,
+    CreateModelResponse,
+    ForwardBackwardOutput,
+    GetInfoResponse,
+    LoraConfig,
+    ModelData,
+    OptimStepResponse,
+    SaveWeightsForSamplerResponseInternal,
+    UnloadModelResponse,
+)
+
+log = logging.getLogger(__name__)
+
+LONG_POLL_SECONDS = 30.0
+_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+class CoordinatorClient(Protocol):
+    """What the server needs of a coordinator: awaitable calls returning tinsmith types."""
+
+    def call(self, method: str, *args: object) -> Awaitable[object]: ...
+
+
+@dataclass
+class ServedModel:
+    name: str
+    model_dir: Path
+    max_context_length: int
+    coordinator: CoordinatorClient
+    vocab_size: int
+    trainable: bool = True
+    sampleable: bool = True
+
+
+@dataclass
+class TrainingModel:
+    model_id: str
+    session_id: str
+    base_model: str
+    lora: LoraConfig
+
+
+@dataclass
+class SamplerSession:
+    sampler_id: str
+    base_model: str
+    model_path: str | None
+    adapter_key: str | None
+    adapter_path: str | None
+
+
+@dataclass
+class ServerState:
+    models: dict[str, ServedModel]
+    data_dir: Path
+    shm_dir: Path
+    futures: FutureStore = field(default_factory=FutureStore)
+    sessions: dict[str, float] = field(default_factory=dict)
+    training: dict[str, TrainingModel] = field(default_factory=dict)
+    samplers: dict[str, SamplerSession] = field(default_factory=dict)
+    sampler_checkpoints: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def served(self, base_model: str) -> ServedModel:
+        model = self.models.get(base_model)
+        if model is None:
+            raise UserInputError(
+                f"base_model {base_model!r} is not served here; available: {', '.join(sorted(self.models))}"
+            )
+        return model
+
+    def training_model(self, model_id: str) -> TrainingModel:
+        model = self.training.get(model_id)
+        if model is None:
+            raise NotFoundError(f"model_id {model_id!r} is unknown")
+        return model
+
+    def sampler(self, sampler_id: str) -> SamplerSession:
+        session = self.samplers.get(sampler_id)
+        if session is None:
+            raise NotFoundError(f"sampling_session_id {sampler_id!r} is unknown")
+        return session
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """Ray wraps actor exceptions; the cause carries the category."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
+def _category(exc: BaseException) -> RequestErrorCategory:
+    return RequestErrorCategory.USER if isinstance(exc, UserInputError | NotFoundError) else RequestErrorCategory.SERVER
+
+
+def _json(model: object) -> FutureResult:
+    from pydantic import BaseModel
+
+    assert isinstance(model, BaseModel)
+    return FutureResult(kind="json", body=model.model_dump_json(exclude_none=True).encode())
+
+
+async def _guard(work: Awaitable[FutureResult]) -> FutureResult:
+    """Turn any exception into a failed future (user or server category) instead of a crash."""
+    try:
+        return await work
+    except Exception as raw:
+        exc = _unwrap(raw)
+        category = _category(exc)
+        if category == RequestErrorCategory.SERVER:
+            log.error("request failed: %s", "".join(traceback.format_exception(raw))[-4000:])
+        message = str(exc) if isinstance(exc, TinsmithError) else f"{type(exc).__name__}: {exc}"
+        return failure(message, category)
+
+
+def build_app(state: ServerState) -> FastAPI:
+    app = FastAPI(title="tinsmith", version="0.1.0")
+
+    @app.exception_handler(UserInputError)
+    async def _user_error(_: Request, exc: UserInputError) -> JSONResponse:
+        return JSONResponse(status_code=400, content={"detail": str(exc)})
+
+    @app.exception_handler(NotFoundError)
+    async def _not_found(_: Request, exc: NotFoundError) -> JSONResponse:
+        return JSONResponse(status_code=404, content={"detail": str(exc)})
+
+    def submit(
+        request: Request, work: Awaitable[FutureResult], model_id: str | None = None, n_samples: int = 0
+    ) -> UntypedAPIFuture:
+        key = request.headers.get("x-idempotency-key")
+        request_id, _ = state.futures.submit(_guard(work), idempotency_key=key)
+        seq_ids = [f"{request_id}:{i}" for i in range(n_samples)] if n_samples else None
+        return UntypedAPIFuture(request_id=request_id, model_id=model_id, sample_sequence_ids=seq_ids)
+
+    # ----- handshake and sessions ------------------------------------------------------------
+    @app.post("/api/v1/client/config")
+    async def client_config() -> ClientConfigResponse:
+        return ClientConfigResponse()
+
+    @app.post("/api/v1/client/dynamic_config")
+    async def dynamic_config() -> ClientDynamicConfigResponse:
+        return ClientDynamicConfigResponse()
+
+    @app.get("/api/v1/healthz")
+    async def healthz() -> HealthResponse:
+        return HealthResponse()
+
+    @app.post("/api/v1/create_session")
+    async def create_session(body: CreateSessionRequest) -> CreateSessionResponse:
+        session_id = f"sess-{uuid.uuid4().hex[:12]}"
+        state.sessions[session_id] = time.time()
+        return CreateSessionResponse(session_id=session_id)
+
+    @app.post("/api/v1/session_heartbeat")
+    async def heartbeat(body: SessionHeartbeatRequest) -> SessionHeartbeatResponse:
+        if body.session_id not in state.sessions:
+            raise HTTPException(status_code=404, detail=f"session_id {body.session_id!r} is unknown")
+        state.sessions[body.session_id] = time.time()
+        return SessionHeartbeatResponse()
+
+    @app.post("/api/v1/sessions/{session_id}/finish")
+    async def finish_session(session_id: str) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/api/v1/telemetry")
+    async def telemetry() -> dict[str, str]:
+        return {"status": "accepted"}
+
+    @app.get("/api/v1/get_server_capabilities")
+    async def capabilities() -> GetServerCapabilitiesResponse:
+        return GetServerCapabilitiesResponse(
+            supported_models=[
+                SupportedModel(
+                    model_name=m.name,
+                    max_context_length=m.max_context_length,
+                    trainable=m.trainable,
+                    sampleable=m.sampleable,
+                )
+                for m in state.models.values()
+            ]
+        )
+
+    # ----- training ----------------------------------------------------------------------
+    @app.post("/api/v1/create_model")
+    async def create_model(body: CreateModelRequest, request: Request) -> UntypedAPIFuture:
+        model_id = f"{body.session_id}:train:{body.model_seq_id}"
+
+        async def work() -> FutureResult:
+            served = state.served(body.base_model)
+            if body.optimizer_config.type != "adamw":
+                raise UserInputError(
+                    f"optimizer_config.type {body.optimizer_config.type!r} is not supported; use adamw"
+                )
+            lora = body.lora_config or LoraConfig(rank=32)
+            if model_id in state.training:
+                raise UserInputError(f"model {model_id!r} already exists (model_seq_id reused)")
+            await served.coordinator.call("create_model", model_id, lora)
+            state.training[model_id] = TrainingModel(model_id, body.session_id, body.base_model, lora)
+            return _json(CreateModelResponse(model_id=model_id))
+
+        return submit(request, work(), model_id=model_id)
+
+    @app.post("/api/v1/get_info")
+    async def get_info(body: GetInfoRequest) -> GetInfoResponse:
+        model = state.training_model(body.model_id)
+        served = state.served(model.base_model)
+        return GetInfoResponse(
+            model_id=model.model_id,
+            model_data=ModelData(arch="llama", model_name=model.base_model, tokenizer_id=str(served.model_dir)),
+            is_lora=True,
+            lora_rank=model.lora.rank,
+            model_name=model.base_model,
+        )
+
+    @app.post("/api/v1/unload_model")
+    async def unload_model(body: UnloadModelRequest, request: Request) -> UntypedAPIFuture:
+        async def work() -> FutureResult:
+            state.training_model(body.model_id)
+            return _json(UnloadModelResponse(model_id=body.model_id))
+
+        return submit(request, work(), model_id=body.model_id)
+
+    @app.post("/api/v1/forward_backward")
+    async def forward_backward(request: Request) -> UntypedAPIFuture:
+        raw = await request.body()
+        if request.headers.get("content-encoding", "") == "zstd":
+            import zstandard
+
+            raw = zstandard.ZstdDecompressor().decompress(raw)
+        try:
+            fb = proto.decode_forward_backward_request(raw)
+        except ValueError as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from exc
+
+        async def work() -> FutureResult:
+            model = state.training_model(fb.model_id)
+            served = state.served(model.base_model)
+            out = await served.coordinator.call(
+                "forward_backward", fb.model_id, fb.seq_id, fb.forward_backward_input, fb.forward_only
+            )
+            assert isinstance(out, ForwardBackwardOutput)
+            return FutureResult(kind="proto", body=proto.encode_forward_backward_output(out))
+
+        return submit(request, work(), model_id=fb.model_id)
+
+    @app.post("/api/v1/optim_step")
+    async def optim_step(body: OptimStepRequest, request: Request) -> UntypedAPIFuture:
+        async def work() -> FutureResult:
+            model = state.training_model(body.model_id)
+            served = state.served(model.base_model)
+            if body.optimizer_params is not None:
+                await served.coordinator.call("skip_seq", body.model_id, body.seq_id)
+                raise UserInputError("optimizer_params (dimuon) is not supported; send adam_params")
+            adam = body.adam_params or AdamParams()
+            metrics = await served.coordinator.call("optim_step", body.model_id, body.seq_id, adam)
+            assert isinstance(metrics, dict)
+            return _json(OptimStepResponse(metrics=metrics))
+
+        return submit(request, work(), model_id=body.model_id)
+
+    @app.post("/api/v1/save_weights")
+    async def save_weights(body: SaveWeightsRequest, request: Request) -> UntypedAPIFuture:
+        async def work() -> FutureResult:
+            model = state.training_model(body.model_id)
+            await state.served(model.base_model).coordinator.call("skip_seq", body.model_id, body.seq_id)
+            raise UserInputError("save_weights (save_state) is not supported by this server version yet")
+
+        return submit(request, work(), model_id=body.model_id)
+
+    @app.post("/api/v1/save_weights_for_sampler")
+    async def save_weights_for_sampler(body: SaveWeightsForSamplerRequest, request: Request) -> UntypedAPIFuture:
+        async def work() -> FutureResult:
+            model = state.training_model(body.model_id)
+            served = state.served(model.base_model)
+            if body.path is not None:
+                if not _NAME_RE.match(body.path):
+                    await served.coordinator.call("skip_seq", body.model_id, body.seq_id)
+                    raise UserInputError(f"path {body.path!r} must match {_NAME_RE.pattern}")
+                tinker_path = f"tinker://{body.model_id}/sampler_weights/{body.path}"
+                directory = state.data_dir / "checkpoints" / _safe(body.model_id) / "sampler_weights" / body.path
+                await served.coordinator.call(
+                    "save_for_sampler", body.model_id, body.seq_id, tinker_path, str(directory)
+                )
+                state.sampler_checkpoints[tinker_path] = (model.base_model, str(directory))
+                return _json(SaveWeightsForSamplerResponseInternal(path=tinker_path))
+            if body.sampling_session_seq_id is None:
+                await served.coordinator.call("skip_seq", body.model_id, body.seq_id)
+                raise UserInputError("save_weights_for_sampler needs a path or a sampling_session_seq_id")
+            sampler_id = f"{model.session_id}:sample:{body.sampling_session_seq_id}"
+            key = f"{body.model_id}@{body.seq_id}@{uuid.uuid4().hex[:8]}"
+            directory = state.shm_dir / _safe(key)
+            await served.coordinator.call("save_for_sampler", body.model_id, body.seq_id, key, str(directory))
+            state.samplers[sampler_id] = SamplerSession(sampler_id, model.base_model, None, key, str(directory))
+            return _json(SaveWeightsForSamplerResponseInternal(sampling_session_id=sampler_id))
+
+        return submit(request, work(), model_id=body.model_id)
+
+    # ----- sampling ----------------------------------------------------------------------
+    @app.post("/api/v1/create_sampling_session")
+    async def create_sampling_session(body: CreateSamplingSessionRequest) -> CreateSamplingSessionResponse:
+        sampler_id = f"{body.session_id}:sample:{body.sampling_session_seq_id}"
+        if body.model_path is not None:
+            try:
+                ParsedCheckpointTinkerPath.from_tinker_path(body.model_path)
+            except ValueError as exc:
+                raise UserInputError(f"model_path: {exc}") from exc
+            found = state.sampler_checkpoints.get(body.model_path)
+            if found is None:
+                raise NotFoundError(f"model_path {body.model_path!r} is not a known sampler checkpoint")
+            base, directory = found
+            state.samplers[sampler_id] = SamplerSession(sampler_id, base, body.model_path, body.model_path, directory)
+        elif body.base_model is not None:
+            state.served(body.base_model)
+            state.samplers[sampler_id] = SamplerSession(sampler_id, body.base_model, None, None, None)
+        else:
+            raise UserInputError("create_sampling_session needs model_path or base_model")
+        return CreateSamplingSessionResponse(sampling_session_id=sampler_id)
+
+    @app.get("/api/v1/samplers/{sampler_id}")
+    async def get_sampler(sampler_id: str) -> GetSamplerResponse:
+        session = state.sampler(sampler_id)
+        return GetSamplerResponse(sampler_id=sampler_id, base_model=session.base_model, model_path=session.model_path)
+
+    @app.post("/api/v1/asample")
+    async def asample(body: SampleRequest, request: Request) -> UntypedAPIFuture:
+        session = _sampler_for(state, body)
+        served = state.served(session.base_model)
+        work_item = _sample_work(body, session, served.max_context_length, served.vocab_size)
+
+        async def work() -> FutureResult:
+            out = await served.coordinator.call("sample", work_item, session.adapter_path)
+            assert isinstance(out, SampleResponse)
+            return FutureResult(kind="proto", body=proto.encode_sample_response(out))
+
+        return submit(request, work(), n_samples=body.num_samples)
+
+    # ----- futures -------------------------------------------------------------------------
+    @app.post("/api/v1/retrieve_future")
+    async def retrieve_future(body: FutureRetrieveRequest) -> Response:
+        result = await state.futures.retrieve(body.request_id, LONG_POLL_SECONDS)
+        if result is None:
+            pending = TryAgainResponse(request_id=body.request_id)
+            return Response(content=pending.model_dump_json(), media_type="application/json")
+        media = "application/x-protobuf" if result.kind == "proto" else "application/json"
+        return Response(content=result.body, media_type=media)
+
+    return app
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _sampler_for(state: ServerState, body: SampleRequest) -> SamplerSession:
+    if body.sampling_session_id is not None:
+        return state.sampler(body.sampling_session_id)
+    if body.model_path is not None:
+        found = state.sampler_checkpoints.get(body.model_path)
+        if found is None:
+            raise NotFoundError(f"model_path {body.model_path!r} is not a known sampler checkpoint")
+        return SamplerSession("", found[0], body.model_path, body.model_path, found[1])
+    if body.base_model is not None:
+        state.served(body.base_model)
+        return SamplerSession("", body.base_model, None, None, None)
+    raise UserInputError("asample needs sampling_session_id, model_path or base_model")
+
+
+def _sample_work(body: SampleRequest, session: SamplerSession, max_context: int, vocab_size: int) -> SampleWork:
+    """Validate a sample request against the model's limits; errors name the field."""
+    try:
+        tokens = body.prompt.to_ints()
+    except ValueError as exc:
+        raise UserInputError(f"prompt: {exc}") from exc
+    params = body.sampling_params
+    if not tokens:
+        raise UserInputError("prompt is empty")
+    for pos, tok in enumerate(tokens):
+        if not 0 <= tok < vocab_size:
+            raise UserInputError(f"prompt token [{pos}] = {tok} is outside the vocabulary (0..{vocab_size - 1})")
+    if len(tokens) >= max_context:
+        raise UserInputError(f"prompt has {len(tokens)} tokens; the model's context is {max_context}")
+    if body.num_samples < 1:
+        raise UserInputError(f"num_samples must be >= 1, got {body.num_samples}")
+    if params.max_tokens is not None and params.max_tokens < 1:
+        raise UserInputError(f"sampling_params.max_tokens must be >= 1, got {params.max_tokens}")
+    if params.temperature < 0:
+        raise UserInputError(f"sampling_params.temperature must be >= 0, got {params.temperature}")
+    if not 0 < params.top_p <= 1:
+        raise UserInputError(f"sampling_params.top_p must be in (0, 1], got {params.top_p}")
+    if params.top_k == 0 or params.top_k < -1:
+        raise UserInputError(f"sampling_params.top_k must be -1 (off) or >= 1, got {params.top_k}")
+    if body.prompt_alt_tokens_k or body.prompt_logprobs_last_n is not None or body.target_prompt_logprobs:
+        raise UserInputError("prompt_alt_tokens_k, prompt_logprobs_last_n and target_prompt_logprobs are not supported")
+    room = max_context - len(tokens)
+    max_tokens = min(params.max_tokens or room, room)
+    stop = params.stop
+    stop_strings: list[str] = []
+    stop_ids: list[int] = []
+    if isinstance(stop, str):
+        stop_strings = [stop]
+    elif stop:
+        if all(isinstance(s, str) for s in stop):
+            stop_strings = [str(s) for s in stop]
+        else:
+            stop_ids = [int(s) for s in stop]
+    return SampleWork(
+        prompt_tokens=tokens,
+        num_samples=body.num_samples,
+        max_tokens=max_tokens,
+        temperature=params.temperature,
+        top_k=params.top_k,
+        top_p=params.top_p,
+        seed=params.seed,
+        stop_strings=stop_strings,
+        stop_token_ids=stop_ids,
+        prompt_logprobs=bool(body.prompt_logprobs),
+        topk_prompt_logprobs=body.topk_prompt_logprobs,
+        topk_sample_logprobs=body.topk_sample_logprobs,
+        adapter_key=session.adapter_key,
+    )

@@ -1,0 +1,99 @@
+"""Types exchanged between tinsmith's own components (API server, coordinator, workers).
+
+They avoid optionals where a value is always known, and carry token ids as plain lists so that
+they pickle small and import nothing heavy.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from tinsmith.types.base import InternalModel
+from tinsmith.types.training import AdamParams, LoraConfig
+
+
+class TokenDatum(InternalModel):
+    """One training example, already validated: position t of ``input_tokens`` predicts ``targets[t]``."""
+
+    index: int = Field(description="Position of the datum in its request, to restore order.")
+    input_tokens: list[int]
+    target_tokens: list[int]
+    weights: list[float]
+    extra: dict[str, list[float]] = Field(default_factory=dict, description="Other loss inputs.")
+
+    @property
+    def length(self) -> int:
+        return len(self.input_tokens)
+
+
+class MicroBatch(InternalModel):
+    """Datums run in one forward pass (padded to the longest)."""
+
+    datums: list[TokenDatum]
+
+    @property
+    def padded_tokens(self) -> int:
+        return len(self.datums) * max((d.length for d in self.datums), default=0)
+
+
+class AdapterSpec(InternalModel):
+    adapter_id: str
+    lora: LoraConfig
+
+
+class RankWork(InternalModel):
+    """What one trainer rank runs for one forward_backward request."""
+
+    adapter_id: str
+    loss_fn: str
+    loss_fn_config: dict[str, float | str] = Field(default_factory=dict)
+    forward_only: bool
+    micro_batches: list[MicroBatch]
+    grad_scale: float = Field(description="Multiplies the loss before backward (undoes DP averaging).")
+
+
+class DatumResult(InternalModel):
+    index: int
+    logprobs: list[float]
+    elementwise_loss: list[float]
+
+
+class RankResult(InternalModel):
+    datums: list[DatumResult]
+    loss_sum: float
+    tokens: int
+
+
+class OptimStepWork(InternalModel):
+    adapter_id: str
+    adam: AdamParams
+
+
+class SavedAdapter(InternalModel):
+    """An adapter written as a peft directory (adapter_config.json + adapter_model.safetensors)."""
+
+    path: str
+    size_bytes: int
+
+
+class SampleWork(InternalModel):
+    """One sampling request for a sampler replica."""
+
+    prompt_tokens: list[int]
+    num_samples: int
+    max_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    seed: int | None
+    stop_strings: list[str]
+    stop_token_ids: list[int]
+    prompt_logprobs: bool
+    topk_prompt_logprobs: int
+    topk_sample_logprobs: int
+    adapter_key: str | None = Field(description="Loaded adapter to use; None samples the base model.")
+
+
+StorageKind = Literal["ephemeral", "named"]

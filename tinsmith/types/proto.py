@@ -1,0 +1,429 @@
+"""Protobuf codec for the messages the SDK sends and expects as protobuf.
+
+The schema is the SDK's published ``tinker_public`` package. It is declared here as data (a
+FileDescriptorProto built in code) so the server needs neither protoc nor the SDK installed.
+Tensors travel as raw little-endian bytes: ``decode_forward_backward_request`` turns them into
+``tinsmith.types`` models, and the encoders do the reverse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, cast
+
+import numpy as np
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError, Message
+
+from tinsmith.types.data import Datum, EncodedTextChunk, ImageChunk, ModelInput, ModelInputChunk, TensorData
+from tinsmith.types.requests import ForwardBackwardRequest
+from tinsmith.types.sampling import SampleResponse, TopkLogprobs
+from tinsmith.types.training import ForwardBackwardInput, ForwardBackwardOutput
+
+_F = descriptor_pb2.FieldDescriptorProto
+_PKG = "tinker_public"
+
+# (name, number, type, label, type_name, oneof_name, proto3_optional)
+_FieldSpec = tuple[str, int, int, int, str, str | None, bool]
+
+
+def _f(
+    name: str,
+    num: int,
+    ftype: int,
+    *,
+    rep: bool = False,
+    ref: str = "",
+    oneof: str | None = None,
+    opt: bool = False,
+) -> _FieldSpec:
+    label = _F.LABEL_REPEATED if rep else _F.LABEL_OPTIONAL
+    return (name, num, ftype, label, f".{_PKG}.{ref}" if ref else "", oneof, opt)
+
+
+_B, _S, _I32, _I64, _U32, _U64, _D, _FL, _BOOL = (
+    _F.TYPE_BYTES,
+    _F.TYPE_STRING,
+    _F.TYPE_INT32,
+    _F.TYPE_INT64,
+    _F.TYPE_UINT32,
+    _F.TYPE_UINT64,
+    _F.TYPE_DOUBLE,
+    _F.TYPE_FLOAT,
+    _F.TYPE_BOOL,
+)
+_M, _E = _F.TYPE_MESSAGE, _F.TYPE_ENUM
+
+_MESSAGES: dict[str, list[_FieldSpec]] = {
+    "SampleResponse": [
+        _f("sequences", 1, _M, rep=True, ref="SampledSequence"),
+        _f("prompt_logprobs", 2, _B, opt=True),
+        _f("topk_prompt_logprobs", 3, _M, ref="TopkLogprobs", opt=True),
+        _f("prompt_cache_hit_tokens", 4, _I32),
+        _f("target_prompt_logprobs", 5, _M, ref="Tensor", opt=True),
+        _f("prompt_alt_tokens", 6, _M, ref="PromptAltTokens", opt=True),
+    ],
+    "PromptAltTokens": [_f("tokens", 1, _M, ref="Tensor"), _f("logprobs", 2, _M, ref="Tensor")],
+    "SampledSequence": [
+        _f("stop_reason", 1, _E, ref="StopReason"),
+        _f("tokens", 2, _B),
+        _f("logprobs", 3, _B, opt=True),
+        _f("topk_sampled_logprobs", 4, _M, ref="TopkLogprobs", opt=True),
+    ],
+    "TopkLogprobs": [_f("token_ids", 1, _B), _f("logprobs", 2, _B), _f("k", 3, _U32), _f("length", 4, _U32)],
+    "SparseCsr": [_f("values", 1, _B), _f("crow_indices", 2, _B), _f("col_indices", 3, _B)],
+    "Tensor": [
+        _f("dense", 1, _B, oneof="encoding"),
+        _f("sparse_csr", 2, _M, ref="SparseCsr", oneof="encoding"),
+        _f("dtype", 3, _E, ref="DType"),
+        _f("shape", 4, _I64, rep=True),
+    ],
+    "BatchedTensor": [
+        _f("data", 1, _B),
+        _f("offsets", 2, _B),
+        _f("dtype", 3, _E, ref="DType"),
+        _f("trailing_shape", 4, _I64, rep=True),
+    ],
+    "ArrayRecord": [
+        _f("type_tag", 1, _S),
+        _f("fields", 2, _M, rep=True, ref="ArrayRecord.FieldsEntry"),
+        _f("num_datums", 3, _I64),
+    ],
+    "ForwardBackwardOutput": [
+        _f("loss_fn_output_type", 1, _S),
+        _f("loss_fn_outputs", 2, _M, rep=True, ref="ArrayRecord"),
+        _f("metrics", 3, _M, rep=True, ref="ForwardBackwardOutput.MetricsEntry"),
+    ],
+    "ForwardBackwardRequest": [
+        _f("model_id", 1, _S),
+        _f("seq_id", 2, _I32),
+        _f("data", 3, _M, rep=True, ref="Datum"),
+        _f("loss_fn", 4, _S),
+        _f("loss_fn_config", 5, _M, rep=True, ref="ForwardBackwardRequest.LossFnConfigEntry"),
+        _f("forward_only", 6, _BOOL),
+        _f("loss_fn_config_v2", 7, _M, rep=True, ref="ForwardBackwardRequest.LossFnConfigV2Entry"),
+    ],
+    "LossConfigValue": [_f("number", 1, _D, oneof="value"), _f("text", 2, _S, oneof="value")],
+    "Datum": [
+        _f("model_input", 1, _M, rep=True, ref="Chunk"),
+        _f("loss_fn_inputs", 2, _M, rep=True, ref="Datum.LossFnInputsEntry"),
+        _f("model_input_spans", 3, _M, rep=True, ref="ProvenanceSpan"),
+        _f("loss_fn_input_spans", 4, _M, rep=True, ref="ProvenanceSpan"),
+    ],
+    "ProvenanceSpan": [
+        _f("prompt_tokens", 1, _M, ref="PromptProvenanceSpan", oneof="span"),
+        _f("sampled_tokens", 2, _M, ref="SampledProvenanceSpan", oneof="span"),
+    ],
+    "PromptProvenanceSpan": [_f("sequence_id", 1, _S), _f("offset", 2, _I64), _f("length", 3, _I64)],
+    "SampledProvenanceSpan": [_f("sequence_id", 1, _S), _f("offset", 2, _I64), _f("length", 3, _I64)],
+    "Chunk": [
+        _f("encoded_text", 1, _M, ref="EncodedTextChunk", oneof="chunk"),
+        _f("image", 2, _M, ref="ImageChunk", oneof="chunk"),
+        _f("dmel", 3, _M, ref="DmelChunk", oneof="chunk"),
+    ],
+    "EncodedTextChunk": [_f("tokens", 1, _B)],
+    "ImageChunk": [
+        _f("data", 1, _B),
+        _f("format", 2, _S),
+        _f("expected_tokens", 3, _I32, opt=True),
+        _f("override_dimensions", 4, _M, ref="ImageDimensions", opt=True),
+    ],
+    "ImageDimensions": [_f("width", 1, _U32), _f("height", 2, _U32)],
+    "DmelChunk": [_f("dmel", 1, _B)],
+}
+
+# map<key, value> fields: (owner message, entry name, value type, value message)
+_MAPS: list[tuple[str, str, int, str]] = [
+    ("ArrayRecord", "FieldsEntry", _M, "BatchedTensor"),
+    ("ForwardBackwardOutput", "MetricsEntry", _D, ""),
+    ("ForwardBackwardRequest", "LossFnConfigEntry", _D, ""),
+    ("ForwardBackwardRequest", "LossFnConfigV2Entry", _M, "LossConfigValue"),
+    ("Datum", "LossFnInputsEntry", _M, "Tensor"),
+]
+
+_ENUMS: dict[str, list[tuple[str, int]]] = {
+    "StopReason": [("STOP_REASON_STOP", 0), ("STOP_REASON_LENGTH", 1)],
+    "DType": [
+        ("DTYPE_UNSPECIFIED", 0),
+        ("DTYPE_FLOAT32", 1),
+        ("DTYPE_INT64", 2),
+        ("DTYPE_INT32", 3),
+        ("DTYPE_BFLOAT16", 4),
+    ],
+}
+
+DTYPE_FLOAT32, DTYPE_INT64, DTYPE_INT32, DTYPE_BFLOAT16 = 1, 2, 3, 4
+STOP_REASON_STOP, STOP_REASON_LENGTH = 0, 1
+
+
+def _build_file() -> descriptor_pb2.FileDescriptorProto:
+    fdp = descriptor_pb2.FileDescriptorProto(name="tinsmith_tinker_public.proto", package=_PKG, syntax="proto3")
+    for enum_name, values in _ENUMS.items():
+        enum = fdp.enum_type.add(name=enum_name)
+        for value_name, number in values:
+            enum.value.add(name=value_name, number=number)
+    by_name: dict[str, descriptor_pb2.DescriptorProto] = {}
+    for msg_name, fields in _MESSAGES.items():
+        msg = fdp.message_type.add(name=msg_name)
+        by_name[msg_name] = msg
+        oneofs: list[str] = []
+        for name, number, ftype, label, type_name, oneof, opt in fields:
+            field = msg.field.add(name=name, number=number, type=ftype, label=label)
+            if type_name:
+                field.type_name = type_name
+            group = oneof if oneof is not None else (f"_{name}" if opt else None)
+            if group is not None:
+                if group not in oneofs:
+                    oneofs.append(group)
+                    msg.oneof_decl.add(name=group)
+                field.oneof_index = oneofs.index(group)
+                field.proto3_optional = opt
+    for owner, entry_name, value_type, value_ref in _MAPS:
+        entry = by_name[owner].nested_type.add(name=entry_name)
+        entry.options.map_entry = True
+        entry.field.add(name="key", number=1, type=_S, label=_F.LABEL_OPTIONAL)
+        value = entry.field.add(name="value", number=2, type=value_type, label=_F.LABEL_OPTIONAL)
+        if value_ref:
+            value.type_name = f".{_PKG}.{value_ref}"
+    return fdp
+
+
+_POOL = descriptor_pool.DescriptorPool()
+_POOL.Add(_build_file())
+
+
+def message_class(name: str) -> type[Message]:
+    """The generated class of a ``tinker_public`` message."""
+    return message_factory.GetMessageClass(_POOL.FindMessageTypeByName(f"{_PKG}.{name}"))
+
+
+class _TensorMsg(Protocol):
+    dense: bytes
+    dtype: int
+    shape: Sequence[int]
+
+
+_NP_BY_DTYPE: dict[int, np.dtype] = {
+    DTYPE_FLOAT32: np.dtype("<f4"),
+    DTYPE_INT64: np.dtype("<i8"),
+    DTYPE_INT32: np.dtype("<i4"),
+}
+
+
+def _tensor_to_numpy(tensor: Message) -> np.ndarray:
+    msg = cast(_TensorMsg, tensor)
+    which = tensor.WhichOneof("encoding")
+    if msg.dtype == DTYPE_BFLOAT16:
+        raw = np.frombuffer(_tensor_bytes(tensor, which), dtype="<u2").astype(np.uint32) << 16
+        arr = raw.view(np.float32)
+    elif msg.dtype in _NP_BY_DTYPE:
+        arr = np.frombuffer(_tensor_bytes(tensor, which), dtype=_NP_BY_DTYPE[msg.dtype])
+    else:
+        raise ValueError(f"tensor dtype {msg.dtype} is not supported")
+    if which == "sparse_csr":
+        return _csr_to_dense(tensor, arr, list(msg.shape))
+    shape = list(msg.shape)
+    if shape:
+        arr = arr.reshape(shape)
+    return arr
+
+
+def _tensor_bytes(tensor: Message, which: str | None) -> bytes:
+    if which == "sparse_csr":
+        return cast(bytes, tensor.sparse_csr.values)  # type: ignore[attr-defined]
+    return cast(_TensorMsg, tensor).dense
+
+
+def _csr_to_dense(tensor: Message, values: np.ndarray, shape: list[int]) -> np.ndarray:
+    csr = tensor.sparse_csr  # type: ignore[attr-defined]
+    crow = np.frombuffer(csr.crow_indices, dtype="<i8")
+    col = np.frombuffer(csr.col_indices, dtype="<i8")
+    if len(shape) != 2:
+        raise ValueError("sparse tensors must be 2-D")
+    dense = np.zeros(shape, dtype=values.dtype)
+    for row in range(shape[0]):
+        start, end = int(crow[row]), int(crow[row + 1])
+        dense[row, col[start:end]] = values[start:end]
+    return dense
+
+
+def _numpy_to_tensor_data(arr: np.ndarray) -> TensorData:
+    if np.issubdtype(arr.dtype, np.integer):
+        return TensorData(data=arr.astype(np.int64).ravel().tolist(), dtype="int64", shape=list(arr.shape))
+    return TensorData(data=arr.astype(np.float32).ravel().tolist(), dtype="float32", shape=list(arr.shape))
+
+
+def _chunk_from_proto(chunk: Message) -> ModelInputChunk:
+    which = chunk.WhichOneof("chunk")
+    if which == "encoded_text":
+        tokens = np.frombuffer(chunk.encoded_text.tokens, dtype="<i4")  # type: ignore[attr-defined]
+        return EncodedTextChunk(tokens=tokens.tolist())
+    if which == "image":
+        img = chunk.image  # type: ignore[attr-defined]
+        expected = img.expected_tokens if img.HasField("expected_tokens") else None
+        return ImageChunk(data=img.data, format=img.format, expected_tokens=expected)
+    raise ValueError(f"model_input chunk of kind {which!r} is not supported")
+
+
+def decode_forward_backward_request(body: bytes) -> ForwardBackwardRequest:
+    """Parse the SDK's protobuf ForwardBackwardRequest; raises ValueError on malformed input."""
+    msg = message_class("ForwardBackwardRequest")()
+    try:
+        msg.ParseFromString(body)
+    except DecodeError as exc:
+        raise ValueError(f"body is not a valid ForwardBackwardRequest protobuf: {exc}") from exc
+    m = cast(_FBRequestMsg, msg)
+    data: list[Datum] = []
+    for i, datum in enumerate(m.data):
+        try:
+            chunks = [_chunk_from_proto(c) for c in datum.model_input]
+            inputs = {k: _numpy_to_tensor_data(_tensor_to_numpy(v)) for k, v in datum.loss_fn_inputs.items()}
+        except ValueError as exc:
+            raise ValueError(f"data[{i}]: {exc}") from exc
+        data.append(Datum(model_input=ModelInput(chunks=chunks), loss_fn_inputs=inputs))
+    config: dict[str, float | str] = {k: float(v) for k, v in m.loss_fn_config.items()}
+    for key, value in m.loss_fn_config_v2.items():
+        kind = value.WhichOneof("value")
+        if kind == "number":
+            config[key] = float(value.number)
+        elif kind == "text":
+            config[key] = str(value.text)
+    return ForwardBackwardRequest(
+        model_id=m.model_id,
+        seq_id=m.seq_id if m.seq_id else None,
+        forward_only=m.forward_only,
+        forward_backward_input=ForwardBackwardInput(data=data, loss_fn=m.loss_fn, loss_fn_config=config or None),
+    )
+
+
+class _FBRequestMsg(Protocol):
+    model_id: str
+    seq_id: int
+    data: Sequence[_DatumMsg]
+    loss_fn: str
+    loss_fn_config: dict[str, float]
+    forward_only: bool
+    loss_fn_config_v2: dict[str, Message]
+
+
+class _DatumMsg(Protocol):
+    model_input: Sequence[Message]
+    loss_fn_inputs: dict[str, Message]
+
+
+def encode_forward_backward_request(req: ForwardBackwardRequest) -> bytes:
+    """Client-side encoding (tests and benchmarks use it to talk protobuf without the SDK)."""
+    msg = message_class("ForwardBackwardRequest")()
+    m = cast(_Any, msg)
+    m.model_id = req.model_id
+    m.seq_id = req.seq_id or 0
+    m.loss_fn = req.forward_backward_input.loss_fn
+    m.forward_only = req.forward_only
+    for datum in req.forward_backward_input.data:
+        d = m.data.add()
+        for chunk in datum.model_input.chunks:
+            if isinstance(chunk, EncodedTextChunk):
+                d.model_input.add().encoded_text.tokens = np.asarray(chunk.tokens, dtype="<i4").tobytes()
+        for key, td in datum.loss_fn_inputs.items():
+            t = d.loss_fn_inputs[key]
+            dtype = "<i8" if td.dtype == "int64" else "<f4"
+            t.dense = np.asarray(td.data, dtype=dtype).tobytes()
+            t.dtype = DTYPE_INT64 if td.dtype == "int64" else DTYPE_FLOAT32
+            t.shape.extend(td.shape or [len(td.data)])
+    for key, value in (req.forward_backward_input.loss_fn_config or {}).items():
+        if isinstance(value, str):
+            m.loss_fn_config_v2[key].text = value
+        else:
+            m.loss_fn_config[key] = value
+            m.loss_fn_config_v2[key].number = value
+    return cast(bytes, msg.SerializeToString())
+
+
+class _Any(Protocol):
+    """Structural stand-in for generated message classes, whose attributes mypy cannot see."""
+
+    def __getattr__(self, name: str) -> _Any: ...
+    def __setattr__(self, name: str, value: object) -> None: ...
+    def __getitem__(self, key: str) -> _Any: ...
+    def __setitem__(self, key: str, value: object) -> None: ...
+    def add(self) -> _Any: ...
+    def extend(self, values: Sequence[int]) -> None: ...
+
+
+def encode_forward_backward_output(out: ForwardBackwardOutput) -> bytes:
+    """One ArrayRecord holding every per-datum output field as a BatchedTensor."""
+    msg = message_class("ForwardBackwardOutput")()
+    m = cast(_Any, msg)
+    m.loss_fn_output_type = out.loss_fn_output_type
+    for key, value in out.metrics.items():
+        m.metrics[key] = float(value)
+    record = m.loss_fn_outputs.add()
+    record.type_tag = "ArrayRecord"
+    record.num_datums = len(out.loss_fn_outputs)
+    keys: list[str] = sorted({k for datum_out in out.loss_fn_outputs for k in datum_out})
+    for key in keys:
+        arrays: list[np.ndarray] = []
+        is_int = False
+        for datum_out in out.loss_fn_outputs:
+            td = datum_out[key]
+            is_int = td.dtype == "int64"
+            arrays.append(np.asarray(td.data, dtype="<i8" if is_int else "<f4"))
+        blobs = [a.tobytes() for a in arrays]
+        offsets = np.cumsum([0] + [len(b) for b in blobs]).astype("<i8")
+        field = record.fields[key]
+        field.data = b"".join(blobs)
+        field.offsets = offsets.tobytes()
+        field.dtype = DTYPE_INT64 if is_int else DTYPE_FLOAT32
+    return cast(bytes, msg.SerializeToString())
+
+
+def decode_forward_backward_output(body: bytes) -> ForwardBackwardOutput:
+    """Inverse of ``encode_forward_backward_output`` (for tests)."""
+    msg = message_class("ForwardBackwardOutput")()
+    msg.ParseFromString(body)
+    m = cast(_Any, msg)
+    outputs: list[dict[str, TensorData]] = []
+    for record in m.loss_fn_outputs:
+        n = int(record.num_datums)
+        per_datum: list[dict[str, TensorData]] = [{} for _ in range(n)]
+        for key, field in record.fields.items():
+            offsets = np.frombuffer(field.offsets, dtype="<i8")
+            np_dtype = _NP_BY_DTYPE[int(field.dtype)]
+            for i in range(n):
+                chunk = np.frombuffer(field.data[offsets[i] : offsets[i + 1]], dtype=np_dtype)
+                per_datum[i][key] = _numpy_to_tensor_data(chunk)
+        outputs.extend(per_datum)
+    return ForwardBackwardOutput(
+        loss_fn_output_type=str(m.loss_fn_output_type),
+        loss_fn_outputs=outputs,
+        metrics={str(k): float(v) for k, v in m.metrics.items()},
+    )
+
+
+def _fill_topk(target: _Any, topk: TopkLogprobs) -> None:
+    length = len(topk.token_ids)
+    k = len(topk.token_ids[0]) if length else 0
+    target.token_ids = np.asarray(topk.token_ids, dtype="<i4").reshape(length, k).tobytes()
+    target.logprobs = np.asarray(topk.logprobs, dtype="<f4").reshape(length, k).tobytes()
+    target.k = k
+    target.length = length
+
+
+def encode_sample_response(resp: SampleResponse) -> bytes:
+    msg = message_class("SampleResponse")()
+    m = cast(_Any, msg)
+    for seq in resp.sequences:
+        s = m.sequences.add()
+        s.stop_reason = STOP_REASON_STOP if seq.stop_reason == "stop" else STOP_REASON_LENGTH
+        s.tokens = np.asarray(seq.tokens, dtype="<i4").tobytes()
+        if seq.logprobs is not None:
+            s.logprobs = np.asarray(seq.logprobs, dtype="<f4").tobytes()
+        if seq.topk_logprobs is not None:
+            _fill_topk(s.topk_sampled_logprobs, seq.topk_logprobs)
+    if resp.prompt_logprobs is not None:
+        values = [np.nan if v is None else v for v in resp.prompt_logprobs]
+        m.prompt_logprobs = np.asarray(values, dtype="<f4").tobytes()
+    if resp.topk_prompt_logprobs is not None:
+        _fill_topk(m.topk_prompt_logprobs, resp.topk_prompt_logprobs)
+    m.prompt_cache_hit_tokens = resp.prompt_cache_hit_tokens
+    return cast(bytes, msg.SerializeToString())

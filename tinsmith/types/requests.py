@@ -1,0 +1,160 @@
+"""Request bodies the SDK sends as JSON (forward_backward travels as protobuf, see ``proto``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from tinsmith.types.base import WireModel
+from tinsmith.types.data import ModelInput, TensorData
+from tinsmith.types.sampling import SamplingClientKind, SamplingParams
+from tinsmith.types.training import (
+    AdamOptimizerConfig,
+    AdamParams,
+    DimuonParams,
+    ForwardBackwardInput,
+    LoraConfig,
+    OptimizerConfig,
+)
+
+
+class ClientConfigRequest(WireModel):
+    sdk_version: str = ""
+
+
+class ClientConfigResponse(WireModel):
+    """Server feature flags for the SDK; the defaults keep optional endpoints off."""
+
+    pjwt_auth_enabled: bool = False
+    credential_default_source: str = "api_key"
+    parallel_fwdbwd_chunks: bool = True
+    proto_compress_fwdbwd: bool = False
+    sample_use_retrieve_futures: bool = False
+    custom_loss_server_side: bool = False
+    sample_join_sampling_session: bool = False
+
+
+class ClientDynamicConfigResponse(WireModel):
+    refresh_interval_sec: int = 300
+    sample_cancel_enabled: bool = False
+    sample_cancel_max_batch_size: int = 64
+
+
+class CreateSessionRequest(WireModel):
+    tags: list[str] = Field(default_factory=list)
+    user_metadata: dict[str, object] | None = None
+    sdk_version: str = ""
+    project_id: str | None = None
+    display_name: str | None = None
+    type: Literal["create_session"] = "create_session"
+
+
+class CreateSessionResponse(WireModel):
+    session_id: str
+    type: Literal["create_session"] = "create_session"
+    info_message: str | None = None
+    warning_message: str | None = None
+    error_message: str | None = None
+
+
+class SessionHeartbeatRequest(WireModel):
+    session_id: str
+    type: Literal["session_heartbeat"] = "session_heartbeat"
+
+
+class SessionHeartbeatResponse(WireModel):
+    type: Literal["session_heartbeat"] = "session_heartbeat"
+
+
+class CreateModelRequest(WireModel):
+    session_id: str
+    model_seq_id: int
+    base_model: str
+    user_metadata: dict[str, object] | None = None
+    lora_config: LoraConfig | None = None
+    optimizer_config: OptimizerConfig = Field(default_factory=AdamOptimizerConfig)
+    type: Literal["create_model"] = "create_model"
+
+
+class GetInfoRequest(WireModel):
+    model_id: str
+    type: Literal["get_info"] = "get_info"
+
+
+class ForwardBackwardRequest(WireModel):
+    """Decoded form of the protobuf ForwardBackwardRequest."""
+
+    forward_backward_input: ForwardBackwardInput
+    model_id: str
+    seq_id: int | None = None
+    forward_only: bool = False
+
+
+class OptimStepRequest(WireModel):
+    model_id: str
+    seq_id: int | None = None
+    adam_params: AdamParams | None = None
+    optimizer_params: DimuonParams | None = None
+    type: Literal["optim_step"] = "optim_step"
+
+
+class SaveWeightsRequest(WireModel):
+    model_id: str
+    path: str | None = None
+    seq_id: int | None = None
+    ttl_seconds: int | None = None
+    overwrite: bool = False
+    user_metadata: dict[str, str] | None = None
+    type: Literal["save_weights"] = "save_weights"
+
+
+class SaveWeightsForSamplerRequest(WireModel):
+    model_id: str
+    path: str | None = None
+    sampling_session_seq_id: int | None = None
+    kind: SamplingClientKind = "snapshot"
+    seq_id: int | None = None
+    ttl_seconds: int | None = None
+    user_metadata: dict[str, str] | None = None
+    type: Literal["save_weights_for_sampler"] = "save_weights_for_sampler"
+
+
+class UnloadModelRequest(WireModel):
+    model_id: str
+    type: Literal["unload_model"] = "unload_model"
+
+
+class CreateSamplingSessionRequest(WireModel):
+    session_id: str
+    sampling_session_seq_id: int
+    base_model: str | None = None
+    model_path: str | None = None
+    type: Literal["create_sampling_session"] = "create_sampling_session"
+
+
+class CreateSamplingSessionResponse(WireModel):
+    sampling_session_id: str
+    type: Literal["create_sampling_session"] = "create_sampling_session"
+
+
+class SampleRequest(WireModel):
+    num_samples: int = 1
+    prompt: ModelInput
+    sampling_params: SamplingParams
+    base_model: str | None = None
+    model_path: str | None = None
+    sampling_session_id: str | None = None
+    seq_id: int | None = None
+    prompt_logprobs: bool | None = None
+    topk_prompt_logprobs: int = 0
+    topk_sample_logprobs: int = 0
+    target_prompt_logprobs: TensorData | None = None
+    prompt_alt_tokens_k: int = 0
+    prompt_logprobs_last_n: int | None = None
+    record_stability_info: bool | None = None
+    type: Literal["sample"] = "sample"
+
+
+class HealthResponse(WireModel):
+    status: Literal["ok"] = "ok"
