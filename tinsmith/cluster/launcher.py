@@ -1,0 +1,92 @@
+"""Start and stop a `tinsmith serve` subprocess: used by the demo, the tests and the benchmarks.
+
+It picks a free port and private directories, waits for /api/v1/healthz, and stops only the
+process group it started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """Context manager around `tinsmith serve --config CONFIG` on 127.0.0.1:<free port>."""
+
+    def __init__(self, config: str | Path, log_path: str | Path | None = None, startup_timeout: float = 600) -> None:
+        self.config = str(config)
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.workdir = Path(tempfile.mkdtemp(prefix="tinsmith-"))
+        # Ray's socket paths must stay short, so its temp dir lives directly under /tmp.
+        self.ray_dir = Path(tempfile.mkdtemp(prefix="tsr-", dir="/tmp"))
+        self.data_dir = self.workdir / "data"
+        self.log_path = Path(log_path) if log_path else self.workdir / "serve.log"
+        self.startup_timeout = startup_timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServerProcess:
+        env = dict(os.environ)
+        env.update(
+            TINSMITH_DATA_DIR=str(self.data_dir),
+            TINSMITH_RAY_TEMP_DIR=str(self.ray_dir),
+            HF_HUB_OFFLINE="1",
+            TRANSFORMERS_OFFLINE="1",
+        )
+        env.pop("RAY_ADDRESS", None)
+        log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child, closed in stop()
+        cmd = [sys.executable, "-m", "tinsmith.cluster.cli", "serve", "--config", self.config, "--port", str(self.port)]
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self._log = log
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tinsmith serve exited with {self.proc.returncode}; log: {self.log_path}")
+            try:
+                with urllib.request.urlopen(f"{self.base_url}/api/v1/healthz", timeout=2) as resp:
+                    if resp.status == 200:
+                        return self
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(1.0)
+        self.stop()
+        raise TimeoutError(f"tinsmith serve did not become healthy in {self.startup_timeout}s; log: {self.log_path}")
+
+    def stop(self) -> None:
+        """SIGTERM our process group, then SIGKILL what is left after a grace period."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # stragglers (Ray workers) of our own group only
+        except ProcessLookupError:
+            pass
+        self._log.close()
+        self.proc = None
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
