@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import BATCH, LORA_RANK, MODEL, ROOT, SEQ_LEN, fixed_batch, median  # noqa: E402
+from benchmarks.common import BATCH, LORA_RANK, MODEL, ROOT, SEQ_LEN, fixed_batch, median
 
 
 def bare_step_tokens_per_s(model_dir: str, batch: list[list[int]], steps: int, warmup: int) -> float:
@@ -56,7 +56,7 @@ def sdk_tokens_per_s(config: str, batch: list[list[int]], steps: int, warmup: in
 
     with ServerProcess(config) as server:
         service = tinker.ServiceClient(base_url=server.base_url, api_key="tml-bench")
-        tc = service.create_lora_training_client(base_model=MODEL, rank=LORA_RANK)
+        tc = service.create_lora_training_client(base_model=MODEL, rank=LORA_RANK).result()
         model_dir = tc.get_info().model_data.tokenizer_id or ""
         data = [
             types.Datum(

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import LORA_RANK, MODEL, ROOT, fixed_batch, median  # noqa: E402
+from benchmarks.common import LORA_RANK, MODEL, ROOT, fixed_batch, median
 
 
 def main() -> None:
@@ -34,13 +34,13 @@ def main() -> None:
     one_token = types.SamplingParams(max_tokens=1, temperature=0.0)
     with ServerProcess(args.config) as server:
         service = tinker.ServiceClient(base_url=server.base_url, api_key="tml-bench")
-        tc = service.create_lora_training_client(base_model=MODEL, rank=LORA_RANK)
+        tc = service.create_lora_training_client(base_model=MODEL, rank=LORA_RANK).result()
         sync_total, save_only, sample_only = [], [], []
         for i in range(args.repeats + 1):
             tc.forward_backward([datum], "cross_entropy").result()
             tc.optim_step(types.AdamParams(learning_rate=1e-4)).result()
             start = time.perf_counter()
-            sampler = tc.save_weights_and_get_sampling_client()
+            sampler = tc.save_weights_and_get_sampling_client().result()
             saved = time.perf_counter()
             sampler.sample(prompt, num_samples=1, sampling_params=one_token).result()
             done = time.perf_counter()
@@ -52,7 +52,7 @@ def main() -> None:
                 sample_only.append(again - done)
     total, save, sample = median(sync_total), median(save_only), median(sample_only)
     print(f"model {MODEL}, LoRA rank {LORA_RANK}, {args.repeats} rounds (medians)")
-    print(f"save_weights_and_get_sampling_client():            {save:7.3f} s")
+    print(f"save_weights_and_get_sampling_client():            {save:7.3f} s").result()
     print(f"  ... until first sample from the new weights:     {total:7.3f} s  (target <= 0.100)")
     print(f"one-token sample on an already-synced client:      {sample:7.3f} s")
     print(f"weight sync alone (difference):                    {total - sample:7.3f} s")

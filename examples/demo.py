@@ -56,11 +56,11 @@ def greedy(sampler: tinker.SamplingClient, tokenizer: object, question: str) -> 
 
 def run(base_url: str, steps: int) -> None:
     service = tinker.ServiceClient(base_url=base_url, api_key=os.environ.get("TINKER_API_KEY", "tml-local-demo"))
-    training = service.create_lora_training_client(base_model=MODEL, rank=8)
+    training = service.create_lora_training_client(base_model=MODEL, rank=8).result()
     tokenizer = training.get_tokenizer()
     datums = build_datums(tokenizer)
     question = CHATS[0][0]
-    before = greedy(service.create_sampling_client(base_model=MODEL), tokenizer, question)
+    before = greedy(service.create_sampling_client(base_model=MODEL).result(), tokenizer, question)
     print(f"before training: {question!r} -> {before!r}")
     for step in range(steps):
         start = time.perf_counter()
@@ -69,7 +69,7 @@ def run(base_url: str, steps: int) -> None:
         loss = fb.result().metrics["loss:sum"]
         opt.result()
         print(f"step {step + 1}: loss:sum = {loss:.3f}  ({time.perf_counter() - start:.2f}s)")
-    sampler = training.save_weights_and_get_sampling_client()
+    sampler = training.save_weights_and_get_sampling_client().result()
     after = greedy(sampler, tokenizer, question)
     print(f"after training:  {question!r} -> {after!r}")
 

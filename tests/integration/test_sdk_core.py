@@ -6,6 +6,8 @@ once per session by the `server` fixture, driven over HTTP by tinker==0.38.0.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import tinker
@@ -32,7 +34,7 @@ def test_training_lowers_loss_and_first_logprobs_match_reference(service_client:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    tc = service_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=8)
+    tc = service_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=8).result()
     tok = _tokenizer(tc)
     data = [datum(tok.encode(s)) for s in SENTENCES]  # type: ignore[attr-defined]
     losses: list[float] = []
@@ -43,7 +45,7 @@ def test_training_lowers_loss_and_first_logprobs_match_reference(service_client:
         losses.append(fb.metrics["loss:sum"])
         if step == 0:
             first_logprobs = [out["logprobs"].tolist() for out in fb.loss_fn_outputs]
-    assert all(b < a for a, b in zip(losses, losses[1:], strict=False)), losses
+    assert all(b < a for a, b in itertools.pairwise(losses)), losses
 
     # In-process reference at the same weights: the base model plus a fresh LoRA (B = 0).
     model_dir = tc.get_info().model_data.tokenizer_id
@@ -63,7 +65,7 @@ def test_training_lowers_loss_and_first_logprobs_match_reference(service_client:
 
 
 def test_memorised_sequence_is_sampled_back_greedily(service_client: tinker.ServiceClient) -> None:
-    tc = service_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=8)
+    tc = service_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=8).result()
     tok = _tokenizer(tc)
     tokens = tok.encode("Tinsmith serves Tinker on Ray: zebra quartz maple 42.")  # type: ignore[attr-defined]
     d = datum(tokens)
@@ -78,10 +80,10 @@ def test_memorised_sequence_is_sampled_back_greedily(service_client: tinker.Serv
     expected = tokens[3:]
     params = types.SamplingParams(max_tokens=len(expected), temperature=0.0)
 
-    ephemeral = tc.save_weights_and_get_sampling_client()
+    ephemeral = tc.save_weights_and_get_sampling_client().result()
     path = tc.save_weights_for_sampler("memorised").result().path
     assert path.startswith("tinker://") and path.endswith("/sampler_weights/memorised")
-    named = service_client.create_sampling_client(model_path=path)
+    named = service_client.create_sampling_client(model_path=path).result()
     for client in (ephemeral, named):
         seq = client.sample(prompt, num_samples=1, sampling_params=params).result().sequences[0]
         assert seq.tokens == expected
@@ -99,8 +101,8 @@ def _train(tc: tinker.TrainingClient, data: list[types.Datum], steps: int) -> li
 
 def test_two_zero2_ranks_match_one_rank(service_client: tinker.ServiceClient, server: object) -> None:
     data = [datum(random_tokens(seed, length)) for seed, length in enumerate([40, 64, 33, 57])]
-    one = service_client.create_lora_training_client(base_model=ONE_BATCH_MODEL, rank=8)
-    two = service_client.create_lora_training_client(base_model=ZERO2_MODEL, rank=8)
+    one = service_client.create_lora_training_client(base_model=ONE_BATCH_MODEL, rank=8).result()
+    two = service_client.create_lora_training_client(base_model=ZERO2_MODEL, rank=8).result()
     losses_one = _train(one, data, 3)
     losses_two = _train(two, data, 3)
     print("1 rank:", losses_one, "2 ranks:", losses_two)
@@ -111,13 +113,11 @@ def test_two_zero2_ranks_match_one_rank(service_client: tinker.ServiceClient, se
         np.testing.assert_allclose(b[key], a[key], atol=1e-5, rtol=0, err_msg=key)
 
 
-def test_batch_over_token_budget_matches_one_micro_batch(
-    service_client: tinker.ServiceClient, server: object
-) -> None:
+def test_batch_over_token_budget_matches_one_micro_batch(service_client: tinker.ServiceClient, server: object) -> None:
     # 6 datums of ~300 tokens: ~1800 padded tokens against the default model's 1024-token budget.
     data = [datum(random_tokens(100 + i, 280 + 9 * i)) for i in range(6)]
-    split = service_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=8)
-    whole = service_client.create_lora_training_client(base_model=ONE_BATCH_MODEL, rank=8)
+    split = service_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=8).result()
+    whole = service_client.create_lora_training_client(base_model=ONE_BATCH_MODEL, rank=8).result()
     loss_split = split.forward_backward(data, "cross_entropy").result().metrics["loss:sum"]
     loss_whole = whole.forward_backward(data, "cross_entropy").result().metrics["loss:sum"]
     split.optim_step(types.AdamParams(learning_rate=1e-3)).result()
@@ -139,7 +139,7 @@ def _expect_user_error(future: object, *needles: str) -> None:
 
 
 def test_bad_input_fails_with_user_error_and_server_keeps_serving(service_client: tinker.ServiceClient) -> None:
-    tc = service_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=4)
+    tc = service_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=4).result()
     good = datum([1, 2, 3, 4, 5, 6])
     out_of_vocab = datum([1, 2, 49152 + 7, 4])
     _expect_user_error(tc.forward_backward([out_of_vocab], "cross_entropy"), "outside the vocabulary", "49159")
@@ -155,7 +155,7 @@ def test_bad_input_fails_with_user_error_and_server_keeps_serving(service_client
     _expect_user_error(tc.forward_backward([short_weights], "cross_entropy"), "weights", "length 2")
     _expect_user_error(tc.forward_backward([good], "not_a_loss"), "not_a_loss")  # type: ignore[arg-type]
     with pytest.raises(tinker.RequestFailedError) as info:
-        service_client.create_lora_training_client(base_model="nobody/no-such-model", rank=4)
+        service_client.create_lora_training_client(base_model="nobody/no-such-model", rank=4).result()
     assert "nobody/no-such-model" in info.value.message
     # The same client (its seq_ids intact) and the server keep working.
     fb = tc.forward_backward([good], "cross_entropy").result()

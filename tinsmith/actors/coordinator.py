@@ -158,10 +158,12 @@ class Coordinator:
         await seq.wait_turn(seq_id)
         try:
             work = OptimStepWork(adapter_id=_adapter_name(model_id), adam=adam)
-            metrics = await asyncio.gather(*[t.optim_step.remote(work) for t in self.trainers])
+            metrics: list[dict[str, float]] = list(
+                await asyncio.gather(*[t.optim_step.remote(work) for t in self.trainers])  # type: ignore[arg-type]
+            )
         finally:
             await seq.done(seq_id)
-        return dict(metrics[0])  # type: ignore[arg-type]
+        return metrics[0]
 
     async def save_for_sampler(self, model_id: str, seq_id: int | None, key: str, directory: str) -> SavedAdapter:
         """Write the adapter (rank 0) and load it on every sampler before returning."""

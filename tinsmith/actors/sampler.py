@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from tinsmith.cluster.config import SamplerConfig
 from tinsmith.errors import NotFoundError
 from tinsmith.types.internal import SampleWork
-from tinsmith.types.sampling import SampledSequence, SampleResponse, TopkLogprobs
+from tinsmith.types.sampling import SampledSequence, SampleResponse, StopReason, TopkLogprobs
 
 if TYPE_CHECKING:
     from vllm.lora.request import LoRARequest
@@ -50,7 +50,7 @@ class SamplerWorker:
             max_model_len=cfg.max_model_len,
             enable_lora=True,
             max_loras=cfg.max_loras,
-            max_lora_rank=cfg.max_lora_rank,
+            max_lora_rank=cfg.max_lora_rank,  # type: ignore[arg-type]
             max_cpu_loras=cfg.max_cpu_loras,
             enforce_eager=cfg.enforce_eager,
             gpu_memory_utilization=cfg.gpu_memory_utilization,
@@ -118,10 +118,12 @@ class SamplerWorker:
             sequences = [sequences[0].model_copy() for _ in range(work.num_samples)]
         resp = SampleResponse(sequences=sequences)
         if want_prompt and final.prompt_logprobs is not None:
-            resp.prompt_logprobs = [None] + [
+            prompt_lps: list[float | None] = [None]
+            prompt_lps += [
                 _logprob_of(entry, tok)
                 for entry, tok in zip(final.prompt_logprobs[1:], work.prompt_tokens[1:], strict=True)
             ]
+            resp.prompt_logprobs = prompt_lps
             if work.topk_prompt_logprobs > 0:
                 resp.topk_prompt_logprobs = _topk(final.prompt_logprobs, work.topk_prompt_logprobs)
         return resp
@@ -131,7 +133,7 @@ class SamplerWorker:
         tokens = list(out.token_ids)  # type: ignore[attr-defined]
         raw = out.logprobs  # type: ignore[attr-defined]
         logprobs = [_logprob_of(entry, tok) for entry, tok in zip(raw, tokens, strict=True)] if raw else None
-        reason = "stop" if out.finish_reason == "stop" else "length"  # type: ignore[attr-defined]
+        reason: StopReason = "stop" if out.finish_reason == "stop" else "length"  # type: ignore[attr-defined]
         return SampledSequence(
             stop_reason=reason,
             tokens=tokens,

@@ -86,7 +86,8 @@ class TrainerWorker:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=self.dtype)
         model.requires_grad_(False)
         model.config.use_cache = False
-        self.base = model.to(self.device)
+        model.to(self.device)  # type: ignore[arg-type]
+        self.base = model
         self.vocab_size = int(model.config.vocab_size)
         self.peft: PeftModel | None = None
         self.engines: dict[str, object] = {}
@@ -155,7 +156,7 @@ class TrainerWorker:
         engine = self._engine(adapter_id)
         assert self.peft is not None
         if self.peft.active_adapter != adapter_id:
-            self.peft.base_model.set_adapter(adapter_id)
+            self.peft.set_adapter(adapter_id)
         # peft's set_adapter toggles requires_grad; keep only this adapter trainable
         for p in self._adapter_params(adapter_id):
             p.requires_grad_(True)

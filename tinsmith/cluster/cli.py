@@ -24,7 +24,7 @@ class RayCoordinator:
         self.handle = handle
 
     def call(self, method: str, *args: object) -> Awaitable[object]:
-        return getattr(self.handle, method).remote(*args)  # type: ignore[no-any-return]
+        return getattr(self.handle, method).remote(*args)
 
 
 def _init_ray(config: ClusterConfig) -> bool:

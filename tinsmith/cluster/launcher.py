@@ -49,7 +49,7 @@ class ServerProcess:
             TRANSFORMERS_OFFLINE="1",
         )
         env.pop("RAY_ADDRESS", None)
-        log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child, closed in stop()
+        log = open(self.log_path, "wb")
         cmd = [sys.executable, "-m", "tinsmith.cluster.cli", "serve", "--config", self.config, "--port", str(self.port)]
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self._log = log
@@ -88,5 +88,7 @@ class ServerProcess:
     def __enter__(self) -> ServerProcess:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()

@@ -10,6 +10,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import ray
 from ray.actor import ActorHandle
@@ -87,14 +88,16 @@ def start_model(
         groups.append(t_group)
     addr, port = ray.get(_rendezvous.options(scheduling_strategy=_strategy(t_group, 0)).remote())
     trainer_cls = ray.remote(TrainerWorker)
-    trainers = [
-        trainer_cls.options(
+    trainers: list[ActorHandle] = [
+        cast(ActorHandle, trainer_cls)
+        .options(
             num_cpus=t_cpus,
             num_gpus=t_gpus,
             scheduling_strategy=_strategy(t_group, rank),
             name=None,
             max_restarts=0,
-        ).remote(rank, trainer_cfg.num_ranks, addr, port, str(model_dir), trainer_cfg)
+        )
+        .remote(rank, trainer_cfg.num_ranks, addr, port, str(model_dir), trainer_cfg)
         for rank in range(trainer_cfg.num_ranks)
     ]
 
@@ -108,17 +111,19 @@ def start_model(
             groups.append(s_group)
         sampler_cls = ray.remote(SamplerWorker)
         samplers = [
-            sampler_cls.options(
+            cast(ActorHandle, sampler_cls)
+            .options(
                 num_cpus=s_cpus,
                 num_gpus=s_gpus,
                 scheduling_strategy=_strategy(s_group, i),
                 max_concurrency=1000,
-            ).remote(i, str(model_dir), sampler_cfg)
+            )
+            .remote(i, str(model_dir), sampler_cfg)
             for i in range(sampler_cfg.num_replicas)
         ]
     ray.get([t.ping.remote() for t in trainers] + [s.start.remote() for s in samplers])
-    coordinator = (
-        ray.remote(Coordinator)
+    coordinator: ActorHandle = (
+        cast(ActorHandle, ray.remote(Coordinator))
         .options(num_cpus=0, max_concurrency=1000)
         .remote(
             spec.name,

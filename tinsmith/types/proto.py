@@ -230,12 +230,12 @@ def _tensor_to_numpy(tensor: Message) -> np.ndarray:
 
 def _tensor_bytes(tensor: Message, which: str | None) -> bytes:
     if which == "sparse_csr":
-        return cast(bytes, tensor.sparse_csr.values)  # type: ignore[attr-defined]
+        return cast(bytes, tensor.sparse_csr.values)
     return cast(_TensorMsg, tensor).dense
 
 
 def _csr_to_dense(tensor: Message, values: np.ndarray, shape: list[int]) -> np.ndarray:
-    csr = tensor.sparse_csr  # type: ignore[attr-defined]
+    csr = tensor.sparse_csr
     crow = np.frombuffer(csr.crow_indices, dtype="<i8")
     col = np.frombuffer(csr.col_indices, dtype="<i8")
     if len(shape) != 2:
@@ -256,10 +256,10 @@ def _numpy_to_tensor_data(arr: np.ndarray) -> TensorData:
 def _chunk_from_proto(chunk: Message) -> ModelInputChunk:
     which = chunk.WhichOneof("chunk")
     if which == "encoded_text":
-        tokens = np.frombuffer(chunk.encoded_text.tokens, dtype="<i4")  # type: ignore[attr-defined]
+        tokens = np.frombuffer(chunk.encoded_text.tokens, dtype="<i4")
         return EncodedTextChunk(tokens=tokens.tolist())
     if which == "image":
-        img = chunk.image  # type: ignore[attr-defined]
+        img = chunk.image
         expected = img.expected_tokens if img.HasField("expected_tokens") else None
         return ImageChunk(data=img.data, format=img.format, expected_tokens=expected)
     raise ValueError(f"model_input chunk of kind {which!r} is not supported")
@@ -314,7 +314,7 @@ class _DatumMsg(Protocol):
 def encode_forward_backward_request(req: ForwardBackwardRequest) -> bytes:
     """Client-side encoding (tests and benchmarks use it to talk protobuf without the SDK)."""
     msg = message_class("ForwardBackwardRequest")()
-    m = cast(_Any, msg)
+    m = cast(_Msg, msg)
     m.model_id = req.model_id
     m.seq_id = req.seq_id or 0
     m.loss_fn = req.forward_backward_input.loss_fn
@@ -339,21 +339,21 @@ def encode_forward_backward_request(req: ForwardBackwardRequest) -> bytes:
     return cast(bytes, msg.SerializeToString())
 
 
-class _Any(Protocol):
+class _Msg(Protocol):
     """Structural stand-in for generated message classes, whose attributes mypy cannot see."""
 
-    def __getattr__(self, name: str) -> _Any: ...
+    def __getattr__(self, name: str) -> _Msg: ...
     def __setattr__(self, name: str, value: object) -> None: ...
-    def __getitem__(self, key: str) -> _Any: ...
+    def __getitem__(self, key: str) -> _Msg: ...
     def __setitem__(self, key: str, value: object) -> None: ...
-    def add(self) -> _Any: ...
+    def add(self) -> _Msg: ...
     def extend(self, values: Sequence[int]) -> None: ...
 
 
 def encode_forward_backward_output(out: ForwardBackwardOutput) -> bytes:
     """One ArrayRecord holding every per-datum output field as a BatchedTensor."""
     msg = message_class("ForwardBackwardOutput")()
-    m = cast(_Any, msg)
+    m = cast(_Msg, msg)
     m.loss_fn_output_type = out.loss_fn_output_type
     for key, value in out.metrics.items():
         m.metrics[key] = float(value)
@@ -377,30 +377,7 @@ def encode_forward_backward_output(out: ForwardBackwardOutput) -> bytes:
     return cast(bytes, msg.SerializeToString())
 
 
-def decode_forward_backward_output(body: bytes) -> ForwardBackwardOutput:
-    """Inverse of ``encode_forward_backward_output`` (for tests)."""
-    msg = message_class("ForwardBackwardOutput")()
-    msg.ParseFromString(body)
-    m = cast(_Any, msg)
-    outputs: list[dict[str, TensorData]] = []
-    for record in m.loss_fn_outputs:
-        n = int(record.num_datums)
-        per_datum: list[dict[str, TensorData]] = [{} for _ in range(n)]
-        for key, field in record.fields.items():
-            offsets = np.frombuffer(field.offsets, dtype="<i8")
-            np_dtype = _NP_BY_DTYPE[int(field.dtype)]
-            for i in range(n):
-                chunk = np.frombuffer(field.data[offsets[i] : offsets[i + 1]], dtype=np_dtype)
-                per_datum[i][key] = _numpy_to_tensor_data(chunk)
-        outputs.extend(per_datum)
-    return ForwardBackwardOutput(
-        loss_fn_output_type=str(m.loss_fn_output_type),
-        loss_fn_outputs=outputs,
-        metrics={str(k): float(v) for k, v in m.metrics.items()},
-    )
-
-
-def _fill_topk(target: _Any, topk: TopkLogprobs) -> None:
+def _fill_topk(target: _Msg, topk: TopkLogprobs) -> None:
     length = len(topk.token_ids)
     k = len(topk.token_ids[0]) if length else 0
     target.token_ids = np.asarray(topk.token_ids, dtype="<i4").reshape(length, k).tobytes()
@@ -411,7 +388,7 @@ def _fill_topk(target: _Any, topk: TopkLogprobs) -> None:
 
 def encode_sample_response(resp: SampleResponse) -> bytes:
     msg = message_class("SampleResponse")()
-    m = cast(_Any, msg)
+    m = cast(_Msg, msg)
     for seq in resp.sequences:
         s = m.sequences.add()
         s.stop_reason = STOP_REASON_STOP if seq.stop_reason == "stop" else STOP_REASON_LENGTH
