@@ -1,23 +1,27 @@
 """Training throughput: tinsmith through the SDK vs. a bare in-process transformers+peft step.
 
-Same model (SmolLM2-135M), batch (8 x 128 tokens), LoRA rank 8, AdamW, fp32, on this machine.
-Prints tokens/s of each and their ratio (target >= 0.9). Run: `python benchmarks/train_step.py`.
+Same model (SmolLM2-135M), batch (8 x 128 tokens), LoRA rank 8 on Tinker's default targets,
+AdamW, fp32, on this machine. The two alternate step by step (the server idles while the bare
+loop runs, and the other way round) so drift on a noisy machine hits both alike. Prints tokens/s
+of each and their ratio (target >= 0.9). Run: `python benchmarks/train_step.py`.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import os
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import BATCH, LORA_RANK, MODEL, ROOT, SEQ_LEN, fixed_batch, median
 
 
-def bare_step_tokens_per_s(model_dir: str, batch: list[list[int]], steps: int, warmup: int) -> float:
+def bare_step(model_dir: str, batch: list[list[int]]) -> Callable[[], None]:
+    """One plain training step: forward, summed token NLL, backward, AdamW, logprobs to Python."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -31,66 +35,104 @@ def bare_step_tokens_per_s(model_dir: str, batch: list[list[int]], steps: int, w
     opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), eps=1e-12, weight_decay=0.0)
     ids = torch.tensor([seq[:-1] for seq in batch])
     tgt = torch.tensor([seq[1:] for seq in batch])
-    times = []
-    for step in range(warmup + steps):
-        start = time.perf_counter()
+
+    def step() -> None:
         logits = model(input_ids=ids, use_cache=False).logits.float()
-        logprobs = torch.log_softmax(logits, -1).gather(-1, tgt[..., None]).squeeze(-1)
-        loss = (-logprobs).sum()
-        loss.backward()
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="none")
+        nll.sum().backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        _ = logprobs.detach().tolist()  # the server returns per-token logprobs too
-        if step >= warmup:
-            times.append(time.perf_counter() - start)
-    del model, opt
-    gc.collect()
-    return BATCH * SEQ_LEN / median(times)
+        _ = (-nll).detach().tolist()  # the server returns per-token logprobs too
+
+    return step
 
 
-def sdk_tokens_per_s(config: str, batch: list[list[int]], steps: int, warmup: int) -> tuple[float, str]:
+def bare_worker(model_dir: str) -> None:
+    """Child-process mode: one bare step per line on stdin, its seconds on stdout.
+
+    The bare loop runs in its own clean process (no SDK threads, no server client) so the
+    baseline is not handicapped by the measuring process.
+    """
+    step = bare_step(model_dir, fixed_batch())
+    print("ready", flush=True)
+    for _ in sys.stdin:
+        start = time.perf_counter()
+        step()
+        print(f"{time.perf_counter() - start:.6f}", flush=True)
+
+
+class BareProcess:
+    def __init__(self, model_dir: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--bare-worker", model_dir],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        while self.proc.stdout.readline().strip() != "ready":
+            pass
+
+    def step(self) -> float:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("step\n")
+        self.proc.stdin.flush()
+        return float(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def main() -> None:
     import tinker
     from tinker import types
 
     from tinsmith.cluster.launcher import ServerProcess
 
-    with ServerProcess(config) as server:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", default=str(ROOT / "configs" / "local.yaml"))
+    parser.add_argument("--steps", type=int, default=6, help="measured steps of each kind")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--bare-worker", metavar="MODEL_DIR", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.bare_worker:
+        bare_worker(args.bare_worker)
+        return
+    batch = fixed_batch()
+    data = [
+        types.Datum(
+            model_input=types.ModelInput.from_ints(seq[:-1]),
+            loss_fn_inputs={"target_tokens": seq[1:], "weights": [1.0] * SEQ_LEN},
+        )
+        for seq in batch
+    ]
+    with ServerProcess(args.config) as server:
         service = tinker.ServiceClient(base_url=server.base_url, api_key="tml-bench")
         tc = service.create_lora_training_client(base_model=MODEL, rank=LORA_RANK).result()
-        model_dir = tc.get_info().model_data.tokenizer_id or ""
-        data = [
-            types.Datum(
-                model_input=types.ModelInput.from_ints(seq[:-1]),
-                loss_fn_inputs={"target_tokens": seq[1:], "weights": [1.0] * SEQ_LEN},
-            )
-            for seq in batch
-        ]
-        times = []
-        for step in range(warmup + steps):
+        bare = BareProcess(tc.get_info().model_data.tokenizer_id or "")
+        sdk_times, trainer_times, bare_times = [], [], []
+        for i in range(args.warmup + args.steps):
             start = time.perf_counter()
             fb = tc.forward_backward(data, "cross_entropy")
             opt = tc.optim_step(types.AdamParams(learning_rate=1e-4))
-            fb.result()
+            metrics = fb.result().metrics
             opt.result()
-            if step >= warmup:
-                times.append(time.perf_counter() - start)
-    return BATCH * SEQ_LEN / median(times), model_dir
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", default=str(ROOT / "configs" / "local.yaml"))
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--warmup", type=int, default=2)
-    args = parser.parse_args()
-    batch = fixed_batch()
-    # The server runs first and is stopped before the bare loop, so they never share the CPUs.
-    sdk, model_dir = sdk_tokens_per_s(args.config, batch, args.steps, args.warmup)
-    bare = bare_step_tokens_per_s(model_dir, batch, args.steps, args.warmup)
+            sdk = time.perf_counter() - start
+            plain = bare.step()
+            if i >= args.warmup:
+                sdk_times.append(sdk)
+                bare_times.append(plain)
+                trainer_times.append(metrics.get("trainer_seconds:max", 0.0))
+        bare.close()
+    tokens = BATCH * SEQ_LEN
+    sdk_tps, bare_tps = tokens / median(sdk_times), tokens / median(bare_times)
     print(f"batch: {BATCH} x {SEQ_LEN} tokens, LoRA rank {LORA_RANK}, model {MODEL}, {os.cpu_count()} CPUs")
-    print(f"bare transformers+peft step: {bare:8.1f} tokens/s")
-    print(f"tinsmith via tinker SDK:     {sdk:8.1f} tokens/s")
-    print(f"ratio (target >= 0.90):      {sdk / bare:8.3f}")
+    print(f"bare transformers+peft step: {bare_tps:8.1f} tokens/s  (median step {median(bare_times):.3f} s)")
+    print(f"tinsmith via tinker SDK:     {sdk_tps:8.1f} tokens/s  (median step {median(sdk_times):.3f} s)")
+    print(f"  of which trainer forward+backward: {median(trainer_times):.3f} s")
+    print(f"ratio (target >= 0.90):      {sdk_tps / bare_tps:8.3f}")
 
 
 if __name__ == "__main__":

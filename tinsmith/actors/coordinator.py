@@ -150,6 +150,7 @@ class Coordinator:
         metrics = {
             "loss:sum": sum(r.loss_sum for r in results),
             "num_tokens:sum": float(sum(r.tokens for r in results)),
+            "trainer_seconds:max": max(r.seconds for r in results),
         }
         return ForwardBackwardOutput(loss_fn_outputs=outputs, metrics=metrics)
 

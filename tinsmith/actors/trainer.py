@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -169,6 +170,7 @@ class TrainerWorker:
 
         from tinsmith.actors.losses import LOSSES
 
+        started = time.perf_counter()
         engine = self._activate(work.adapter_id)
         loss_fn = LOSSES[work.loss_fn]
         results: list[DatumResult] = []
@@ -195,7 +197,7 @@ class TrainerWorker:
                         elementwise_loss=loss_B_T[row, :n].detach().float().tolist(),
                     )
                 )
-        return RankResult(datums=results, loss_sum=loss_total, tokens=tokens)
+        return RankResult(datums=results, loss_sum=loss_total, tokens=tokens, seconds=time.perf_counter() - started)
 
     def _forward(self, engine: object, batch: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """Target logprobs ``(B, T)`` in fp32, the padded loss inputs and the padding mask.
@@ -227,9 +229,10 @@ class TrainerWorker:
             for k, v in d.extra.items():
                 inputs[k][row, :n] = torch.tensor(v)
         dev = self.device
-        logits_B_T_V = engine(input_ids=input_ids.to(dev), attention_mask=mask.to(dev).long())  # type: ignore[operator]
-        logprobs_B_T_V = torch.log_softmax(logits_B_T_V.float(), dim=-1)
-        logprobs_B_T = logprobs_B_T_V.gather(-1, targets.to(dev)[..., None]).squeeze(-1)
+        # Without padding, no mask: attention then takes the fast causal path.
+        attention_mask = None if all(d.length == longest for d in datums) else mask.to(dev).long()
+        logits_B_T_V = engine(input_ids=input_ids.to(dev), attention_mask=attention_mask)  # type: ignore[operator]
+        logprobs_B_T = target_logprobs(logits_B_T_V, targets.to(dev))
         return logprobs_B_T, {k: v.to(dev) for k, v in inputs.items()}, mask.to(dev)
 
     # ----- optimizer ----------------------------------------------------------------------
@@ -285,6 +288,23 @@ class TrainerWorker:
 
     def ping(self) -> int:
         return self.rank
+
+
+def target_logprobs(logits_B_T_V: torch.Tensor, targets_B_T: torch.Tensor) -> torch.Tensor:
+    """log p(target) per position, in fp32.
+
+    Uses the fused cross-entropy kernel (``-cross_entropy`` is the target logprob) rather than a
+    full log-softmax plus gather: it never materialises the ``B x T x V`` log-probabilities and
+    its backward is a single softmax-minus-one-hot, which is most of a LoRA step's cost at
+    SmolLM2's 49k vocabulary.
+    """
+    import torch
+
+    B, T, V = logits_B_T_V.shape
+    nll = torch.nn.functional.cross_entropy(
+        logits_B_T_V.float().reshape(B * T, V), targets_B_T.reshape(B * T), reduction="none"
+    )
+    return -nll.reshape(B, T)
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:

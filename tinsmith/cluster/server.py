@@ -116,6 +116,7 @@ class ServerState:
     training: dict[str, TrainingModel] = field(default_factory=dict)
     samplers: dict[str, SamplerSession] = field(default_factory=dict)
     sampler_checkpoints: dict[str, tuple[str, str]] = field(default_factory=dict)
+    reserved_paths: set[str] = field(default_factory=set)
 
     def served(self, base_model: str) -> ServedModel:
         model = self.models.get(base_model)
@@ -332,10 +333,17 @@ def build_app(state: ServerState) -> FastAPI:
                     await served.coordinator.call("skip_seq", body.model_id, body.seq_id)
                     raise UserInputError(f"path {body.path!r} must match {_NAME_RE.pattern}")
                 tinker_path = f"tinker://{body.model_id}/sampler_weights/{body.path}"
+                if tinker_path in state.sampler_checkpoints or tinker_path in state.reserved_paths:
+                    await served.coordinator.call("skip_seq", body.model_id, body.seq_id)
+                    raise UserInputError(f"sampler checkpoint {tinker_path!r} already exists; choose another name")
                 directory = state.data_dir / "checkpoints" / _safe(body.model_id) / "sampler_weights" / body.path
-                await served.coordinator.call(
-                    "save_for_sampler", body.model_id, body.seq_id, tinker_path, str(directory)
-                )
+                state.reserved_paths.add(tinker_path)
+                try:
+                    await served.coordinator.call(
+                        "save_for_sampler", body.model_id, body.seq_id, tinker_path, str(directory)
+                    )
+                finally:
+                    state.reserved_paths.discard(tinker_path)
                 state.sampler_checkpoints[tinker_path] = (model.base_model, str(directory))
                 return _json(SaveWeightsForSamplerResponseInternal(path=tinker_path))
             if body.sampling_session_seq_id is None:

@@ -64,6 +64,7 @@ class RankResult(InternalModel):
     datums: list[DatumResult]
     loss_sum: float
     tokens: int
+    seconds: float = Field(default=0.0, description="Wall time the rank spent on the request.")
 
 
 class OptimStepWork(InternalModel):

@@ -1,0 +1,101 @@
+"""Coordinator logic with in-process fake workers: seq_id ordering, rank fan-out, bad-input handling.
+
+The fakes stand in for Ray actor handles only to test ordering quickly; the real trainer and
+sampler are exercised in tests/integration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+
+import pytest
+
+from tinsmith.actors.coordinator import Coordinator
+from tinsmith.errors import UserInputError
+from tinsmith.types import AdamParams, Datum, ForwardBackwardInput, LoraConfig, ModelInput, TensorData
+from tinsmith.types.internal import DatumResult, RankResult, RankWork
+
+
+class _Method:
+    def __init__(self, fn: Callable[..., object]) -> None:
+        self.fn = fn
+
+    def remote(self, *args: object) -> Coroutine[object, object, object]:
+        async def run() -> object:
+            await asyncio.sleep(0)
+            return self.fn(*args)
+
+        return run()
+
+
+class FakeTrainer:
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def __getattr__(self, name: str) -> _Method:
+        return _Method(getattr(self, "_" + name))
+
+    def _create_adapter(self, spec: object) -> int:
+        return 1
+
+    def _forward_backward(self, work: RankWork) -> RankResult:
+        self.log.append(f"fb:{len(work.micro_batches)}")
+        datums = [
+            DatumResult(index=d.index, logprobs=[-1.0] * d.length, elementwise_loss=[1.0] * d.length)
+            for batch in work.micro_batches
+            for d in batch.datums
+        ]
+        return RankResult(datums=datums, loss_sum=float(sum(len(d.logprobs) for d in datums)), tokens=0)
+
+    def _optim_step(self, work: object) -> dict[str, float]:
+        self.log.append("step")
+        return {"grad_norm:mean": 1.0}
+
+
+def _fb(n: int, loss: str = "cross_entropy") -> ForwardBackwardInput:
+    datums = [
+        Datum(
+            model_input=ModelInput.from_ints([1] * (i + 2)),
+            loss_fn_inputs={"target_tokens": TensorData(data=[1] * (i + 2), dtype="int64")},
+        )
+        for i in range(n)
+    ]
+    return ForwardBackwardInput(data=datums, loss_fn=loss)
+
+
+def test_requests_run_in_seq_order_and_results_keep_datum_order() -> None:
+    async def main() -> None:
+        log: list[str] = []
+        trainers = [FakeTrainer(log), FakeTrainer(log)]
+        coord = Coordinator("m", 100, 64, 8, trainers, [], "/tmp")  # type: ignore[arg-type]
+        await coord.create_model("s:train:0", LoraConfig(rank=4))
+        # Sent out of order: optim_step (3) first, then the second chunk (2), then the first (1).
+        step = asyncio.ensure_future(coord.optim_step("s:train:0", 3, AdamParams()))
+        second = asyncio.ensure_future(coord.forward_backward("s:train:0", 2, _fb(1), False))
+        first = asyncio.ensure_future(coord.forward_backward("s:train:0", 1, _fb(5), False))
+        out_first = await first
+        await second
+        await step
+        assert log[-2:] == ["step", "step"]
+        assert [len(o["logprobs"].data) for o in out_first.loss_fn_outputs] == [2, 3, 4, 5, 6]
+        assert out_first.metrics["loss:sum"] == 20.0
+        fb_calls = [e for e in log if e.startswith("fb:")]
+        # every rank gets the same number of micro-batches per request
+        assert fb_calls[0] == fb_calls[1]
+
+    asyncio.run(main())
+
+
+def test_bad_request_fails_but_frees_its_seq_id() -> None:
+    async def main() -> None:
+        coord = Coordinator("m", 100, 64, 8, [FakeTrainer([])], [], "/tmp")  # type: ignore[arg-type]
+        await coord.create_model("s:train:0", LoraConfig(rank=4))
+        with pytest.raises(UserInputError, match="gspo"):
+            await coord.forward_backward("s:train:0", 1, _fb(1, loss="gspo"), False)
+        out = await asyncio.wait_for(coord.forward_backward("s:train:0", 2, _fb(1), False), timeout=5)
+        assert out.metrics["loss:sum"] == 2.0
+        with pytest.raises(UserInputError, match="already used"):
+            await coord.forward_backward("s:train:0", 2, _fb(1), False)
+
+    asyncio.run(main())
