@@ -35,7 +35,8 @@ def main() -> None:
     with ServerProcess(args.config) as server:
         service = tinker.ServiceClient(base_url=server.base_url, api_key="tml-bench")
         tc = service.create_lora_training_client(base_model=MODEL, rank=LORA_RANK).result()
-        sync_total, save_only, sample_only = [], [], []
+        base_sampler = service.create_sampling_client(base_model=MODEL).result()
+        sync_total, save_only, sample_only, base_only = [], [], [], []
         for i in range(args.repeats + 1):
             tc.forward_backward([datum], "cross_entropy").result()
             tc.optim_step(types.AdamParams(learning_rate=1e-4)).result()
@@ -46,16 +47,20 @@ def main() -> None:
             done = time.perf_counter()
             sampler.sample(prompt, num_samples=1, sampling_params=one_token).result()
             again = time.perf_counter()
+            base_sampler.sample(prompt, num_samples=1, sampling_params=one_token).result()
+            base_done = time.perf_counter()
             if i > 0:  # the first round warms up the adapter path
+                base_only.append(base_done - again)
                 sync_total.append(done - start)
                 save_only.append(saved - start)
                 sample_only.append(again - done)
     total, save, sample = median(sync_total), median(save_only), median(sample_only)
     print(f"model {MODEL}, LoRA rank {LORA_RANK}, {args.repeats} rounds (medians)")
-    print(f"save_weights_and_get_sampling_client():            {save:7.3f} s").result()
+    print(f"save_weights_and_get_sampling_client():            {save:7.3f} s")
     print(f"  ... until first sample from the new weights:     {total:7.3f} s  (target <= 0.100)")
     print(f"one-token sample on an already-synced client:      {sample:7.3f} s")
     print(f"weight sync alone (difference):                    {total - sample:7.3f} s")
+    print(f"one-token sample from the base model (no LoRA):    {median(base_only):7.3f} s")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ def test_training_lowers_loss_and_first_logprobs_match_reference(service_client:
     tc = service_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=8).result()
     tok = _tokenizer(tc)
     data = [datum(tok.encode(s)) for s in SENTENCES]  # type: ignore[attr-defined]
+    # forward (forward_only) gives the same logprobs as forward_backward and changes nothing.
+    forward_logprobs = [o["logprobs"].tolist() for o in tc.forward(data, "cross_entropy").result().loss_fn_outputs]
     losses: list[float] = []
     first_logprobs: list[list[float]] = []
     for step in range(5):
@@ -46,6 +48,8 @@ def test_training_lowers_loss_and_first_logprobs_match_reference(service_client:
         if step == 0:
             first_logprobs = [out["logprobs"].tolist() for out in fb.loss_fn_outputs]
     assert all(b < a for a, b in itertools.pairwise(losses)), losses
+    for got, fwd in zip(first_logprobs, forward_logprobs, strict=True):
+        np.testing.assert_allclose(got, fwd, atol=1e-5, rtol=0)
 
     # In-process reference at the same weights: the base model plus a fresh LoRA (B = 0).
     model_dir = tc.get_info().model_data.tokenizer_id
@@ -157,6 +161,9 @@ def test_bad_input_fails_with_user_error_and_server_keeps_serving(service_client
     with pytest.raises(tinker.RequestFailedError) as info:
         service_client.create_lora_training_client(base_model="nobody/no-such-model", rank=4).result()
     assert "nobody/no-such-model" in info.value.message
+    with pytest.raises(tinker.RequestFailedError) as info:
+        service_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=128).result()
+    assert "lora_config.rank 128" in info.value.message
     # The same client (its seq_ids intact) and the server keep working.
     fb = tc.forward_backward([good], "cross_entropy").result()
     assert fb.metrics["loss:sum"] > 0

@@ -50,7 +50,7 @@ class SamplerWorker:
             max_model_len=cfg.max_model_len,
             enable_lora=True,
             max_loras=cfg.max_loras,
-            max_lora_rank=cfg.max_lora_rank,  # type: ignore[arg-type]
+            max_lora_rank=cfg.max_lora_rank,
             max_cpu_loras=cfg.max_cpu_loras,
             enforce_eager=cfg.enforce_eager,
             gpu_memory_utilization=cfg.gpu_memory_utilization,

@@ -72,6 +72,7 @@ def serve(config: ClusterConfig, host: str, port: int) -> None:
                 coordinator=RayCoordinator(started_model.coordinator),
                 vocab_size=vocab,
                 sampleable=sampler_cfg.num_replicas > 0,
+                max_lora_rank=sampler_cfg.max_lora_rank,
             )
             log.info("model %s ready from %s", spec.name, model_dir)
         data_dir = config.resolved_data_dir()

@@ -45,7 +45,13 @@ class SamplerConfig(_Strict):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(default="float32", description="vLLM dtype.")
     max_model_len: int = Field(default=2048, ge=16, description="vLLM max_model_len.")
     max_loras: int = Field(default=4, ge=1, description="Adapters vLLM keeps active in one batch.")
-    max_lora_rank: int = Field(default=64, ge=1, description="Largest LoRA rank the sampler accepts.")
+    max_lora_rank: Literal[8, 16, 32, 64, 128, 256] = Field(
+        default=32,
+        description=(
+            "Largest LoRA rank the sampler serves; training clients with a larger rank are refused. "
+            "vLLM pads every adapter to this rank, so its sampling cost grows with it."
+        ),
+    )
     max_cpu_loras: int = Field(default=32, ge=1, description="Adapters cached in memory by vLLM.")
     kv_cache_gib: float = Field(default=1.0, gt=0, description="KV cache size in GiB (CPU backend).")
     gpu_memory_utilization: float = Field(default=0.4, gt=0, le=1, description="vLLM GPU memory share.")

@@ -85,6 +85,7 @@ class ServedModel:
     max_context_length: int
     coordinator: CoordinatorClient
     vocab_size: int
+    max_lora_rank: int = 512
     trainable: bool = True
     sampleable: bool = True
 
@@ -248,6 +249,11 @@ def build_app(state: ServerState) -> FastAPI:
                     f"optimizer_config.type {body.optimizer_config.type!r} is not supported; use adamw"
                 )
             lora = body.lora_config or LoraConfig(rank=32)
+            if served.sampleable and lora.rank > served.max_lora_rank:
+                raise UserInputError(
+                    f"lora_config.rank {lora.rank} is larger than this server's sampler limit "
+                    f"({served.max_lora_rank}, sampler.max_lora_rank in the config)"
+                )
             if model_id in state.training:
                 raise UserInputError(f"model {model_id!r} already exists (model_seq_id reused)")
             await served.coordinator.call("create_model", model_id, lora)
