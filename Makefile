@@ -38,8 +38,12 @@ test: lint typecheck
 unit: install
 	$(BIN)/python -m pytest -q tests/unit
 
+integration: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -v -rs tests/integration
+
 bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/train_step.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/train_step.py --scaling
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/weight_sync.py
 
 clean:

@@ -85,6 +85,63 @@ class BareProcess:
         self.proc.wait(timeout=60)
 
 
+def scaling(config: str, steps: int, warmup: int) -> None:
+    """1 vs 2 ranks on a mixed-length batch, the padding fraction, and trainer memory per tenant."""
+    import json
+    import urllib.request
+
+    import numpy as np
+    import tinker
+    from tinker import types
+
+    from tinsmith.cluster.launcher import ServerProcess
+
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(SEQ_LEN // 2, SEQ_LEN * 2, size=2 * BATCH)
+    data = [
+        types.Datum(
+            model_input=types.ModelInput.from_ints([int(t) for t in rng.integers(100, 49152, size=n)]),
+            loss_fn_inputs={"target_tokens": [int(t) for t in rng.integers(100, 49152, size=n)], "weights": [1.0] * n},
+        )
+        for n in lengths
+    ]
+    tokens = int(lengths.sum())
+
+    def rss(base_url: str, model: str) -> int:
+        with urllib.request.urlopen(f"{base_url}/api/v1/tinsmith/status") as resp:
+            status = json.loads(resp.read())
+        workers = next(m for m in status if m["base_model"] == model)["workers"]
+        return int(workers[0]["rss_bytes"])
+
+    with ServerProcess(config) as server:
+        service = tinker.ServiceClient(base_url=server.base_url, api_key="tml-bench")
+        results: dict[str, float] = {}
+        padding: list[float] = []
+        for model in ("bench/one-rank", "bench/two-ranks"):
+            tc = service.create_lora_training_client(base_model=model, rank=LORA_RANK).result()
+            times = []
+            for i in range(warmup + steps):
+                start = time.perf_counter()
+                metrics = tc.forward_backward(data, "cross_entropy").result().metrics
+                tc.optim_step(types.AdamParams(learning_rate=1e-4)).result()
+                if i >= warmup:
+                    times.append(time.perf_counter() - start)
+                padding.append(metrics["padding_tokens:sum"] / (metrics["padding_tokens:sum"] + tokens))
+            results[model] = tokens / median(times)
+        before = rss(server.base_url, "bench/one-rank")
+        extra = [service.create_lora_training_client(base_model="bench/one-rank", rank=32).result() for _ in range(4)]
+        for tc in extra:
+            tc.forward_backward(data[:2], "cross_entropy").result()
+            tc.optim_step(types.AdamParams()).result()
+        after = rss(server.base_url, "bench/one-rank")
+    one, two = results["bench/one-rank"], results["bench/two-ranks"]
+    print(f"mixed lengths {int(lengths.min())}..{int(lengths.max())}, {len(lengths)} datums, {tokens} tokens per step")
+    print(f"1 rank:  {one:8.1f} tokens/s")
+    print(f"2 ranks: {two:8.1f} tokens/s   ratio {two / one:.3f} (target >= 1.0 on this machine)")
+    print(f"padding fraction of micro-batches: {max(padding):.3f} (target <= 0.10)")
+    print(f"trainer rank RSS per added rank-32 tenant: {(after - before) / len(extra) / 2**20:.1f} MiB")
+
+
 def main() -> None:
     import tinker
     from tinker import types
@@ -96,9 +153,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="measured steps of each kind")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--bare-worker", metavar="MODEL_DIR", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--scaling", action="store_true", help="1 vs 2 ranks, padding and memory per tenant (configs/bench-ranks.yaml)"
+    )
     args = parser.parse_args()
     if args.bare_worker:
         bare_worker(args.bare_worker)
+        return
+    if args.scaling:
+        scaling(str(ROOT / "configs" / "bench-ranks.yaml"), args.steps, args.warmup)
         return
     batch = fixed_batch()
     data = [

@@ -5,25 +5,17 @@ Pure Python (no torch, no Ray), so the coordinator's packing logic is unit-teste
 
 from __future__ import annotations
 
+import math
+
+from tinsmith.actors.loss_specs import loss_spec
 from tinsmith.errors import UserInputError
-from tinsmith.types.data import Datum
+from tinsmith.types.data import Datum, TensorData
 from tinsmith.types.internal import MicroBatch, TokenDatum
-
-SUPPORTED_LOSSES = ("cross_entropy",)
-# Loss inputs each loss reads, beyond target_tokens.
-_LOSS_INPUTS: dict[str, tuple[str, ...]] = {"cross_entropy": ("weights",)}
-
-
-def validate_loss_fn(loss_fn: str) -> None:
-    if loss_fn not in SUPPORTED_LOSSES:
-        raise UserInputError(
-            f"loss_fn {loss_fn!r} is not supported by this server; supported: {', '.join(SUPPORTED_LOSSES)}"
-        )
 
 
 def to_token_datums(data: list[Datum], loss_fn: str, vocab_size: int, max_length: int) -> list[TokenDatum]:
     """Validate every datum and flatten it; errors name the datum index and the field."""
-    validate_loss_fn(loss_fn)
+    spec = loss_spec(loss_fn)
     if not data:
         raise UserInputError("forward_backward_input.data is empty")
     out: list[TokenDatum] = []
@@ -42,30 +34,41 @@ def to_token_datums(data: list[Datum], loss_fn: str, vocab_size: int, max_length
         inputs = datum.loss_fn_inputs
         if "target_tokens" not in inputs:
             raise UserInputError(f"{where}.loss_fn_inputs is missing 'target_tokens' (needed by {loss_fn})")
+        _check_tensor(inputs["target_tokens"], "int64", n, f"{where}.loss_fn_inputs['target_tokens']")
         targets = [int(t) for t in inputs["target_tokens"].data]
         if len(targets) != n:
             raise UserInputError(
                 f"{where}.loss_fn_inputs['target_tokens'] has length {len(targets)}, but model_input has {n} tokens"
             )
         _check_token_range(targets, vocab_size, f"{where}.loss_fn_inputs['target_tokens']")
-        extra: dict[str, list[float]] = {}
-        for key in _LOSS_INPUTS[loss_fn]:
+        values: dict[str, list[float]] = {}
+        for key in (*spec.required, *spec.optional):
             if key not in inputs:
-                if key == "weights":
-                    extra[key] = [1.0] * n
+                if key in spec.optional:
+                    values[key] = [spec.optional[key]] * n
                     continue
                 raise UserInputError(f"{where}.loss_fn_inputs is missing {key!r} (needed by {loss_fn})")
-            values = [float(v) for v in inputs[key].data]
-            if len(values) != n:
+            _check_tensor(inputs[key], "float32", n, f"{where}.loss_fn_inputs[{key!r}]")
+            floats = [float(v) for v in inputs[key].data]
+            if len(floats) != n:
                 raise UserInputError(
-                    f"{where}.loss_fn_inputs[{key!r}] has length {len(values)}, but model_input has {n} tokens"
+                    f"{where}.loss_fn_inputs[{key!r}] has length {len(floats)}, but model_input has {n} tokens"
                 )
-            if any(v != v or v in (float("inf"), float("-inf")) for v in values):
+            if any(not math.isfinite(v) for v in floats):
                 raise UserInputError(f"{where}.loss_fn_inputs[{key!r}] contains NaN or infinity")
-            extra[key] = values
-        weights = extra.pop("weights")
-        out.append(TokenDatum(index=i, input_tokens=tokens, target_tokens=targets, weights=weights, extra=extra))
+            values[key] = floats
+        weights = values.pop("weights", [1.0] * n)
+        out.append(TokenDatum(index=i, input_tokens=tokens, target_tokens=targets, weights=weights, extra=values))
     return out
+
+
+def _check_tensor(tensor: TensorData, dtype: str, n: int, where: str) -> None:
+    if tensor.dtype != dtype:
+        raise UserInputError(f"{where} has dtype {tensor.dtype}, expected {dtype}")
+    if tensor.shape is not None and list(tensor.shape) != [len(tensor.data)]:
+        raise UserInputError(f"{where} has shape {tensor.shape}, expected a 1-D tensor of length {n}")
+    if tensor.sparse_crow_indices is not None or tensor.sparse_col_indices is not None:
+        raise UserInputError(f"{where} is sparse; loss inputs must be dense 1-D tensors")
 
 
 def _check_token_range(tokens: list[int], vocab_size: int, where: str) -> None:

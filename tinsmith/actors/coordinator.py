@@ -15,16 +15,19 @@ from pathlib import Path
 from typing import Protocol
 
 from tinsmith.actors.batching import pack_micro_batches, spread_over_ranks, to_token_datums
+from tinsmith.actors.loss_specs import validate_loss_config
 from tinsmith.errors import NotFoundError, UserInputError
 from tinsmith.types.data import TensorData
 from tinsmith.types.internal import (
     AdapterSpec,
     DatumResult,
+    ModelStatus,
     OptimStepWork,
     RankResult,
     RankWork,
     SampleWork,
     SavedAdapter,
+    WorkerStatus,
 )
 from tinsmith.types.sampling import SampleResponse
 from tinsmith.types.training import AdamParams, ForwardBackwardInput, ForwardBackwardOutput, LoraConfig
@@ -48,6 +51,7 @@ class _Sequencer:
     def __init__(self) -> None:
         self.next_seq = 1
         self.cond = asyncio.Condition()
+        self.has_gradients = False
 
     async def wait_turn(self, seq_id: int | None) -> None:
         if seq_id is None:
@@ -112,6 +116,7 @@ class Coordinator:
         # Validate before waiting for the turn, but keep the slot: a bad request still uses its seq_id.
         try:
             datums = to_token_datums(fb.data, fb.loss_fn, self.vocab_size, self.max_length)
+            loss_config = validate_loss_config(fb.loss_fn, fb.loss_fn_config)
         except UserInputError:
             await seq.wait_turn(seq_id)
             await seq.done(seq_id)
@@ -123,13 +128,15 @@ class Coordinator:
                 RankWork(
                     adapter_id=_adapter_name(model_id),
                     loss_fn=fb.loss_fn,
-                    loss_fn_config=dict(fb.loss_fn_config or {}),
+                    loss_fn_config=dict(loss_config),
                     forward_only=forward_only,
                     micro_batches=batches,
                     grad_scale=float(len(self.trainers)),
                 )
                 for batches in per_rank
             ]
+            if not forward_only:
+                seq.has_gradients = True
             results: list[RankResult] = list(
                 await asyncio.gather(*[t.forward_backward.remote(w) for t, w in zip(self.trainers, works, strict=True)])  # type: ignore[arg-type]
             )
@@ -151,6 +158,9 @@ class Coordinator:
             "loss:sum": sum(r.loss_sum for r in results),
             "num_tokens:sum": float(sum(r.tokens for r in results)),
             "trainer_seconds:max": max(r.seconds for r in results),
+            "padding_tokens:sum": float(
+                sum(b.padded_tokens for batches in per_rank for b in batches) - sum(d.length for d in datums)
+            ),
         }
         return ForwardBackwardOutput(loss_fn_outputs=outputs, metrics=metrics)
 
@@ -158,6 +168,9 @@ class Coordinator:
         seq = self._model(model_id)
         await seq.wait_turn(seq_id)
         try:
+            if not seq.has_gradients:
+                raise UserInputError("optim_step without gradients: call forward_backward first")
+            seq.has_gradients = False
             work = OptimStepWork(adapter_id=_adapter_name(model_id), adam=adam)
             metrics: list[dict[str, float]] = list(
                 await asyncio.gather(*[t.optim_step.remote(work) for t in self.trainers])  # type: ignore[arg-type]
@@ -206,6 +219,12 @@ class Coordinator:
 
     async def ping(self) -> str:
         return self.base_model
+
+    async def status(self) -> ModelStatus:
+        workers: list[WorkerStatus] = list(
+            await asyncio.gather(*[w.status.remote() for w in [*self.trainers, *self.samplers]])  # type: ignore[arg-type]
+        )
+        return ModelStatus(base_model=self.base_model, training_models=len(self.adapters), workers=workers)
 
 
 def _adapter_name(model_id: str) -> str:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from tinsmith.cluster.config import SamplerConfig
 from tinsmith.errors import NotFoundError
-from tinsmith.types.internal import SampleWork
+from tinsmith.types.internal import SampleWork, WorkerStatus
 from tinsmith.types.sampling import SampledSequence, SampleResponse, StopReason, TopkLogprobs
 
 if TYPE_CHECKING:
@@ -82,6 +82,15 @@ class SamplerWorker:
 
     def has_adapter(self, key: str) -> bool:
         return key in self._adapters
+
+    def status(self) -> WorkerStatus:
+        import psutil
+
+        proc = psutil.Process()
+        rss = proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(recursive=True))
+        return WorkerStatus(
+            kind="sampler", index=self.replica, pid=os.getpid(), rss_bytes=rss, adapters=len(self._adapters)
+        )
 
     async def sample(self, work: SampleWork) -> SampleResponse:
         from vllm import SamplingParams as VllmSamplingParams

@@ -25,6 +25,7 @@ from tinsmith.types.internal import (
     RankResult,
     RankWork,
     SavedAdapter,
+    WorkerStatus,
 )
 
 if TYPE_CHECKING:
@@ -177,15 +178,16 @@ class TrainerWorker:
         loss_total = 0.0
         tokens = 0
         for batch in work.micro_batches:
-            if work.forward_only:
-                with torch.no_grad():
-                    logprobs_B_T, inputs, mask_B_T = self._forward(engine, batch)
-                    loss_B_T = loss_fn(logprobs_B_T, inputs, work.loss_fn_config) * mask_B_T
-            else:
+            if not batch.datums:
+                if not work.forward_only:
+                    self._dummy_backward(engine)
+                continue
+            with torch.set_grad_enabled(not work.forward_only):
                 logprobs_B_T, inputs, mask_B_T = self._forward(engine, batch)
-                loss_B_T = loss_fn(logprobs_B_T, inputs, work.loss_fn_config) * mask_B_T
-                loss = loss_B_T.sum()
-                engine.backward(loss * work.grad_scale, scale_wrt_gas=False)  # type: ignore[attr-defined]
+                # where, not multiply: a non-finite loss on a padding position must not leak in as NaN
+                loss_B_T = torch.where(mask_B_T > 0, loss_fn(logprobs_B_T, inputs, work.loss_fn_config), 0.0)
+                if not work.forward_only:
+                    engine.backward(loss_B_T.sum() * work.grad_scale, scale_wrt_gas=False)  # type: ignore[attr-defined]
             loss_total += float(loss_B_T.detach().sum())
             for row, datum in enumerate(batch.datums):
                 n = datum.length
@@ -199,20 +201,22 @@ class TrainerWorker:
                 )
         return RankResult(datums=results, loss_sum=loss_total, tokens=tokens, seconds=time.perf_counter() - started)
 
-    def _forward(self, engine: object, batch: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-        """Target logprobs ``(B, T)`` in fp32, the padded loss inputs and the padding mask.
+    def _dummy_backward(self, engine: object) -> None:
+        """A zero-loss backward through one token, for a rank with fewer micro-batches than its peers.
 
-        An empty micro-batch (a rank with less work than its peers) runs one dummy token whose
-        loss is multiplied by zero, so every rank joins the same backward collectives.
+        Data-parallel backward passes are collectives, so every rank must run as many as the others.
         """
         import torch
 
+        input_ids = torch.zeros((1, 1), dtype=torch.long, device=self.device)
+        logits = engine(input_ids=input_ids)  # type: ignore[operator]
+        engine.backward(logits.float().sum() * 0.0, scale_wrt_gas=False)  # type: ignore[attr-defined]
+
+    def _forward(self, engine: object, batch: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """Target logprobs ``(B, T)`` in fp32, the padded loss inputs and the padding mask."""
+        import torch
+
         datums = batch.datums
-        if not datums:
-            input_ids = torch.zeros((1, 1), dtype=torch.long, device=self.device)
-            logits = engine(input_ids=input_ids)  # type: ignore[operator]
-            zero = logits.float().sum()[None, None] * 0.0
-            return zero, {"weights": torch.zeros_like(zero)}, torch.zeros_like(zero)
         longest = max(d.length for d in datums)
         B = len(datums)
         input_ids = torch.zeros((B, longest), dtype=torch.long)
@@ -288,6 +292,27 @@ class TrainerWorker:
 
     def ping(self) -> int:
         return self.rank
+
+    def status(self) -> WorkerStatus:
+        import psutil
+
+        state_bytes = 0
+        for name, engine in self.engines.items():
+            params = self._adapter_params(name)
+            state_bytes += sum(p.numel() * p.element_size() for p in params)
+            optimizer = getattr(engine, "optimizer", None)
+            for group_state in getattr(getattr(optimizer, "optimizer", optimizer), "state", {}).values():
+                for value in group_state.values():
+                    if hasattr(value, "numel"):
+                        state_bytes += value.numel() * value.element_size()
+        return WorkerStatus(
+            kind="trainer",
+            index=self.rank,
+            pid=os.getpid(),
+            rss_bytes=psutil.Process().memory_info().rss,
+            adapters=len(self.engines),
+            adapter_param_bytes=state_bytes,
+        )
 
 
 def target_logprobs(logits_B_T_V: torch.Tensor, targets_B_T: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,7 @@ from tinsmith.types.futures import (
     TryAgainResponse,
     UntypedAPIFuture,
 )
-from tinsmith.types.internal import SampleWork
+from tinsmith.types.internal import ModelStatus, SampleWork
 from tinsmith.types.requests import (
     ClientConfigResponse,
     ClientDynamicConfigResponse,
@@ -402,6 +402,17 @@ def build_app(state: ServerState) -> FastAPI:
             return FutureResult(kind="proto", body=proto.encode_sample_response(out))
 
         return submit(request, work(), n_samples=body.num_samples)
+
+    # ----- tinsmith's own (not part of Tinker's protocol) ------------------------------------
+    @app.get("/api/v1/tinsmith/status")
+    async def status() -> list[ModelStatus]:
+        """Per base model: its training clients and each worker's memory and adapters."""
+        out: list[ModelStatus] = []
+        for served in state.models.values():
+            result = await served.coordinator.call("status")
+            assert isinstance(result, ModelStatus)
+            out.append(result)
+        return out
 
     # ----- futures -------------------------------------------------------------------------
     @app.post("/api/v1/retrieve_future")

@@ -98,3 +98,20 @@ class SampleWork(InternalModel):
 
 
 StorageKind = Literal["ephemeral", "named"]
+
+
+class WorkerStatus(InternalModel):
+    """What one trainer rank or sampler replica holds, for operators and memory benchmarks."""
+
+    kind: Literal["trainer", "sampler"]
+    index: int
+    pid: int
+    rss_bytes: int
+    adapters: int
+    adapter_param_bytes: int = Field(default=0, description="Adapter weights plus optimizer state (trainer).")
+
+
+class ModelStatus(InternalModel):
+    base_model: str
+    training_models: int
+    workers: list[WorkerStatus]

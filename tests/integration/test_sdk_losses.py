@@ -1,0 +1,180 @@
+"""Tinker's RL losses, custom losses, multi-tenancy and bad loss inputs through the official SDK."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tinker
+import torch
+from tinker import types
+
+from tests.conftest import DEFAULT_MODEL
+from tests.integration.helpers import datum, random_tokens, read_adapter, sampler_dir
+
+pytestmark = pytest.mark.integration
+
+
+def _rl_datum(tokens: list[int], sampler_logprobs: list[float], advantages: list[float]) -> types.Datum:
+    return types.Datum(
+        model_input=types.ModelInput.from_ints(tokens[:-1]),
+        loss_fn_inputs={"target_tokens": tokens[1:], "logprobs": sampler_logprobs, "advantages": advantages},
+    )
+
+
+def _formula(name: str, tp: np.ndarray, sp: np.ndarray, adv: np.ndarray, cfg: dict[str, float]) -> float:
+    r = np.exp(tp - sp)
+    if name == "importance_sampling":
+        return float(-(r * adv).sum())
+    if name == "ppo":
+        return float(-np.minimum(r * adv, np.clip(r, cfg["lo"], cfg["hi"]) * adv).sum())
+    if name == "cispo":
+        return float(-(np.clip(r, cfg["lo"], cfg["hi"]) * tp * adv).sum())
+    return float(-(tp * adv - 0.5 * cfg["beta"] * (tp - sp) ** 2).sum())
+
+
+@pytest.mark.parametrize(
+    ("loss_fn", "config"),
+    [
+        ("importance_sampling", None),
+        ("ppo", {"clip_low_threshold": 0.9, "clip_high_threshold": 1.1}),
+        ("cispo", {"clip_low_threshold": 0.9, "clip_high_threshold": 1.1}),
+        ("dro", {"beta": 0.2}),
+    ],
+)
+def test_rl_loss_sum_matches_formula(
+    service_client: tinker.ServiceClient, loss_fn: str, config: dict[str, float] | None
+) -> None:
+    tc = service_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=4).result()
+    tokens = random_tokens(7, 33)
+    probe = datum(tokens)
+    tp = np.array(tc.forward([probe], "cross_entropy").result().loss_fn_outputs[0]["logprobs"].tolist())
+    rng = np.random.default_rng(1)
+    sp = (tp + rng.uniform(-0.4, 0.4, size=tp.shape)).astype(np.float32)  # ratios ~0.67..1.5: clipping both ways
+    adv = rng.normal(size=tp.shape).astype(np.float32)
+    out = tc.forward_backward([_rl_datum(tokens, sp.tolist(), adv.tolist())], loss_fn, config).result()  # type: ignore[arg-type]
+    got_tp = np.array(out.loss_fn_outputs[0]["logprobs"].tolist())
+    np.testing.assert_allclose(got_tp, tp, atol=1e-5)
+    cfg = {"lo": 0.9, "hi": 1.1, "beta": 0.2}
+    expected = _formula(loss_fn, got_tp, sp.astype(np.float64), adv.astype(np.float64), cfg)
+    assert abs(out.metrics["loss:sum"] - expected) <= 1e-4 * max(1.0, abs(expected)), (out.metrics, expected)
+
+
+def test_forward_backward_custom_dpo(service_client: tinker.ServiceClient) -> None:
+    """A DPO loss on (chosen, rejected) pairs: the preference margin grows with training."""
+    tc = service_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=8).result()
+    tok = tc.get_tokenizer()
+    prompt = tok.encode("Question: what colour is the sky? Answer:")  # type: ignore[attr-defined]
+    chosen = prompt + tok.encode(" blue, on a clear day.")  # type: ignore[attr-defined]
+    rejected = prompt + tok.encode(" green with purple dots.")  # type: ignore[attr-defined]
+
+    def completion_datum(tokens: list[int]) -> types.Datum:
+        weights = [0.0] * (len(prompt) - 1) + [1.0] * (len(tokens) - len(prompt))
+        return datum(tokens, weights)
+
+    data = [completion_datum(chosen), completion_datum(rejected)]
+    ref = [np.array(o["logprobs"].tolist()) for o in tc.forward(data, "cross_entropy").result().loss_fn_outputs]
+    masks = [np.array(d.loss_fn_inputs["weights"].tolist()) for d in data]
+    ref_c, ref_r = (float((lp * m).sum()) for lp, m in zip(ref, masks, strict=True))
+    beta = 0.1
+
+    def dpo(batch: list[types.Datum], logprobs: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        w = [torch.tensor(d.loss_fn_inputs["weights"].tolist()) for d in batch]
+        chosen_lp, rejected_lp = (lp @ wi for lp, wi in zip(logprobs, w, strict=True))
+        margin = beta * ((chosen_lp - ref_c) - (rejected_lp - ref_r))
+        loss = -torch.nn.functional.logsigmoid(margin)
+        return loss, {"margin": float(margin)}
+
+    margins = []
+    for _ in range(4):
+        out = tc.forward_backward_custom(data, dpo).result()
+        margins.append(out.metrics["margin"])
+        assert "loss:sum" in out.metrics
+        tc.optim_step(types.AdamParams(learning_rate=2e-3)).result()
+    assert margins[-1] > margins[0] + 0.05, margins
+
+
+def test_interleaved_tenants_match_training_alone(service_client: tinker.ServiceClient, server: object) -> None:
+    specs = [
+        {"rank": 4},
+        {"rank": 8},
+        {"rank": 16, "train_attn": False, "train_unembed": False},  # MLP only
+    ]
+    data = [[datum(random_tokens(50 + 10 * i + j, 24 + 8 * j)) for j in range(2)] for i in range(len(specs))]
+
+    def make(spec: dict[str, object]) -> tinker.TrainingClient:
+        return service_client.create_lora_training_client(base_model=DEFAULT_MODEL, **spec).result()  # type: ignore[arg-type]
+
+    def step(tc: tinker.TrainingClient, batch: list[types.Datum]) -> None:
+        tc.forward_backward(batch, "cross_entropy").result()
+        tc.optim_step(types.AdamParams(learning_rate=1e-3, weight_decay=0.01)).result()
+
+    before = _trainer_status(server)
+    together = [make(s) for s in specs]
+    for _ in range(5):
+        for tc, batch in zip(together, data, strict=True):
+            step(tc, batch)
+    after = _trainer_status(server)
+    grown = after["rss_bytes"] - before["rss_bytes"]
+    state = after["adapter_param_bytes"] - before["adapter_param_bytes"]
+    print(f"trainer rank RSS grew {grown / 2**20:.1f} MiB for 3 tenants (adapters+optimizer {state / 2**20:.1f} MiB)")
+    # far less than one more copy of the 135M-parameter base model (~540 MB in fp32)
+    assert grown < 300 * 2**20, grown
+    data_dir = server.data_dir  # type: ignore[attr-defined]
+    for i, (spec, batch) in enumerate(zip(specs, data, strict=True)):
+        alone = make(spec)
+        for _ in range(5):
+            step(alone, batch)
+        a = read_adapter(sampler_dir(data_dir, together[i].save_weights_for_sampler(f"mt{i}").result().path))
+        b = read_adapter(sampler_dir(data_dir, alone.save_weights_for_sampler(f"alone{i}").result().path))
+        assert a.keys() == b.keys()
+        if spec.get("train_attn") is False:
+            assert not any("q_proj" in k or "lm_head" in k for k in a)
+        for key in a:
+            np.testing.assert_allclose(a[key], b[key], atol=1e-6, rtol=0, err_msg=key)
+
+
+def _trainer_status(server: object) -> dict[str, int]:
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{server.base_url}/api/v1/tinsmith/status") as resp:  # type: ignore[attr-defined]
+        models = json.loads(resp.read())
+    model = next(m for m in models if m["base_model"] == DEFAULT_MODEL)
+    return next(w for w in model["workers"] if w["kind"] == "trainer")
+
+
+def _expect_user_error(future: object, *needles: str) -> None:
+    with pytest.raises(tinker.RequestFailedError) as info:
+        future.result()  # type: ignore[attr-defined]
+    assert str(info.value.category).lower().endswith("user"), info.value.category
+    for needle in needles:
+        assert needle in info.value.message, info.value.message
+
+
+def test_bad_loss_inputs_are_user_errors(service_client: tinker.ServiceClient) -> None:
+    tc = service_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=4).result()
+    tokens = [5, 6, 7, 8, 9]
+    _expect_user_error(tc.optim_step(types.AdamParams()), "without gradients")
+    nan_adv = _rl_datum(tokens, [-1.0] * 4, [1.0, float("nan"), 0.0, 1.0])
+    _expect_user_error(tc.forward_backward([nan_adv], "importance_sampling"), "advantages", "NaN")
+    inf_w = datum(tokens, [1.0, float("inf"), 1.0, 1.0])
+    _expect_user_error(tc.forward_backward([inf_w], "cross_entropy"), "weights", "NaN or infinity")
+    missing = types.Datum(
+        model_input=types.ModelInput.from_ints(tokens[:-1]),
+        loss_fn_inputs={"target_tokens": tokens[1:], "advantages": [1.0] * 4},
+    )
+    _expect_user_error(tc.forward_backward([missing], "ppo"), "missing 'logprobs'")
+    float_targets = types.Datum(
+        model_input=types.ModelInput.from_ints(tokens[:-1]),
+        loss_fn_inputs={"target_tokens": types.TensorData(data=[6.0, 7.0, 8.0, 9.0], dtype="float32", shape=[4])},
+    )
+    _expect_user_error(tc.forward_backward([float_targets], "cross_entropy"), "target_tokens", "dtype float32")
+    two_d = datum(tokens)
+    two_d.loss_fn_inputs["weights"] = types.TensorData(data=[1.0] * 4, dtype="float32", shape=[2, 2])
+    _expect_user_error(tc.forward_backward([two_d], "cross_entropy"), "shape [2, 2]")
+    _expect_user_error(tc.forward_backward([datum(tokens)], "gspo"), "'gspo' is not implemented")
+    _expect_user_error(tc.forward_backward([datum(tokens)], "ppo", {"clip_low_threshold": 2.0}), "clip thresholds")
+    # nothing above touched the adapter: the next valid step works and is the first one
+    fb = tc.forward_backward([datum(tokens)], "cross_entropy").result()
+    assert fb.metrics["loss:sum"] > 0
+    tc.optim_step(types.AdamParams()).result()
