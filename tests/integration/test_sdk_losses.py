@@ -173,7 +173,9 @@ def test_bad_loss_inputs_are_user_errors(service_client: tinker.ServiceClient) -
     two_d.loss_fn_inputs["weights"] = types.TensorData(data=[1.0] * 4, dtype="float32", shape=[2, 2])
     _expect_user_error(tc.forward_backward([two_d], "cross_entropy"), "shape [2, 2]")
     _expect_user_error(tc.forward_backward([datum(tokens)], "gspo"), "'gspo' is not implemented")
-    _expect_user_error(tc.forward_backward([datum(tokens)], "ppo", {"clip_low_threshold": 2.0}), "clip thresholds")
+    rl = _rl_datum(tokens, [-1.0] * 4, [1.0] * 4)
+    _expect_user_error(tc.forward_backward([rl], "ppo", {"clip_low_threshold": 2.0}), "clip thresholds")
+    _expect_user_error(tc.forward_backward([rl], "ppo", {"epsilon": 0.2}), "'epsilon'")
     # nothing above touched the adapter: the next valid step works and is the first one
     fb = tc.forward_backward([datum(tokens)], "cross_entropy").result()
     assert fb.metrics["loss:sum"] > 0
