@@ -67,7 +67,8 @@ def test_adamw_with_weight_decay_and_clipping_matches_torch(
     print(f"AdamW check: |ours - torch| = {off:.3e} against an update of |torch - init| = {moved:.3e}")
     # fp32 in two processes: summation order (threads, DeepSpeed's flat buffers, the clip norm) can differ in the
     # last bits, and Adam divides by sqrt(v), which enlarges that where a gradient is ~0. So: the whole update
-    # within 1e-4 relative (measured: 2e-5), and every element within 5e-5 (measured 1.4e-5; one step moves a weight by up to ~2e-3).
+    # within 1e-4 relative (measured: 2e-5), and every element within 5e-5 (measured: 1.4e-5; one step moves a
+    # weight by up to ~2e-3).
     assert off <= 1e-4 * moved
     for key, value in expected.items():
         np.testing.assert_allclose(ours[key], value, atol=5e-5, rtol=0, err_msg=key)
