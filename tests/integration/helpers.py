@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
+import tinker
 from tinker import types
 
 
@@ -33,3 +35,12 @@ def sampler_dir(data_dir: Path, tinker_path: str) -> Path:
     run, kind, name = tinker_path[len("tinker://") :].split("/")
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run)
     return data_dir / "checkpoints" / safe / kind / name
+
+
+def expect_user_error(future: object, *needles: str) -> None:
+    """The future fails with category ``user`` and a message containing every needle."""
+    with pytest.raises(tinker.RequestFailedError) as info:
+        future.result()  # type: ignore[attr-defined]
+    assert str(info.value.category).lower().endswith("user"), info.value.category
+    for needle in needles:
+        assert needle in info.value.message, info.value.message

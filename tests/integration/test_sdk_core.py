@@ -14,7 +14,7 @@ import tinker
 from tinker import types
 
 from tests.conftest import DEFAULT_MODEL, ONE_BATCH_MODEL, ZERO2_MODEL
-from tests.integration.helpers import datum, random_tokens, read_adapter, sampler_dir
+from tests.integration.helpers import datum, expect_user_error, random_tokens, read_adapter, sampler_dir
 
 pytestmark = pytest.mark.integration
 
@@ -134,30 +134,22 @@ def test_batch_over_token_budget_matches_one_micro_batch(service_client: tinker.
         np.testing.assert_allclose(a[key], b[key], atol=1e-5, rtol=0, err_msg=key)
 
 
-def _expect_user_error(future: object, *needles: str) -> None:
-    with pytest.raises(tinker.RequestFailedError) as info:
-        future.result()  # type: ignore[attr-defined]
-    assert str(info.value.category).lower().endswith("user"), info.value.category
-    for needle in needles:
-        assert needle in info.value.message, info.value.message
-
-
 def test_bad_input_fails_with_user_error_and_server_keeps_serving(service_client: tinker.ServiceClient) -> None:
     tc = service_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=4).result()
     good = datum([1, 2, 3, 4, 5, 6])
     out_of_vocab = datum([1, 2, 49152 + 7, 4])
-    _expect_user_error(tc.forward_backward([out_of_vocab], "cross_entropy"), "outside the vocabulary", "49159")
+    expect_user_error(tc.forward_backward([out_of_vocab], "cross_entropy"), "outside the vocabulary", "49159")
     short_targets = types.Datum(
         model_input=types.ModelInput.from_ints([1, 2, 3, 4]),
         loss_fn_inputs={"target_tokens": [2, 3, 4], "weights": [1.0, 1.0, 1.0, 1.0]},
     )
-    _expect_user_error(tc.forward_backward([short_targets], "cross_entropy"), "target_tokens", "length 3")
+    expect_user_error(tc.forward_backward([short_targets], "cross_entropy"), "target_tokens", "length 3")
     short_weights = types.Datum(
         model_input=types.ModelInput.from_ints([1, 2, 3, 4]),
         loss_fn_inputs={"target_tokens": [2, 3, 4, 5], "weights": [1.0, 1.0]},
     )
-    _expect_user_error(tc.forward_backward([short_weights], "cross_entropy"), "weights", "length 2")
-    _expect_user_error(tc.forward_backward([good], "not_a_loss"), "not_a_loss")  # type: ignore[arg-type]
+    expect_user_error(tc.forward_backward([short_weights], "cross_entropy"), "weights", "length 2")
+    expect_user_error(tc.forward_backward([good], "not_a_loss"), "not_a_loss")  # type: ignore[arg-type]
     with pytest.raises(tinker.RequestFailedError) as info:
         service_client.create_lora_training_client(base_model="nobody/no-such-model", rank=4).result()
     assert "nobody/no-such-model" in info.value.message

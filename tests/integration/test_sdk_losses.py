@@ -9,7 +9,7 @@ import torch
 from tinker import types
 
 from tests.conftest import DEFAULT_MODEL
-from tests.integration.helpers import datum, random_tokens, read_adapter, sampler_dir
+from tests.integration.helpers import datum, expect_user_error, random_tokens, read_adapter, sampler_dir
 
 pytestmark = pytest.mark.integration
 
@@ -143,39 +143,31 @@ def _trainer_status(server: object) -> dict[str, int]:
     return next(w for w in model["workers"] if w["kind"] == "trainer")
 
 
-def _expect_user_error(future: object, *needles: str) -> None:
-    with pytest.raises(tinker.RequestFailedError) as info:
-        future.result()  # type: ignore[attr-defined]
-    assert str(info.value.category).lower().endswith("user"), info.value.category
-    for needle in needles:
-        assert needle in info.value.message, info.value.message
-
-
 def test_bad_loss_inputs_are_user_errors(service_client: tinker.ServiceClient) -> None:
     tc = service_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=4).result()
     tokens = [5, 6, 7, 8, 9]
-    _expect_user_error(tc.optim_step(types.AdamParams()), "without gradients")
+    expect_user_error(tc.optim_step(types.AdamParams()), "without gradients")
     nan_adv = _rl_datum(tokens, [-1.0] * 4, [1.0, float("nan"), 0.0, 1.0])
-    _expect_user_error(tc.forward_backward([nan_adv], "importance_sampling"), "advantages", "NaN")
+    expect_user_error(tc.forward_backward([nan_adv], "importance_sampling"), "advantages", "NaN")
     inf_w = datum(tokens, [1.0, float("inf"), 1.0, 1.0])
-    _expect_user_error(tc.forward_backward([inf_w], "cross_entropy"), "weights", "NaN or infinity")
+    expect_user_error(tc.forward_backward([inf_w], "cross_entropy"), "weights", "NaN or infinity")
     missing = types.Datum(
         model_input=types.ModelInput.from_ints(tokens[:-1]),
         loss_fn_inputs={"target_tokens": tokens[1:], "advantages": [1.0] * 4},
     )
-    _expect_user_error(tc.forward_backward([missing], "ppo"), "missing 'logprobs'")
+    expect_user_error(tc.forward_backward([missing], "ppo"), "missing 'logprobs'")
     float_targets = types.Datum(
         model_input=types.ModelInput.from_ints(tokens[:-1]),
         loss_fn_inputs={"target_tokens": types.TensorData(data=[6.0, 7.0, 8.0, 9.0], dtype="float32", shape=[4])},
     )
-    _expect_user_error(tc.forward_backward([float_targets], "cross_entropy"), "target_tokens", "dtype float32")
+    expect_user_error(tc.forward_backward([float_targets], "cross_entropy"), "target_tokens", "dtype float32")
     two_d = datum(tokens)
     two_d.loss_fn_inputs["weights"] = types.TensorData(data=[1.0] * 4, dtype="float32", shape=[2, 2])
-    _expect_user_error(tc.forward_backward([two_d], "cross_entropy"), "shape [2, 2]")
-    _expect_user_error(tc.forward_backward([datum(tokens)], "gspo"), "'gspo' is not implemented")
+    expect_user_error(tc.forward_backward([two_d], "cross_entropy"), "shape [2, 2]")
+    expect_user_error(tc.forward_backward([datum(tokens)], "gspo"), "'gspo' is not implemented")
     rl = _rl_datum(tokens, [-1.0] * 4, [1.0] * 4)
-    _expect_user_error(tc.forward_backward([rl], "ppo", {"clip_low_threshold": 2.0}), "clip thresholds")
-    _expect_user_error(tc.forward_backward([rl], "ppo", {"epsilon": 0.2}), "'epsilon'")
+    expect_user_error(tc.forward_backward([rl], "ppo", {"clip_low_threshold": 2.0}), "clip thresholds")
+    expect_user_error(tc.forward_backward([rl], "ppo", {"epsilon": 0.2}), "'epsilon'")
     # nothing above touched the adapter: the next valid step works and is the first one
     fb = tc.forward_backward([datum(tokens)], "cross_entropy").result()
     assert fb.metrics["loss:sum"] > 0

@@ -167,7 +167,3 @@ def _topk(entries: list[dict[int, object] | None], k: int) -> TopkLogprobs:
         ids.append(row_ids)
         lps.append(row_lps)
     return TopkLogprobs(token_ids=ids, logprobs=lps)
-
-
-def not_found(key: str) -> NotFoundError:
-    return NotFoundError(f"sampler adapter {key!r} is unknown")

@@ -63,6 +63,9 @@ class TrainerWorker:
         model_dir: str,
         config: TrainerConfig,
     ) -> None:
+        threads = config.torch_threads or max(1, (os.cpu_count() or 1) // world_size)
+        # Ray starts workers with OMP_NUM_THREADS=1; torch is not imported yet, so set the real budget first.
+        os.environ.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         os.environ.update(
             RANK=str(rank),
             LOCAL_RANK="0",
@@ -73,7 +76,6 @@ class TrainerWorker:
         )
         import torch
 
-        threads = config.torch_threads or max(1, (os.cpu_count() or 1) // world_size)
         torch.set_num_threads(threads)
         import deepspeed
         from transformers import AutoModelForCausalLM

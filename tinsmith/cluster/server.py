@@ -329,6 +329,13 @@ def build_app(state: ServerState) -> FastAPI:
 
         return submit(request, work(), model_id=body.model_id)
 
+    @app.post("/api/v1/load_weights")
+    async def load_weights(request: Request) -> UntypedAPIFuture:
+        async def work() -> FutureResult:
+            raise UserInputError("load_weights (training clients from saved state) is not supported by this server yet")
+
+        return submit(request, work())
+
     @app.post("/api/v1/save_weights_for_sampler")
     async def save_weights_for_sampler(body: SaveWeightsForSamplerRequest, request: Request) -> UntypedAPIFuture:
         async def work() -> FutureResult:

@@ -97,9 +97,6 @@ class SampleWork(InternalModel):
     adapter_key: str | None = Field(description="Loaded adapter to use; None samples the base model.")
 
 
-StorageKind = Literal["ephemeral", "named"]
-
-
 class WorkerStatus(InternalModel):
     """What one trainer rank or sampler replica holds, for operators and memory benchmarks."""
 
