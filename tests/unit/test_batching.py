@@ -60,3 +60,12 @@ def test_spread_gives_every_rank_the_same_number_of_micro_batches() -> None:
     per_rank = spread_over_ranks(batches, 2)
     assert len(per_rank[0]) == len(per_rank[1])
     assert sum(len(b.datums) for work in per_rank for b in work) == 5
+
+
+def test_packing_caps_padding() -> None:
+    lengths = [230, 220, 200, 160, 150, 120, 100, 90, 80, 71]
+    datums = [_token_datum(i, n) for i, n in enumerate(lengths)]
+    batches = pack_micro_batches(datums, token_budget=4096, max_padding_fraction=0.1)
+    padded = sum(b.padded_tokens for b in batches)
+    assert (padded - sum(lengths)) / padded <= 0.1
+    assert sorted(d.index for b in batches for d in b.datums) == list(range(len(lengths)))

@@ -79,22 +79,31 @@ def _check_token_range(tokens: list[int], vocab_size: int, where: str) -> None:
             )
 
 
-def pack_micro_batches(datums: list[TokenDatum], token_budget: int) -> list[MicroBatch]:
-    """Greedy packing by length: each micro-batch's padded size (count x longest) stays within budget.
+def pack_micro_batches(
+    datums: list[TokenDatum], token_budget: int, max_padding_fraction: float = 0.1
+) -> list[MicroBatch]:
+    """Greedy packing by length into right-padded micro-batches.
 
-    A datum longer than the budget gets a micro-batch of its own. Datums are sorted longest first
-    so similar lengths share padding; the ``index`` field restores request order afterwards.
+    Datums are sorted longest first so similar lengths share a micro-batch; a new micro-batch starts
+    when the padded size (count x longest) would exceed ``token_budget`` or its padding would exceed
+    ``max_padding_fraction`` of it. A datum longer than the budget gets a micro-batch of its own. The
+    ``index`` field restores request order afterwards.
     """
     batches: list[MicroBatch] = []
     current: list[TokenDatum] = []
     longest = 0
+    real = 0
     for datum in sorted(datums, key=lambda d: (-d.length, d.index)):
-        new_longest = max(longest, datum.length)
-        if current and new_longest * (len(current) + 1) > token_budget:
-            batches.append(MicroBatch(datums=current))
-            current, new_longest = [], datum.length
+        if current:
+            padded = longest * (len(current) + 1)
+            padding = padded - (real + datum.length)
+            if padded > token_budget or padding > max_padding_fraction * padded:
+                batches.append(MicroBatch(datums=current))
+                current = []
+        if not current:
+            longest, real = datum.length, 0
         current.append(datum)
-        longest = new_longest
+        real += datum.length
     if current:
         batches.append(MicroBatch(datums=current))
     return batches

@@ -78,6 +78,7 @@ class Coordinator:
         vocab_size: int,
         max_length: int,
         micro_batch_tokens: int,
+        max_padding_fraction: float,
         trainers: list[_Handle],
         samplers: list[_Handle],
         shm_dir: str,
@@ -86,6 +87,7 @@ class Coordinator:
         self.vocab_size = vocab_size
         self.max_length = max_length
         self.micro_batch_tokens = micro_batch_tokens
+        self.max_padding_fraction = max_padding_fraction
         self.trainers = trainers
         self.samplers = samplers
         self.shm_dir = Path(shm_dir)
@@ -123,7 +125,9 @@ class Coordinator:
             raise
         await seq.wait_turn(seq_id)
         try:
-            per_rank = spread_over_ranks(pack_micro_batches(datums, self.micro_batch_tokens), len(self.trainers))
+            per_rank = spread_over_ranks(
+                pack_micro_batches(datums, self.micro_batch_tokens, self.max_padding_fraction), len(self.trainers)
+            )
             works = [
                 RankWork(
                     adapter_id=_adapter_name(model_id),

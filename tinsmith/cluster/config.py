@@ -31,6 +31,12 @@ class TrainerConfig(_Strict):
         ge=1,
         description="Token budget of one micro-batch (padded length x datums); bigger batches are split.",
     )
+    max_padding_fraction: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="A micro-batch closes early rather than let padding exceed this share of its tokens.",
+    )
     num_cpus_per_rank: float = Field(default=0, ge=0, description="Ray CPU resource per trainer rank.")
     num_gpus_per_rank: float = Field(default=0, ge=0, description="Ray GPU resource per trainer rank.")
     torch_threads: int | None = Field(

@@ -130,6 +130,7 @@ def start_model(
             int(hf_config["vocab_size"]),
             spec.max_context_length,
             trainer_cfg.micro_batch_tokens,
+            trainer_cfg.max_padding_fraction,
             trainers,
             samplers,
             shm_dir,
