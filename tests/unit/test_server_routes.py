@@ -52,7 +52,9 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
         name=MODEL, model_dir=tmp_path, max_context_length=64, coordinator=FakeCoordinator(), vocab_size=100
     )
     state = ServerState(models={MODEL: served}, data_dir=tmp_path / "data", shm_dir=tmp_path / "shm")
-    with TestClient(build_app(state)) as test_client:  # one event loop for the whole test
+    app = build_app(state)
+    app.state_ref = state  # type: ignore[attr-defined]
+    with TestClient(app) as test_client:  # one event loop for the whole test
         yield test_client
 
 
@@ -146,3 +148,14 @@ def test_bad_sampling_requests_are_refused(
     resp = client.post("/api/v1/asample", json=body)
     assert resp.status_code == 400, resp.text
     assert needle in resp.json()["detail"]
+
+
+def test_retried_request_with_same_idempotency_key_runs_once(client: TestClient) -> None:
+    model_id = _create_model(client)
+    body = {"model_id": model_id, "seq_id": 1, "adam_params": {}}
+    headers = {"X-Idempotency-Key": "stainless-python-retry-abc"}
+    first = client.post("/api/v1/optim_step", json=body, headers=headers).json()
+    again = client.post("/api/v1/optim_step", json=body, headers=headers).json()
+    assert first["request_id"] == again["request_id"]
+    coordinator = client.app.state_ref.models[MODEL].coordinator  # type: ignore[attr-defined]
+    assert coordinator.calls.count("optim_step") == 1

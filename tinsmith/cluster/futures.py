@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -35,14 +35,14 @@ class FutureStore:
         self._tasks: dict[str, asyncio.Task[FutureResult]] = {}
         self._by_idempotency_key: dict[str, str] = {}
 
-    def submit(self, work: Awaitable[FutureResult], idempotency_key: str | None = None) -> tuple[str, bool]:
-        """Start ``work``; returns (request_id, created). A repeated idempotency key reuses the first."""
+    def submit(
+        self, start: Callable[[], Awaitable[FutureResult]], idempotency_key: str | None = None
+    ) -> tuple[str, bool]:
+        """Run ``start()``; returns (request_id, created). A repeated idempotency key reuses the first run."""
         if idempotency_key and idempotency_key in self._by_idempotency_key:
-            if asyncio.iscoroutine(work):
-                work.close()
             return self._by_idempotency_key[idempotency_key], False
         request_id = uuid.uuid4().hex
-        self._tasks[request_id] = asyncio.ensure_future(work)
+        self._tasks[request_id] = asyncio.ensure_future(start())
         if idempotency_key:
             self._by_idempotency_key[idempotency_key] = request_id
         return request_id, True

@@ -12,7 +12,7 @@ import re
 import time
 import traceback
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -182,10 +182,14 @@ def build_app(state: ServerState) -> FastAPI:
         return JSONResponse(status_code=404, content={"detail": str(exc)})
 
     def submit(
-        request: Request, work: Awaitable[FutureResult], model_id: str | None = None, n_samples: int = 0
+        request: Request,
+        work: Callable[[], Awaitable[FutureResult]],
+        model_id: str | None = None,
+        n_samples: int = 0,
     ) -> UntypedAPIFuture:
+        """Start ``work`` as a future, unless the SDK's idempotency key names one already started."""
         key = request.headers.get("x-idempotency-key")
-        request_id, _ = state.futures.submit(_guard(work), idempotency_key=key)
+        request_id, _ = state.futures.submit(lambda: _guard(work()), idempotency_key=key)
         seq_ids = [f"{request_id}:{i}" for i in range(n_samples)] if n_samples else None
         return UntypedAPIFuture(request_id=request_id, model_id=model_id, sample_sequence_ids=seq_ids)
 
@@ -260,7 +264,7 @@ def build_app(state: ServerState) -> FastAPI:
             state.training[model_id] = TrainingModel(model_id, body.session_id, body.base_model, lora)
             return _json(CreateModelResponse(model_id=model_id))
 
-        return submit(request, work(), model_id=model_id)
+        return submit(request, work, model_id=model_id)
 
     @app.post("/api/v1/get_info")
     async def get_info(body: GetInfoRequest) -> GetInfoResponse:
@@ -280,7 +284,7 @@ def build_app(state: ServerState) -> FastAPI:
             state.training_model(body.model_id)
             return _json(UnloadModelResponse(model_id=body.model_id))
 
-        return submit(request, work(), model_id=body.model_id)
+        return submit(request, work, model_id=body.model_id)
 
     @app.post("/api/v1/forward_backward")
     async def forward_backward(request: Request) -> UntypedAPIFuture:
@@ -303,7 +307,7 @@ def build_app(state: ServerState) -> FastAPI:
             assert isinstance(out, ForwardBackwardOutput)
             return FutureResult(kind="proto", body=proto.encode_forward_backward_output(out))
 
-        return submit(request, work(), model_id=fb.model_id)
+        return submit(request, work, model_id=fb.model_id)
 
     @app.post("/api/v1/optim_step")
     async def optim_step(body: OptimStepRequest, request: Request) -> UntypedAPIFuture:
@@ -318,7 +322,7 @@ def build_app(state: ServerState) -> FastAPI:
             assert isinstance(metrics, dict)
             return _json(OptimStepResponse(metrics=metrics))
 
-        return submit(request, work(), model_id=body.model_id)
+        return submit(request, work, model_id=body.model_id)
 
     @app.post("/api/v1/save_weights")
     async def save_weights(body: SaveWeightsRequest, request: Request) -> UntypedAPIFuture:
@@ -327,14 +331,14 @@ def build_app(state: ServerState) -> FastAPI:
             await state.served(model.base_model).coordinator.call("skip_seq", body.model_id, body.seq_id)
             raise UserInputError("save_weights (save_state) is not supported by this server version yet")
 
-        return submit(request, work(), model_id=body.model_id)
+        return submit(request, work, model_id=body.model_id)
 
     @app.post("/api/v1/load_weights")
     async def load_weights(request: Request) -> UntypedAPIFuture:
         async def work() -> FutureResult:
             raise UserInputError("load_weights (training clients from saved state) is not supported by this server yet")
 
-        return submit(request, work())
+        return submit(request, work)
 
     @app.post("/api/v1/save_weights_for_sampler")
     async def save_weights_for_sampler(body: SaveWeightsForSamplerRequest, request: Request) -> UntypedAPIFuture:
@@ -369,7 +373,7 @@ def build_app(state: ServerState) -> FastAPI:
             state.samplers[sampler_id] = SamplerSession(sampler_id, model.base_model, None, key, str(directory))
             return _json(SaveWeightsForSamplerResponseInternal(sampling_session_id=sampler_id))
 
-        return submit(request, work(), model_id=body.model_id)
+        return submit(request, work, model_id=body.model_id)
 
     # ----- sampling ----------------------------------------------------------------------
     @app.post("/api/v1/create_sampling_session")
@@ -408,7 +412,7 @@ def build_app(state: ServerState) -> FastAPI:
             assert isinstance(out, SampleResponse)
             return FutureResult(kind="proto", body=proto.encode_sample_response(out))
 
-        return submit(request, work(), n_samples=body.num_samples)
+        return submit(request, work, n_samples=body.num_samples)
 
     # ----- tinsmith's own (not part of Tinker's protocol) ------------------------------------
     @app.get("/api/v1/tinsmith/status")
