@@ -75,14 +75,6 @@ class SamplerWorker:
         await self._llm().add_lora(request)  # type: ignore[attr-defined]
         self._adapters[key] = request
 
-    async def unload_adapter(self, key: str) -> None:
-        request = self._adapters.pop(key, None)
-        if request is not None:
-            await self._llm().remove_lora(request.lora_int_id)  # type: ignore[attr-defined]
-
-    def has_adapter(self, key: str) -> bool:
-        return key in self._adapters
-
     def status(self) -> WorkerStatus:
         import psutil
 

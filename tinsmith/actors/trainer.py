@@ -92,10 +92,8 @@ class TrainerWorker:
         model.config.use_cache = False
         model.to(self.device)  # type: ignore[arg-type]
         self.base = model
-        self.vocab_size = int(model.config.vocab_size)
         self.peft: PeftModel | None = None
         self.engines: dict[str, object] = {}
-        self.specs: dict[str, AdapterSpec] = {}
         log.info("trainer rank %d/%d ready (%s, %d threads)", rank, world_size, backend, threads)
 
     # ----- adapters -------------------------------------------------------------------------
@@ -126,7 +124,6 @@ class TrainerWorker:
         view = _AdapterView(self.peft, name)
         engine, _, _, _ = deepspeed.initialize(model=view, optimizer=optimizer, config=self._ds_config())
         self.engines[name] = engine
-        self.specs[name] = spec
         return sum(p.numel() for p in params)
 
     def _adapter_params(self, name: str) -> list[torch.nn.Parameter]:
