@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
@@ -315,8 +315,8 @@ def build_app(state: ServerState) -> FastAPI:
             model = state.training_model(body.model_id)
             served = state.served(model.base_model)
             if body.optimizer_params is not None:
-                await served.coordinator.call("skip_seq", body.model_id, body.seq_id)
-                raise UserInputError("optimizer_params (dimuon) is not supported; send adam_params")
+                message = "optimizer_params (dimuon) is not supported; send adam_params"
+                await _refuse(served, body.model_id, body.seq_id, message)
             adam = body.adam_params or AdamParams()
             metrics = await served.coordinator.call("optim_step", body.model_id, body.seq_id, adam)
             assert isinstance(metrics, dict)
@@ -327,9 +327,9 @@ def build_app(state: ServerState) -> FastAPI:
     @app.post("/api/v1/save_weights")
     async def save_weights(body: SaveWeightsRequest, request: Request) -> UntypedAPIFuture:
         async def work() -> FutureResult:
-            model = state.training_model(body.model_id)
-            await state.served(model.base_model).coordinator.call("skip_seq", body.model_id, body.seq_id)
-            raise UserInputError("save_weights (save_state) is not supported by this server version yet")
+            served = state.served(state.training_model(body.model_id).base_model)
+            message = "save_weights (save_state) is not supported by this server version yet"
+            await _refuse(served, body.model_id, body.seq_id, message)
 
         return submit(request, work, model_id=body.model_id)
 
@@ -347,12 +347,12 @@ def build_app(state: ServerState) -> FastAPI:
             served = state.served(model.base_model)
             if body.path is not None:
                 if not _NAME_RE.match(body.path):
-                    await served.coordinator.call("skip_seq", body.model_id, body.seq_id)
-                    raise UserInputError(f"path {body.path!r} must match {_NAME_RE.pattern}")
+                    message = f"path {body.path!r} must match {_NAME_RE.pattern}"
+                    await _refuse(served, body.model_id, body.seq_id, message)
                 tinker_path = f"tinker://{body.model_id}/sampler_weights/{body.path}"
                 if tinker_path in state.sampler_checkpoints or tinker_path in state.reserved_paths:
-                    await served.coordinator.call("skip_seq", body.model_id, body.seq_id)
-                    raise UserInputError(f"sampler checkpoint {tinker_path!r} already exists; choose another name")
+                    message = f"sampler checkpoint {tinker_path!r} already exists; choose another name"
+                    await _refuse(served, body.model_id, body.seq_id, message)
                 directory = state.data_dir / "checkpoints" / _safe(body.model_id) / "sampler_weights" / body.path
                 state.reserved_paths.add(tinker_path)
                 try:
@@ -364,8 +364,8 @@ def build_app(state: ServerState) -> FastAPI:
                 state.sampler_checkpoints[tinker_path] = (model.base_model, str(directory))
                 return _json(SaveWeightsForSamplerResponseInternal(path=tinker_path))
             if body.sampling_session_seq_id is None:
-                await served.coordinator.call("skip_seq", body.model_id, body.seq_id)
-                raise UserInputError("save_weights_for_sampler needs a path or a sampling_session_seq_id")
+                message = "save_weights_for_sampler needs a path or a sampling_session_seq_id"
+                await _refuse(served, body.model_id, body.seq_id, message)
             sampler_id = f"{model.session_id}:sample:{body.sampling_session_seq_id}"
             key = f"{body.model_id}@{body.seq_id}@{uuid.uuid4().hex[:8]}"
             directory = state.shm_dir / _safe(key)
@@ -436,6 +436,13 @@ def build_app(state: ServerState) -> FastAPI:
         return Response(content=result.body, media_type=media)
 
     return app
+
+
+async def _refuse(served: ServedModel, model_id: str, seq_id: int | None, message: str) -> NoReturn:
+    """Fail a training request the server answers itself; its seq_id is still consumed, in order,
+    so the client's later requests are not left waiting for it."""
+    await served.coordinator.call("skip_seq", model_id, seq_id)
+    raise UserInputError(message)
 
 
 def _safe(name: str) -> str:
