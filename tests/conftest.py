@@ -5,13 +5,18 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.swift_server import SwiftServer
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 ZERO2_MODEL = "tinsmith/SmolLM2-135M-zero2x2"
 ONE_BATCH_MODEL = "tinsmith/SmolLM2-135M-onebatch"
+S3_BUCKET = "tinsmith-tests"
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +39,16 @@ def service_client(server: object) -> object:
     import tinker
 
     return tinker.ServiceClient(base_url=server.base_url, api_key="tml-tests")  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def swift() -> Iterator[SwiftServer]:
+    """A real S3-compatible server (OpenStack Swift + s3api) on loopback, with bucket S3_BUCKET."""
+    from tests.swift_server import SwiftServer
+
+    with pytest.MonkeyPatch.context() as env, SwiftServer() as server:
+        # boto3 and urllib honour HTTP(S)_PROXY; a CI proxy must not see loopback requests.
+        for name in ("NO_PROXY", "no_proxy"):
+            env.setenv(name, ",".join(filter(None, [os.environ.get(name), "127.0.0.1", "localhost"])))
+        server.create_bucket(S3_BUCKET)
+        yield server

@@ -30,11 +30,30 @@ def read_adapter(path: Path) -> dict[str, np.ndarray]:
     return load_file(str(path / "adapter_model.safetensors"))
 
 
-def sampler_dir(data_dir: Path, tinker_path: str) -> Path:
-    """Where the local store keeps a named sampler checkpoint."""
+def checkpoint_dir(server: object, tinker_path: str) -> Path:
+    """Download a checkpoint's archive through the server's archive-URL route and unpack it
+    (verified against its manifest) into a fresh directory."""
+    import json
+    import urllib.request
+    import uuid
+
+    from tinsmith.storage.archive import unpack
+
     run, kind, name = tinker_path[len("tinker://") :].split("/")
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run)
-    return data_dir / "checkpoints" / safe / kind / name
+    base = server.base_url  # type: ignore[attr-defined]
+    headers = {"X-API-Key": "tml-tests"}
+    req = urllib.request.Request(
+        f"{base}/api/v1/training_runs/{run}/checkpoints/{kind}/{name}/archive", headers=headers
+    )
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        url = json.loads(resp.read())["url"]
+    root = server.workdir / "downloads" / uuid.uuid4().hex[:8]  # type: ignore[attr-defined]
+    root.mkdir(parents=True)
+    archive = root / "checkpoint.tar"
+    with urllib.request.urlopen(url, timeout=60) as resp:
+        archive.write_bytes(resp.read())
+    unpack(archive, root / "files")
+    return root / "files"
 
 
 def expect_user_error(future: object, *needles: str) -> None:

@@ -14,7 +14,7 @@ import tinker
 from tinker import types
 
 from tests.conftest import DEFAULT_MODEL, ONE_BATCH_MODEL, ZERO2_MODEL
-from tests.integration.helpers import datum, expect_user_error, random_tokens, read_adapter, sampler_dir
+from tests.integration.helpers import checkpoint_dir, datum, expect_user_error, random_tokens, read_adapter
 
 pytestmark = pytest.mark.integration
 
@@ -111,8 +111,8 @@ def test_two_zero2_ranks_match_one_rank(service_client: tinker.ServiceClient, se
     losses_two = _train(two, data, 3)
     print("1 rank:", losses_one, "2 ranks:", losses_two)
     np.testing.assert_allclose(losses_two, losses_one, atol=1e-4, rtol=0)
-    a = read_adapter(sampler_dir(server.data_dir, one.save_weights_for_sampler("z1").result().path))  # type: ignore[attr-defined]
-    b = read_adapter(sampler_dir(server.data_dir, two.save_weights_for_sampler("z2").result().path))  # type: ignore[attr-defined]
+    a = read_adapter(checkpoint_dir(server, one.save_weights_for_sampler("z1").result().path))  # type: ignore[attr-defined]
+    b = read_adapter(checkpoint_dir(server, two.save_weights_for_sampler("z2").result().path))  # type: ignore[attr-defined]
     for key in a:
         np.testing.assert_allclose(b[key], a[key], atol=1e-5, rtol=0, err_msg=key)
 
@@ -128,8 +128,8 @@ def test_batch_over_token_budget_matches_one_micro_batch(service_client: tinker.
     whole.optim_step(types.AdamParams(learning_rate=1e-3)).result()
     # Tolerance: fp32 sums over ~1800 tokens in a different grouping (relative 1e-6).
     assert abs(loss_split - loss_whole) <= 1e-6 * abs(loss_whole) + 1e-4, (loss_split, loss_whole)
-    a = read_adapter(sampler_dir(server.data_dir, split.save_weights_for_sampler("s").result().path))  # type: ignore[attr-defined]
-    b = read_adapter(sampler_dir(server.data_dir, whole.save_weights_for_sampler("w").result().path))  # type: ignore[attr-defined]
+    a = read_adapter(checkpoint_dir(server, split.save_weights_for_sampler("s").result().path))  # type: ignore[attr-defined]
+    b = read_adapter(checkpoint_dir(server, whole.save_weights_for_sampler("w").result().path))  # type: ignore[attr-defined]
     for key in a:
         np.testing.assert_allclose(a[key], b[key], atol=1e-5, rtol=0, err_msg=key)
 

@@ -9,7 +9,7 @@ import torch
 from tinker import types
 
 from tests.conftest import DEFAULT_MODEL
-from tests.integration.helpers import datum, expect_user_error, random_tokens, read_adapter, sampler_dir
+from tests.integration.helpers import checkpoint_dir, datum, expect_user_error, random_tokens, read_adapter
 
 pytestmark = pytest.mark.integration
 
@@ -119,13 +119,12 @@ def test_interleaved_tenants_match_training_alone(service_client: tinker.Service
     print(f"trainer rank RSS grew {grown / 2**20:.1f} MiB for 3 tenants (adapters+optimizer {state / 2**20:.1f} MiB)")
     # far less than one more copy of the 135M-parameter base model (~540 MB in fp32)
     assert grown < 300 * 2**20, grown
-    data_dir = server.data_dir  # type: ignore[attr-defined]
     for i, (spec, batch) in enumerate(zip(specs, data, strict=True)):
         alone = make(spec)
         for _ in range(5):
             step(alone, batch)
-        a = read_adapter(sampler_dir(data_dir, together[i].save_weights_for_sampler(f"mt{i}").result().path))
-        b = read_adapter(sampler_dir(data_dir, alone.save_weights_for_sampler(f"alone{i}").result().path))
+        a = read_adapter(checkpoint_dir(server, together[i].save_weights_for_sampler(f"mt{i}").result().path))
+        b = read_adapter(checkpoint_dir(server, alone.save_weights_for_sampler(f"alone{i}").result().path))
         assert a.keys() == b.keys()
         if spec.get("train_attn") is False:
             assert not any("q_proj" in k or "lm_head" in k for k in a)

@@ -8,7 +8,7 @@ import tinker
 from tinker import types
 
 from tests.conftest import DEFAULT_MODEL
-from tests.integration.helpers import datum, random_tokens, read_adapter, sampler_dir
+from tests.integration.helpers import checkpoint_dir, datum, random_tokens, read_adapter
 
 pytestmark = pytest.mark.integration
 
@@ -23,14 +23,13 @@ def test_adamw_with_weight_decay_and_clipping_matches_torch(
     adam = types.AdamParams(learning_rate=2e-3, beta1=0.85, beta2=0.99, eps=1e-8, weight_decay=0.1, grad_clip_norm=1.0)
     data = [datum(random_tokens(900 + i, 20 + 7 * i)) for i in range(3)]
     tc = service_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=8).result()
-    data_dir = server.data_dir  # type: ignore[attr-defined]
-    init_dir = sampler_dir(data_dir, tc.save_weights_for_sampler("adam-init").result().path)
+    init_dir = checkpoint_dir(server, tc.save_weights_for_sampler("adam-init").result().path)
     grad_norms = []
     for _ in range(3):
         tc.forward_backward(data, "cross_entropy").result()
         metrics = tc.optim_step(adam).result().metrics or {}
         grad_norms.append(metrics["grad_norm:mean"])
-    ours = read_adapter(sampler_dir(data_dir, tc.save_weights_for_sampler("adam-after").result().path))
+    ours = read_adapter(checkpoint_dir(server, tc.save_weights_for_sampler("adam-after").result().path))
     assert min(grad_norms) > 1.0, f"clipping must be active: {grad_norms}"
 
     # Reference: the same initial adapter, plain torch autograd + clip_grad_norm_ + torch.optim.AdamW.

@@ -14,8 +14,10 @@ import pytest
 from fastapi.testclient import TestClient
 from tinker.proto.response_conv import deserialize_forward_backward_output
 
+from tinsmith.cluster.checkpoints import open_checkpoint_service
 from tinsmith.cluster.server import ServedModel, ServerState, build_app
 from tinsmith.errors import UserInputError
+from tinsmith.storage.config import StorageConfig
 from tinsmith.types import Datum, ForwardBackwardInput, ForwardBackwardOutput, ModelInput, TensorData
 from tinsmith.types.proto import encode_forward_backward_request
 from tinsmith.types.requests import ForwardBackwardRequest
@@ -51,7 +53,9 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
     served = ServedModel(
         name=MODEL, model_dir=tmp_path, max_context_length=64, coordinator=FakeCoordinator(), vocab_size=100
     )
-    state = ServerState(models={MODEL: served}, data_dir=tmp_path / "data", shm_dir=tmp_path / "shm")
+    data_dir = tmp_path / "data"
+    checkpoints = open_checkpoint_service(StorageConfig(), data_dir)
+    state = ServerState(models={MODEL: served}, data_dir=data_dir, shm_dir=tmp_path / "shm", checkpoints=checkpoints)
     app = build_app(state)
     app.state_ref = state  # type: ignore[attr-defined]
     with TestClient(app) as test_client:  # one event loop for the whole test

@@ -17,16 +17,22 @@ from typing import Protocol
 from tinsmith.actors.batching import pack_micro_batches, spread_over_ranks, to_token_datums
 from tinsmith.actors.loss_specs import validate_loss_config
 from tinsmith.errors import NotFoundError, UserInputError
+from tinsmith.storage.transfer import ArchiveRef
 from tinsmith.types.data import TensorData
 from tinsmith.types.internal import (
+    AdapterSource,
     AdapterSpec,
+    CheckpointMeta,
     DatumResult,
+    LoadCheckpointWork,
     ModelStatus,
     OptimStepWork,
     RankResult,
     RankWork,
     SampleWork,
+    SaveCheckpointWork,
     SavedAdapter,
+    SavedCheckpoint,
     WorkerStatus,
 )
 from tinsmith.types.sampling import SampleResponse
@@ -93,7 +99,7 @@ class Coordinator:
         self.shm_dir = Path(shm_dir)
         self.adapters: dict[str, LoraConfig] = {}
         self.sequencers: dict[str, _Sequencer] = {}
-        self.sampler_paths: dict[str, str] = {}
+        self.sampler_sources: dict[str, AdapterSource] = {}
         self._rr = itertools.count()
 
     # ----- training -----------------------------------------------------------------------
@@ -104,6 +110,57 @@ class Coordinator:
         await asyncio.gather(*[t.create_adapter.remote(spec) for t in self.trainers])
         self.adapters[model_id] = lora
         self.sequencers[model_id] = _Sequencer()
+
+    async def unload_model(self, model_id: str) -> None:
+        """Free a training client's adapter and optimizer state on every rank."""
+        self._model(model_id)
+        del self.adapters[model_id], self.sequencers[model_id]
+        await asyncio.gather(*[t.unload_adapter.remote(_adapter_name(model_id)) for t in self.trainers])
+
+    async def create_from_checkpoint(
+        self, model_id: str, lora: LoraConfig, archive: ArchiveRef, with_optimizer: bool
+    ) -> int:
+        """A new training client whose adapter (and optimizer) come from a checkpoint; its step."""
+        await self.create_model(model_id, lora)
+        try:
+            return await self._load(model_id, archive, with_optimizer)
+        except BaseException:
+            await self.unload_model(model_id)
+            raise
+
+    async def load_checkpoint(
+        self, model_id: str, seq_id: int | None, archive: ArchiveRef, with_optimizer: bool
+    ) -> int:
+        """The older ``load_state`` form: replace an existing client's adapter, in seq_id order."""
+        seq = self._model(model_id)
+        await seq.wait_turn(seq_id)
+        try:
+            seq.has_gradients = False
+            return await self._load(model_id, archive, with_optimizer)
+        finally:
+            await seq.done(seq_id)
+
+    async def _load(self, model_id: str, archive: ArchiveRef, with_optimizer: bool) -> int:
+        work = LoadCheckpointWork(adapter_id=_adapter_name(model_id), archive=archive, with_optimizer=with_optimizer)
+        steps: list[int] = list(await asyncio.gather(*[t.load_checkpoint.remote(work) for t in self.trainers]))  # type: ignore[arg-type]
+        return steps[0]
+
+    async def save_checkpoint(
+        self, model_id: str, seq_id: int | None, archive: ArchiveRef, meta: CheckpointMeta, with_optimizer: bool
+    ) -> SavedCheckpoint:
+        """Write the adapter (and optimizer state) as an archive in storage, in seq_id order."""
+        seq = self._model(model_id)
+        await seq.wait_turn(seq_id)
+        try:
+            work = SaveCheckpointWork(
+                adapter_id=_adapter_name(model_id), archive=archive, meta=meta, with_optimizer=with_optimizer
+            )
+            results = await asyncio.gather(*[t.save_checkpoint.remote(work) for t in self.trainers])
+        finally:
+            await seq.done(seq_id)
+        saved = results[0]
+        assert isinstance(saved, SavedCheckpoint)
+        return saved
 
     def _model(self, model_id: str) -> _Sequencer:
         seq = self.sequencers.get(model_id)
@@ -191,7 +248,7 @@ class Coordinator:
             saved: SavedAdapter = await self.trainers[0].save_adapter.remote(_adapter_name(model_id), directory)  # type: ignore[assignment]
         finally:
             await seq.done(seq_id)
-        await self.load_sampler_adapter(key, saved.path)
+        await self.load_sampler_adapter(key, AdapterSource(path=saved.path))
         return saved
 
     async def skip_seq(self, model_id: str, seq_id: int | None) -> None:
@@ -205,19 +262,19 @@ class Coordinator:
         return await self.trainers[rank].adapter_state.remote(_adapter_name(model_id))  # type: ignore[return-value]
 
     # ----- sampling -----------------------------------------------------------------------
-    async def load_sampler_adapter(self, key: str, path: str) -> None:
+    async def load_sampler_adapter(self, key: str, source: AdapterSource) -> None:
         if not self.samplers:
             return
-        await asyncio.gather(*[s.load_adapter.remote(key, path) for s in self.samplers])
-        self.sampler_paths[key] = path
+        await asyncio.gather(*[s.load_adapter.remote(key, source) for s in self.samplers])
+        self.sampler_sources[key] = source
 
-    async def sample(self, work: SampleWork, adapter_path: str | None) -> SampleResponse:
+    async def sample(self, work: SampleWork, source: AdapterSource | None) -> SampleResponse:
         if not self.samplers:
             raise UserInputError(f"base model {self.base_model!r} has no sampler replicas (config)")
-        if work.adapter_key is not None and work.adapter_key not in self.sampler_paths:
-            if adapter_path is None:
+        if work.adapter_key is not None and work.adapter_key not in self.sampler_sources:
+            if source is None:
                 raise NotFoundError(f"sampler weights {work.adapter_key!r} are not available")
-            await self.load_sampler_adapter(work.adapter_key, adapter_path)
+            await self.load_sampler_adapter(work.adapter_key, source)
         replica = self.samplers[next(self._rr) % len(self.samplers)]
         return await replica.sample.remote(work)  # type: ignore[return-value]
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from tinsmith.cluster.config import SamplerConfig
 from tinsmith.errors import NotFoundError
-from tinsmith.types.internal import SampleWork, WorkerStatus
+from tinsmith.types.internal import AdapterSource, SampleWork, WorkerStatus
 from tinsmith.types.sampling import SampledSequence, SampleResponse, StopReason, TopkLogprobs
 
 if TYPE_CHECKING:
@@ -65,12 +65,23 @@ class SamplerWorker:
             raise RuntimeError("sampler engine not started")
         return self._engine
 
-    async def load_adapter(self, key: str, path: str) -> None:
-        """Make ``key`` servable from the peft directory ``path`` (idempotent per key)."""
+    async def load_adapter(self, key: str, source: AdapterSource) -> None:
+        """Make ``key`` servable from its peft files (idempotent per key); archives are fetched
+        from storage into this node's cache first."""
+        import asyncio
+
         from vllm.lora.request import LoRARequest
+
+        from tinsmith.storage.transfer import fetch_dir
 
         if key in self._adapters:
             return
+        if source.archive is not None:
+            path = str(await asyncio.to_thread(fetch_dir, source.archive))
+        elif source.path is not None:
+            path = source.path
+        else:
+            raise ValueError("adapter source names neither a path nor an archive")
         request = LoRARequest(lora_name=key, lora_int_id=next(self._ids), lora_path=path)
         await self._llm().add_lora(request)  # type: ignore[attr-defined]
         self._adapters[key] = request

@@ -20,11 +20,14 @@ from tinsmith.errors import NotFoundError, UserInputError
 from tinsmith.types.internal import (
     AdapterSpec,
     DatumResult,
+    LoadCheckpointWork,
     MicroBatch,
     OptimStepWork,
     RankResult,
     RankWork,
+    SaveCheckpointWork,
     SavedAdapter,
+    SavedCheckpoint,
     WorkerStatus,
 )
 
@@ -38,6 +41,8 @@ ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
 UNEMBED_MODULES = ("lm_head",)
 LORA_ALPHA = 32
+OPTIMIZER_FILE = "optimizer.safetensors"
+META_FILE = "tinsmith_checkpoint.json"
 
 
 def lora_target_modules(train_attn: bool, train_mlp: bool, train_unembed: bool) -> list[str]:
@@ -94,6 +99,7 @@ class TrainerWorker:
         self.base = model
         self.peft: PeftModel | None = None
         self.engines: dict[str, object] = {}
+        self.steps: dict[str, int] = {}
         log.info("trainer rank %d/%d ready (%s, %d threads)", rank, world_size, backend, threads)
 
     # ----- adapters -------------------------------------------------------------------------
@@ -124,12 +130,38 @@ class TrainerWorker:
         view = _AdapterView(self.peft, name)
         engine, _, _, _ = deepspeed.initialize(model=view, optimizer=optimizer, config=self._ds_config())
         self.engines[name] = engine
+        self.steps[name] = 0
         return sum(p.numel() for p in params)
 
+    def unload_adapter(self, adapter_id: str) -> None:
+        """Drop an adapter, its engine and its optimizer state (idempotent)."""
+        import gc
+
+        engine = self.engines.pop(adapter_id, None)
+        self.steps.pop(adapter_id, None)
+        if engine is None or self.peft is None:
+            return
+        destroy = getattr(engine, "destroy", None)
+        if callable(destroy):
+            destroy()
+        del engine
+        if len(self.peft.peft_config) > 1:
+            if self.peft.active_adapter == adapter_id:
+                self.peft.set_adapter(next(n for n in self.peft.peft_config if n != adapter_id))
+            self.peft.delete_adapter(adapter_id)
+        else:  # the last adapter: take the LoRA layers out, back to the bare base model
+            self.base = self.peft.unload()
+            self.peft = None
+        gc.collect()
+
     def _adapter_params(self, name: str) -> list[torch.nn.Parameter]:
+        return list(self._named_adapter_params(name).values())
+
+    def _named_adapter_params(self, name: str) -> dict[str, torch.nn.Parameter]:
+        """This adapter's parameters under peft's saved names (adapter name removed)."""
         assert self.peft is not None
         marker = f".{name}."
-        return [p for n, p in self.peft.named_parameters() if marker in n]
+        return {n.replace(marker, "."): p for n, p in self.peft.named_parameters() if marker in n}
 
     def _ds_config(self) -> dict[str, object]:
         cfg: dict[str, object] = {
@@ -254,6 +286,7 @@ class TrainerWorker:
         else:
             engine._config.gradient_clipping = adam.grad_clip_norm  # type: ignore[attr-defined]
         engine.step()  # type: ignore[attr-defined]
+        self.steps[work.adapter_id] += 1
         norm = engine.get_global_grad_norm()  # type: ignore[attr-defined]
         metrics = {"learning_rate:mean": adam.learning_rate}
         if norm is not None:
@@ -279,6 +312,58 @@ class TrainerWorker:
         os.replace(tmp, out) if not out.exists() else _replace_dir(tmp, out)
         size = sum(f.stat().st_size for f in out.iterdir())
         return SavedAdapter(path=str(out), size_bytes=size)
+
+    def save_checkpoint(self, work: SaveCheckpointWork) -> SavedCheckpoint | None:
+        """Every rank gathers the full state (a collective); rank 0 writes and uploads the archive."""
+        import tempfile
+
+        from safetensors.torch import save_file
+
+        from tinsmith.actors.optimizer_state import export_state
+        from tinsmith.storage.transfer import staging_dir, upload_dir
+
+        engine = self._engine(work.adapter_id)
+        step, tensors = 0, dict[str, "torch.Tensor"]()
+        if work.with_optimizer:
+            step, tensors = export_state(engine, self._named_adapter_params(work.adapter_id))
+        if self.rank != 0:
+            return None
+        meta = work.meta.model_copy(update={"step": self.steps[work.adapter_id], "has_optimizer": bool(tensors)})
+        with tempfile.TemporaryDirectory(dir=staging_dir(work.archive.data_dir)) as tmp:
+            out = Path(tmp) / "checkpoint"
+            self.save_adapter(work.adapter_id, str(out))
+            if tensors:
+                save_file(tensors, str(out / OPTIMIZER_FILE), metadata={"step": str(step)})
+            (out / META_FILE).write_text(meta.model_dump_json(indent=1))
+            stored = upload_dir(work.archive, out)
+        return SavedCheckpoint(stored=stored, meta=meta)
+
+    def load_checkpoint(self, work: LoadCheckpointWork) -> int:
+        """Set a fresh adapter's weights (and optimizer state) from an archive; returns its step."""
+        from safetensors.torch import load_file
+
+        from tinsmith.actors.optimizer_state import import_state, set_weights
+        from tinsmith.storage.transfer import fetch_dir
+        from tinsmith.types.internal import CheckpointMeta
+
+        engine = self._engine(work.adapter_id)
+        directory = fetch_dir(work.archive)
+        meta = CheckpointMeta.model_validate_json((directory / META_FILE).read_text())
+        params = self._named_adapter_params(work.adapter_id)
+        weights = load_file(str(directory / "adapter_model.safetensors"))
+        optimizer = load_file(str(directory / OPTIMIZER_FILE)) if meta.has_optimizer else {}
+        missing = sorted(set(params) - set(weights))
+        if missing:
+            raise UserInputError(
+                f"checkpoint does not fit this adapter: {len(missing)} tensors missing (e.g. {missing[0]})"
+            )
+        masters = {n: optimizer[f"master/{n}"] for n in params if f"master/{n}" in optimizer}
+        set_weights(engine, params, {n: masters.get(n, weights[n]) for n in params})
+        self.steps[work.adapter_id] = 0
+        if work.with_optimizer and optimizer:
+            import_state(engine, params, meta.step, optimizer)
+            self.steps[work.adapter_id] = meta.step
+        return self.steps[work.adapter_id]
 
     def adapter_state(self, adapter_id: str) -> dict[str, list[float]]:
         """The adapter's tensors, flattened (tests compare them across ranks and with references)."""

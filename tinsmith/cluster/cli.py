@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tinsmith.cluster.config import ClusterConfig, load_config
 from tinsmith.errors import ConfigurationError
+from tinsmith.storage.base import StorageError
 
 log = logging.getLogger("tinsmith")
 
@@ -48,11 +49,14 @@ def serve(config: ClusterConfig, host: str, port: int) -> None:
     import ray
     import uvicorn
 
+    from tinsmith.cluster.checkpoints import open_checkpoint_service
     from tinsmith.cluster.model_cache import prepare_all
     from tinsmith.cluster.placement import ModelActors, start_model
     from tinsmith.cluster.server import ServedModel, ServerState, build_app
 
     model_dirs = prepare_all(config)
+    data_dir = config.resolved_data_dir()
+    checkpoints = open_checkpoint_service(config.storage, data_dir)  # before Ray: a bad bucket fails fast
     started = _init_ray(config)
     shm_dir = Path(config.shm_dir) / f"tinsmith-{os.getpid()}"
     shm_dir.mkdir(parents=True, exist_ok=True)
@@ -75,9 +79,13 @@ def serve(config: ClusterConfig, host: str, port: int) -> None:
                 max_lora_rank=sampler_cfg.max_lora_rank,
             )
             log.info("model %s ready from %s", spec.name, model_dir)
-        data_dir = config.resolved_data_dir()
-        data_dir.mkdir(parents=True, exist_ok=True)
-        state = ServerState(models=served, data_dir=data_dir, shm_dir=shm_dir)
+        state = ServerState(
+            models=served,
+            data_dir=data_dir,
+            shm_dir=shm_dir,
+            checkpoints=checkpoints,
+            reaper_seconds=config.checkpoint_reaper_seconds,
+        )
         log.info("tinsmith serving on http://%s:%d", host, port)
         print(f"tinsmith: ready on http://{host}:{port}", flush=True)
         uvicorn.run(build_app(state), host=host, port=port, log_level="warning", timeout_keep_alive=75)
@@ -85,6 +93,7 @@ def serve(config: ClusterConfig, host: str, port: int) -> None:
         for model in actors:
             model.shutdown()
         shutil.rmtree(shm_dir, ignore_errors=True)
+        checkpoints.store.close()
         if started:
             ray.shutdown()
 
@@ -109,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
             for name, path in prepare_all(config).items():
                 print(f"{name}: {path}")
-    except ConfigurationError as exc:
+    except (ConfigurationError, StorageError) as exc:
         print(f"tinsmith: {exc}", file=sys.stderr)
         return 2
     return 0

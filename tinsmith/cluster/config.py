@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tinsmith.errors import ConfigurationError
+from tinsmith.storage.config import StorageConfig
 
 
 class _Strict(BaseModel):
@@ -102,6 +103,10 @@ class ClusterConfig(_Strict):
     shm_dir: str = Field(
         default="/dev/shm",
         description="Memory-backed directory used to hand ephemeral adapters from trainer to sampler.",
+    )
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="Where checkpoint archives go.")
+    checkpoint_reaper_seconds: float = Field(
+        default=60.0, gt=0, description="How often expired checkpoints (TTL) are deleted from storage."
     )
     ray_num_cpus: int | None = Field(
         default=None, description="CPUs a locally started Ray cluster advertises (default: detected)."

@@ -7,12 +7,13 @@ errors to HTTP status codes and future failure categories.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import re
 import time
 import traceback
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn, Protocol
@@ -20,12 +21,15 @@ from typing import NoReturn, Protocol
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 
+from tinsmith.cluster.checkpoints import CheckpointService, parse_tinker_path
 from tinsmith.cluster.futures import FutureResult, FutureStore, failure
-from tinsmith.errors import NotFoundError, TinsmithError, UserInputError
+from tinsmith.errors import ConflictError, NotFoundError, TinsmithError, UserInputError
+from tinsmith.storage.config import StorageConfig
+from tinsmith.store.base import MetadataStore
+from tinsmith.store.records import CheckpointRecord, RunRecord
 from tinsmith.types import proto
 from tinsmith.types.checkpoints import (
     GetServerCapabilitiesResponse,
-    ParsedCheckpointTinkerPath,
     SupportedModel,
 )
 from tinsmith.types.futures import (
@@ -34,7 +38,7 @@ from tinsmith.types.futures import (
     TryAgainResponse,
     UntypedAPIFuture,
 )
-from tinsmith.types.internal import ModelStatus, SampleWork
+from tinsmith.types.internal import AdapterSource, ModelStatus, SampleWork
 from tinsmith.types.requests import (
     ClientConfigResponse,
     ClientDynamicConfigResponse,
@@ -47,8 +51,6 @@ from tinsmith.types.requests import (
     HealthResponse,
     OptimStepRequest,
     SampleRequest,
-    SaveWeightsForSamplerRequest,
-    SaveWeightsRequest,
     SessionHeartbeatRequest,
     SessionHeartbeatResponse,
     UnloadModelRequest,
@@ -62,14 +64,13 @@ from tinsmith.types.training import (
     LoraConfig,
     ModelData,
     OptimStepResponse,
-    SaveWeightsForSamplerResponseInternal,
     UnloadModelResponse,
 )
 
 log = logging.getLogger(__name__)
 
 LONG_POLL_SECONDS = 30.0
-_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+LOCAL_OWNER = "local"
 
 
 class CoordinatorClient(Protocol):
@@ -96,6 +97,7 @@ class TrainingModel:
     session_id: str
     base_model: str
     lora: LoraConfig
+    owner: str
 
 
 @dataclass
@@ -104,7 +106,8 @@ class SamplerSession:
     base_model: str
     model_path: str | None
     adapter_key: str | None
-    adapter_path: str | None
+    source: AdapterSource | None
+    owner: str
 
 
 @dataclass
@@ -112,12 +115,61 @@ class ServerState:
     models: dict[str, ServedModel]
     data_dir: Path
     shm_dir: Path
+    checkpoints: CheckpointService
     futures: FutureStore = field(default_factory=FutureStore)
     sessions: dict[str, float] = field(default_factory=dict)
     training: dict[str, TrainingModel] = field(default_factory=dict)
     samplers: dict[str, SamplerSession] = field(default_factory=dict)
-    sampler_checkpoints: dict[str, tuple[str, str]] = field(default_factory=dict)
-    reserved_paths: set[str] = field(default_factory=set)
+    reaper_seconds: float = 60.0
+
+    @property
+    def store(self) -> MetadataStore:
+        return self.checkpoints.store
+
+    @property
+    def storage_config(self) -> StorageConfig:
+        return self.checkpoints.storage_config
+
+    def submit(
+        self,
+        request: Request,
+        work: Callable[[], Awaitable[FutureResult]],
+        model_id: str | None = None,
+        n_samples: int = 0,
+    ) -> UntypedAPIFuture:
+        """Start ``work`` as a future, unless the SDK's idempotency key names one already started."""
+        key = request.headers.get("x-idempotency-key")
+        request_id, _ = self.futures.submit(lambda: _guard(work()), idempotency_key=key)
+        seq_ids = [f"{request_id}:{i}" for i in range(n_samples)] if n_samples else None
+        return UntypedAPIFuture(request_id=request_id, model_id=model_id, sample_sequence_ids=seq_ids)
+
+    def add_training_model(self, model: TrainingModel, user_metadata: dict[str, str] | None) -> None:
+        """Register a live training client and record its training run."""
+        self.training[model.model_id] = model
+        self.store.put_run(
+            RunRecord(
+                training_run_id=model.model_id,
+                session_id=model.session_id,
+                base_model=model.base_model,
+                owner=model.owner,
+                lora=model.lora,
+                user_metadata=user_metadata,
+            )
+        )
+
+    def readable_checkpoint(self, tinker_path: str, field: str = "path") -> CheckpointRecord:
+        """A checkpoint the caller may read or load: its own, or a published one."""
+        record = self.checkpoints.resolve(tinker_path, field)
+        if record.owner != LOCAL_OWNER and not record.public:
+            raise NotFoundError(f"{field}: checkpoint {tinker_path!r} does not exist")
+        return record
+
+    def owned_checkpoint(self, run_id: str, kind: str, name: str) -> CheckpointRecord:
+        """A checkpoint the caller may change or delete (only its own)."""
+        record = self.checkpoints.by_route(run_id, kind, name)
+        if record.owner != LOCAL_OWNER:
+            raise NotFoundError(f"checkpoint tinker://{run_id}/{kind}/{name} does not exist")
+        return record
 
     def served(self, base_model: str) -> ServedModel:
         model = self.models.get(base_model)
@@ -150,7 +202,7 @@ def _category(exc: BaseException) -> RequestErrorCategory:
     return RequestErrorCategory.USER if isinstance(exc, UserInputError | NotFoundError) else RequestErrorCategory.SERVER
 
 
-def _json(model: object) -> FutureResult:
+def json_result(model: object) -> FutureResult:
     from pydantic import BaseModel
 
     assert isinstance(model, BaseModel)
@@ -171,27 +223,29 @@ async def _guard(work: Awaitable[FutureResult]) -> FutureResult:
 
 
 def build_app(state: ServerState) -> FastAPI:
-    app = FastAPI(title="tinsmith", version="0.1.0")
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        reaper = asyncio.create_task(_reap_forever(state))
+        try:
+            yield
+        finally:
+            reaper.cancel()
+
+    app = FastAPI(title="tinsmith", version="0.1.0", lifespan=lifespan)
 
     @app.exception_handler(UserInputError)
     async def _user_error(_: Request, exc: UserInputError) -> JSONResponse:
         return JSONResponse(status_code=400, content={"detail": str(exc)})
 
+    @app.exception_handler(ConflictError)
+    async def _conflict(_: Request, exc: ConflictError) -> JSONResponse:
+        return JSONResponse(status_code=409, content={"detail": str(exc)})
+
     @app.exception_handler(NotFoundError)
     async def _not_found(_: Request, exc: NotFoundError) -> JSONResponse:
         return JSONResponse(status_code=404, content={"detail": str(exc)})
 
-    def submit(
-        request: Request,
-        work: Callable[[], Awaitable[FutureResult]],
-        model_id: str | None = None,
-        n_samples: int = 0,
-    ) -> UntypedAPIFuture:
-        """Start ``work`` as a future, unless the SDK's idempotency key names one already started."""
-        key = request.headers.get("x-idempotency-key")
-        request_id, _ = state.futures.submit(lambda: _guard(work()), idempotency_key=key)
-        seq_ids = [f"{request_id}:{i}" for i in range(n_samples)] if n_samples else None
-        return UntypedAPIFuture(request_id=request_id, model_id=model_id, sample_sequence_ids=seq_ids)
+    submit = state.submit
 
     # ----- handshake and sessions ------------------------------------------------------------
     @app.post("/api/v1/client/config")
@@ -261,8 +315,11 @@ def build_app(state: ServerState) -> FastAPI:
             if model_id in state.training:
                 raise UserInputError(f"model {model_id!r} already exists (model_seq_id reused)")
             await served.coordinator.call("create_model", model_id, lora)
-            state.training[model_id] = TrainingModel(model_id, body.session_id, body.base_model, lora)
-            return _json(CreateModelResponse(model_id=model_id))
+            state.add_training_model(
+                TrainingModel(model_id, body.session_id, body.base_model, lora, LOCAL_OWNER),
+                {k: str(v) for k, v in body.user_metadata.items()} if body.user_metadata else None,
+            )
+            return json_result(CreateModelResponse(model_id=model_id))
 
         return submit(request, work, model_id=model_id)
 
@@ -281,8 +338,10 @@ def build_app(state: ServerState) -> FastAPI:
     @app.post("/api/v1/unload_model")
     async def unload_model(body: UnloadModelRequest, request: Request) -> UntypedAPIFuture:
         async def work() -> FutureResult:
-            state.training_model(body.model_id)
-            return _json(UnloadModelResponse(model_id=body.model_id))
+            model = state.training_model(body.model_id)
+            await state.served(model.base_model).coordinator.call("unload_model", body.model_id)
+            del state.training[body.model_id]
+            return json_result(UnloadModelResponse(model_id=body.model_id))
 
         return submit(request, work, model_id=body.model_id)
 
@@ -316,62 +375,11 @@ def build_app(state: ServerState) -> FastAPI:
             served = state.served(model.base_model)
             if body.optimizer_params is not None:
                 message = "optimizer_params (dimuon) is not supported; send adam_params"
-                await _refuse(served, body.model_id, body.seq_id, message)
+                await refuse(served, body.model_id, body.seq_id, message)
             adam = body.adam_params or AdamParams()
             metrics = await served.coordinator.call("optim_step", body.model_id, body.seq_id, adam)
             assert isinstance(metrics, dict)
-            return _json(OptimStepResponse(metrics=metrics))
-
-        return submit(request, work, model_id=body.model_id)
-
-    @app.post("/api/v1/save_weights")
-    async def save_weights(body: SaveWeightsRequest, request: Request) -> UntypedAPIFuture:
-        async def work() -> FutureResult:
-            served = state.served(state.training_model(body.model_id).base_model)
-            message = "save_weights (save_state) is not supported by this server version yet"
-            await _refuse(served, body.model_id, body.seq_id, message)
-
-        return submit(request, work, model_id=body.model_id)
-
-    @app.post("/api/v1/load_weights")
-    async def load_weights(request: Request) -> UntypedAPIFuture:
-        async def work() -> FutureResult:
-            raise UserInputError("load_weights (training clients from saved state) is not supported by this server yet")
-
-        return submit(request, work)
-
-    @app.post("/api/v1/save_weights_for_sampler")
-    async def save_weights_for_sampler(body: SaveWeightsForSamplerRequest, request: Request) -> UntypedAPIFuture:
-        async def work() -> FutureResult:
-            model = state.training_model(body.model_id)
-            served = state.served(model.base_model)
-            if body.path is not None:
-                if not _NAME_RE.match(body.path):
-                    message = f"path {body.path!r} must match {_NAME_RE.pattern}"
-                    await _refuse(served, body.model_id, body.seq_id, message)
-                tinker_path = f"tinker://{body.model_id}/sampler_weights/{body.path}"
-                if tinker_path in state.sampler_checkpoints or tinker_path in state.reserved_paths:
-                    message = f"sampler checkpoint {tinker_path!r} already exists; choose another name"
-                    await _refuse(served, body.model_id, body.seq_id, message)
-                directory = state.data_dir / "checkpoints" / _safe(body.model_id) / "sampler_weights" / body.path
-                state.reserved_paths.add(tinker_path)
-                try:
-                    await served.coordinator.call(
-                        "save_for_sampler", body.model_id, body.seq_id, tinker_path, str(directory)
-                    )
-                finally:
-                    state.reserved_paths.discard(tinker_path)
-                state.sampler_checkpoints[tinker_path] = (model.base_model, str(directory))
-                return _json(SaveWeightsForSamplerResponseInternal(path=tinker_path))
-            if body.sampling_session_seq_id is None:
-                message = "save_weights_for_sampler needs a path or a sampling_session_seq_id"
-                await _refuse(served, body.model_id, body.seq_id, message)
-            sampler_id = f"{model.session_id}:sample:{body.sampling_session_seq_id}"
-            key = f"{body.model_id}@{body.seq_id}@{uuid.uuid4().hex[:8]}"
-            directory = state.shm_dir / _safe(key)
-            await served.coordinator.call("save_for_sampler", body.model_id, body.seq_id, key, str(directory))
-            state.samplers[sampler_id] = SamplerSession(sampler_id, model.base_model, None, key, str(directory))
-            return _json(SaveWeightsForSamplerResponseInternal(sampling_session_id=sampler_id))
+            return json_result(OptimStepResponse(metrics=metrics))
 
         return submit(request, work, model_id=body.model_id)
 
@@ -380,18 +388,11 @@ def build_app(state: ServerState) -> FastAPI:
     async def create_sampling_session(body: CreateSamplingSessionRequest) -> CreateSamplingSessionResponse:
         sampler_id = f"{body.session_id}:sample:{body.sampling_session_seq_id}"
         if body.model_path is not None:
-            try:
-                ParsedCheckpointTinkerPath.from_tinker_path(body.model_path)
-            except ValueError as exc:
-                raise UserInputError(f"model_path: {exc}") from exc
-            found = state.sampler_checkpoints.get(body.model_path)
-            if found is None:
-                raise NotFoundError(f"model_path {body.model_path!r} is not a known sampler checkpoint")
-            base, directory = found
-            state.samplers[sampler_id] = SamplerSession(sampler_id, base, body.model_path, body.model_path, directory)
+            session = _checkpoint_sampler(state, body.model_path, sampler_id)
+            state.samplers[sampler_id] = session
         elif body.base_model is not None:
             state.served(body.base_model)
-            state.samplers[sampler_id] = SamplerSession(sampler_id, body.base_model, None, None, None)
+            state.samplers[sampler_id] = SamplerSession(sampler_id, body.base_model, None, None, None, LOCAL_OWNER)
         else:
             raise UserInputError("create_sampling_session needs model_path or base_model")
         return CreateSamplingSessionResponse(sampling_session_id=sampler_id)
@@ -408,7 +409,7 @@ def build_app(state: ServerState) -> FastAPI:
         work_item = _sample_work(body, session, served.max_context_length, served.vocab_size)
 
         async def work() -> FutureResult:
-            out = await served.coordinator.call("sample", work_item, session.adapter_path)
+            out = await served.coordinator.call("sample", work_item, session.source)
             assert isinstance(out, SampleResponse)
             return FutureResult(kind="proto", body=proto.encode_sample_response(out))
 
@@ -435,32 +436,53 @@ def build_app(state: ServerState) -> FastAPI:
         media = "application/x-protobuf" if result.kind == "proto" else "application/json"
         return Response(content=result.body, media_type=media)
 
+    from tinsmith.cluster.checkpoint_routes import register_checkpoint_routes
+
+    register_checkpoint_routes(app, state)
     return app
 
 
-async def _refuse(served: ServedModel, model_id: str, seq_id: int | None, message: str) -> NoReturn:
+async def _reap_forever(state: ServerState) -> None:
+    """Delete expired checkpoints in the background (listings also hide them at once)."""
+    while True:
+        await asyncio.sleep(state.reaper_seconds)
+        try:
+            await asyncio.to_thread(state.checkpoints.reap)
+        except Exception:
+            log.exception("checkpoint reaper failed; will retry")
+
+
+async def refuse(served: ServedModel, model_id: str, seq_id: int | None, message: str) -> NoReturn:
     """Fail a training request the server answers itself; its seq_id is still consumed, in order,
     so the client's later requests are not left waiting for it."""
     await served.coordinator.call("skip_seq", model_id, seq_id)
     raise UserInputError(message)
 
 
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
 def _sampler_for(state: ServerState, body: SampleRequest) -> SamplerSession:
     if body.sampling_session_id is not None:
         return state.sampler(body.sampling_session_id)
     if body.model_path is not None:
-        found = state.sampler_checkpoints.get(body.model_path)
-        if found is None:
-            raise NotFoundError(f"model_path {body.model_path!r} is not a known sampler checkpoint")
-        return SamplerSession("", found[0], body.model_path, body.model_path, found[1])
+        return _checkpoint_sampler(state, body.model_path, "")
     if body.base_model is not None:
         state.served(body.base_model)
-        return SamplerSession("", body.base_model, None, None, None)
+        return SamplerSession("", body.base_model, None, None, None, LOCAL_OWNER)
     raise UserInputError("asample needs sampling_session_id, model_path or base_model")
+
+
+def _checkpoint_sampler(state: ServerState, model_path: str, sampler_id: str) -> SamplerSession:
+    """Sampling from a stored checkpoint (sampler_weights, or the adapter inside weights).
+
+    The adapter key includes the archive's hash, so an overwritten checkpoint is a new adapter
+    to vLLM rather than a stale cached one.
+    """
+    parsed = parse_tinker_path(model_path, "model_path")
+    if parsed.checkpoint_type == "external":
+        raise UserInputError(f"model_path {model_path!r}: sample from sampler_weights or weights checkpoints")
+    record = state.readable_checkpoint(model_path, field="model_path")
+    source = AdapterSource(archive=state.checkpoints.ref_of(record))
+    key = f"{model_path}@{record.sha256[:12]}"
+    return SamplerSession(sampler_id, record.base_model, model_path, key, source, LOCAL_OWNER)
 
 
 def _sample_work(body: SampleRequest, session: SamplerSession, max_context: int, vocab_size: int) -> SampleWork:

@@ -88,6 +88,11 @@ class CheckpointArchiveUrlResponse(WireModel):
     expires: dt.datetime
 
 
+class ExternalWeightsUrlsResponse(WireModel):
+    urls: dict[str, str]
+    expires: dt.datetime
+
+
 class WeightsInfoResponse(WireModel):
     base_model: str
     optimizer_config: AdamOptimizerConfig = AdamOptimizerConfig()

@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import Field
 
+from tinsmith.storage.base import StoredObject
+from tinsmith.storage.transfer import ArchiveRef
 from tinsmith.types.base import InternalModel
 from tinsmith.types.training import AdamParams, LoraConfig
 
@@ -112,3 +114,44 @@ class ModelStatus(InternalModel):
     base_model: str
     training_models: int
     workers: list[WorkerStatus]
+
+
+class CheckpointMeta(InternalModel):
+    """``tinsmith_checkpoint.json`` inside every archive: enough to rebuild the adapter anywhere."""
+
+    format: Literal["tinsmith-state-v1"] = "tinsmith-state-v1"
+    kind: Literal["weights", "sampler_weights", "external_weights"]
+    base_model: str
+    lora: LoraConfig
+    step: int = Field(default=0, description="optim_steps the adapter had taken.")
+    has_optimizer: bool = False
+
+
+class SaveCheckpointWork(InternalModel):
+    """Write one adapter (and optionally its optimizer state) as a checkpoint archive."""
+
+    adapter_id: str
+    archive: ArchiveRef
+    meta: CheckpointMeta = Field(description="step and has_optimizer are filled in by the trainer.")
+    with_optimizer: bool
+
+
+class SavedCheckpoint(InternalModel):
+    stored: StoredObject
+    meta: CheckpointMeta
+
+
+class LoadCheckpointWork(InternalModel):
+    """Set a freshly created adapter (and optionally its optimizer) from a stored archive."""
+
+    adapter_id: str
+    archive: ArchiveRef
+    with_optimizer: bool
+
+
+class AdapterSource(InternalModel):
+    """Where a sampler replica finds an adapter's peft files: a directory every replica can read
+    (ephemeral saves in shared memory) or a stored checkpoint archive."""
+
+    path: str | None = None
+    archive: ArchiveRef | None = None

@@ -120,6 +120,40 @@ class SaveWeightsForSamplerRequest(WireModel):
     type: Literal["save_weights_for_sampler"] = "save_weights_for_sampler"
 
 
+class SaveWeightsExternalRequest(WireModel):
+    model_id: str
+    path: str
+    seq_id: int | None = None
+    ttl_seconds: int | None = None
+    age_encryption_recipients: list[str] | None = None
+    type: Literal["save_weights_external"] = "save_weights_external"
+
+
+class LoadWeightsRequest(WireModel):
+    """Either a new training client (session_id + model_seq_id) or the older load_state form on an
+    existing one (model_id + seq_id)."""
+
+    model_id: str | None = None
+    seq_id: int | None = None
+    session_id: str | None = None
+    model_seq_id: int | None = None
+    base_model: str | None = None
+    user_metadata: dict[str, object] | None = None
+    path: str
+    optimizer: bool
+    optimizer_config: OptimizerConfig | None = None
+    weights_access_token: str | None = None
+    type: Literal["load_weights"] = "load_weights"
+
+
+class WeightsInfoRequest(WireModel):
+    tinker_path: str
+
+
+class CheckpointTtlRequest(WireModel):
+    ttl_seconds: int | None = None
+
+
 class UnloadModelRequest(WireModel):
     model_id: str
     type: Literal["unload_model"] = "unload_model"

@@ -1,0 +1,140 @@
+"""A tinsmith server whose checkpoints live in S3 (a real Swift + s3api server on loopback):
+resume and sampling through S3, an upload cut off midway, and a server that refuses to start on
+bad credentials or a missing bucket."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tinker
+import yaml
+from tinker import types
+
+from tests.conftest import DEFAULT_MODEL, ROOT, S3_BUCKET
+from tests.integration.helpers import checkpoint_dir, datum, random_tokens, read_adapter
+from tests.swift_server import SwiftServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _config(swift: SwiftServer, path: Path, **storage: object) -> Path:
+    raw = yaml.safe_load((ROOT / "configs" / "test.yaml").read_text())
+    raw["models"] = raw["models"][:1]  # the default model: one trainer rank, one sampler
+    raw["storage"] = {
+        "backend": "s3",
+        "bucket": S3_BUCKET,
+        "prefix": f"e2e-{path.stem}",
+        "endpoint_url": swift.endpoint_url,
+        "access_key_id": swift.access_key,
+        "secret_access_key": swift.secret_key,
+        "multipart_threshold_mb": 5,
+        **storage,
+    }
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture(scope="module")
+def s3_server(swift: SwiftServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    from tinsmith.cluster.launcher import ServerProcess
+
+    config = _config(swift, tmp_path_factory.mktemp("s3") / "s3.yaml")
+    proc = ServerProcess(config)
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def s3_client(s3_server: object) -> tinker.ServiceClient:
+    return tinker.ServiceClient(base_url=s3_server.base_url, api_key="tml-tests")  # type: ignore[attr-defined]
+
+
+def _step(tc: tinker.TrainingClient, seed: int) -> float:
+    out = tc.forward_backward([datum(random_tokens(seed, 20))], "cross_entropy").result()
+    tc.optim_step(types.AdamParams(learning_rate=2e-3, weight_decay=0.01)).result()
+    return float(out.metrics["loss:sum"])
+
+
+def _s3_keys(swift: SwiftServer, prefix: str) -> list[str]:
+    import boto3
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=swift.endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id=swift.access_key,
+        aws_secret_access_key=swift.secret_key,
+    )
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=S3_BUCKET, Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+def test_resume_and_sampling_through_s3(s3_client: tinker.ServiceClient, s3_server: object, swift: SwiftServer) -> None:
+    tc = s3_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=8).result()
+    for i in range(2):
+        _step(tc, 4000 + i)
+    path = tc.save_state("s3-resume").result().path
+    keys = _s3_keys(swift, "e2e-s3/")
+    assert any("/weights/s3-resume-" in k and k.endswith(".tar") for k in keys), keys
+
+    resumed = s3_client.create_training_client_from_state_with_optimizer(path).result()
+    assert _step(resumed, 4100) == pytest.approx(_step(tc, 4100), rel=1e-6)
+    # The archive URL of an S3 checkpoint is presigned: this download goes straight to S3.
+    a = read_adapter(checkpoint_dir(s3_server, tc.save_weights_for_sampler("s3-a").result().path))
+    b = read_adapter(checkpoint_dir(s3_server, resumed.save_weights_for_sampler("s3-b").result().path))
+    for key, value in a.items():
+        np.testing.assert_allclose(b[key], value, rtol=0, atol=1e-6, err_msg=key)
+
+    prompt = types.ModelInput.from_ints(random_tokens(4200, 8))
+    greedy = types.SamplingParams(max_tokens=6, temperature=0.0)
+    from_s3 = s3_client.create_sampling_client(model_path=f"tinker://{tc.model_id}/sampler_weights/s3-a").result()
+    in_memory = tc.save_weights_and_get_sampling_client().result()
+    got = from_s3.sample(prompt, 1, greedy).result().sequences[0].tokens
+    assert got == in_memory.sample(prompt, 1, greedy).result().sequences[0].tokens
+
+
+def test_upload_cut_off_leaves_no_checkpoint(
+    s3_client: tinker.ServiceClient, s3_server: object, swift: SwiftServer
+) -> None:
+    tc = s3_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=8).result()
+    _step(tc, 4300)
+    rest = tinker.RestClient(base_url=s3_server.base_url, api_key="tml-tests")  # type: ignore[attr-defined]
+    swift.kill("proxy")
+    try:
+        with pytest.raises(tinker.RequestFailedError) as info:
+            tc.save_state("cut-off").result()
+        assert "S3" in info.value.message, info.value.message
+        assert rest.list_checkpoints(tc.model_id).result().checkpoints == []
+    finally:
+        swift.revive("proxy")
+    assert not [k for k in _s3_keys(swift, "e2e-s3/") if "/cut-off-" in k]
+    # The same name is free: nothing of the failed save is left, and the client trains on.
+    _step(tc, 4301)
+    path = tc.save_state("cut-off").result().path
+    assert [c.tinker_path for c in rest.list_checkpoints(tc.model_id).result().checkpoints] == [path]
+
+
+@pytest.mark.parametrize(
+    ("storage", "needle"),
+    [({"secret_access_key": "wrong"}, "credentials"), ({"bucket": "no-such-bucket"}, "no-such-bucket")],
+)
+def test_server_refuses_to_start_on_bad_s3_settings(
+    swift: SwiftServer, tmp_path: Path, storage: dict[str, object], needle: str
+) -> None:
+    config = _config(swift, tmp_path / "bad.yaml", **storage)
+    env = dict(os.environ, TINSMITH_DATA_DIR=str(tmp_path / "data"), HF_HUB_OFFLINE="1")
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "tinsmith.cluster.cli", "serve", "--config", str(config), "--port", "1"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert needle in done.stderr, done.stderr[-2000:]
+    assert "secret" not in done.stderr.lower() or "wrong" not in done.stderr

@@ -1,0 +1,225 @@
+"""Server-side checkpoint bookkeeping: names, storage keys, records, expiry, download URLs.
+
+Order of visibility: a checkpoint's archive is written and verified in storage first, and only
+then recorded in the metadata store, which is what every listing and load reads. A save that
+dies midway therefore leaves at most an unreferenced object (never a listed checkpoint), and a
+delete removes the record before the object. Objects are never rewritten in place: every save
+gets a fresh key, so a reader never sees an archive change under it.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import secrets
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from tinsmith.errors import ConflictError, NotFoundError, UserInputError
+from tinsmith.storage.base import CheckpointStorage
+from tinsmith.storage.config import StorageConfig
+from tinsmith.storage.transfer import ArchiveRef
+from tinsmith.store.base import MetadataStore
+from tinsmith.store.records import CheckpointRecord, utcnow
+from tinsmith.types.checkpoints import CheckpointType, ParsedCheckpointTinkerPath
+
+log = logging.getLogger(__name__)
+
+NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+KIND_BY_TYPE: dict[CheckpointType, str] = {
+    "training": "weights",
+    "sampler": "sampler_weights",
+    "external": "external_weights",
+}
+
+
+def safe_name(name: str) -> str:
+    """A model id as a path segment (':' and other odd characters become '_')."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def check_name(name: str | None, field: str = "path") -> str:
+    if name is None or not NAME_RE.match(name) or name in (".", ".."):
+        raise UserInputError(f"{field} {name!r} must be 1-128 characters of letters, digits, '.', '_' or '-'")
+    return name
+
+
+def parse_tinker_path(path: str, field: str = "path") -> ParsedCheckpointTinkerPath:
+    try:
+        return ParsedCheckpointTinkerPath.from_tinker_path(path)
+    except ValueError as exc:
+        raise UserInputError(f"{field}: {exc}") from exc
+
+
+class CheckpointService:
+    def __init__(
+        self,
+        store: MetadataStore,
+        storage: CheckpointStorage,
+        storage_config: StorageConfig,
+        data_dir: Path,
+        url_secret: bytes,
+    ) -> None:
+        self.store = store
+        self.storage = storage
+        self.storage_config = storage_config
+        self.data_dir = data_dir
+        self._secret = url_secret
+        self._reserved: set[str] = set()
+
+    # ----- writing ---------------------------------------------------------------------------
+    def new_ref(self, run_id: str, kind: str, name: str) -> ArchiveRef:
+        key = f"{safe_name(run_id)}/{kind}/{name}-{uuid.uuid4().hex[:12]}.tar"
+        return ArchiveRef(storage=self.storage_config, data_dir=str(self.data_dir), key=key)
+
+    def ref_of(self, record: CheckpointRecord) -> ArchiveRef:
+        return ArchiveRef(
+            storage=self.storage_config, data_dir=str(self.data_dir), key=record.storage_key, sha256=record.sha256
+        )
+
+    def reserve(self, tinker_path: str, overwrite: bool) -> Callable[[], None]:
+        """Hold a path while its archive is written; returns the release function. Refuses a
+        second concurrent save to the path, and (without ``overwrite``) a path that exists."""
+        if tinker_path in self._reserved:
+            raise UserInputError(f"checkpoint {tinker_path!r} is being written by another request")
+        if not overwrite and self.get(tinker_path) is not None:
+            raise UserInputError(
+                f"checkpoint {tinker_path!r} already exists; pass overwrite=True or choose another name"
+            )
+        self._reserved.add(tinker_path)
+        return lambda: self._reserved.discard(tinker_path)
+
+    def commit(self, record: CheckpointRecord, overwrite: bool) -> None:
+        """Make a fully written checkpoint visible; an overwritten one's old archive is removed."""
+        old = self.store.get_checkpoint(record.tinker_path)
+        try:
+            self.store.add_checkpoint(record, replace=overwrite)
+        except ConflictError as exc:
+            self.storage.delete(record.storage_key)
+            raise UserInputError(str(exc)) from exc
+        if old is not None and old.storage_key != record.storage_key:
+            self._delete_object(old.storage_key)
+
+    # ----- reading ---------------------------------------------------------------------------
+    def get(self, tinker_path: str) -> CheckpointRecord | None:
+        record = self.store.get_checkpoint(tinker_path)
+        if record is not None and record.expires_at is not None and record.expires_at <= utcnow():
+            self.delete(record)
+            return None
+        return record
+
+    def resolve(self, tinker_path: str, field: str = "path") -> CheckpointRecord:
+        parse_tinker_path(tinker_path, field)
+        record = self.get(tinker_path)
+        if record is None:
+            raise NotFoundError(f"{field}: checkpoint {tinker_path!r} does not exist")
+        return record
+
+    def by_route(self, run_id: str, kind: str, name: str) -> CheckpointRecord:
+        return self.resolve(f"tinker://{run_id}/{kind}/{name}", field="checkpoint")
+
+    def list(
+        self, run_id: str | None, owner: str | None, limit: int, offset: int
+    ) -> tuple[list[CheckpointRecord], int]:
+        self.reap()
+        return self.store.list_checkpoints(run_id, owner, limit, offset)
+
+    # ----- changing --------------------------------------------------------------------------
+    def delete(self, record: CheckpointRecord) -> None:
+        self.store.delete_checkpoint(record.tinker_path)
+        self._delete_object(record.storage_key)
+
+    def _delete_object(self, key: str) -> None:
+        try:
+            self.storage.delete(key)
+        except Exception:  # the record is gone; an orphaned object only costs space
+            log.exception("could not delete checkpoint object %s", key)
+
+    def set_public(self, record: CheckpointRecord, public: bool) -> None:
+        self.store.update_checkpoint(record.model_copy(update={"public": public}))
+
+    def set_ttl(self, record: CheckpointRecord, ttl_seconds: int | None) -> None:
+        self.store.update_checkpoint(record.model_copy(update={"expires_at": expiry(ttl_seconds)}))
+
+    def reap(self) -> int:
+        """Delete every expired checkpoint (record, then archive); returns how many."""
+        expired = self.store.expired_checkpoints(utcnow())
+        for record in expired:
+            self.delete(record)
+        if expired:
+            log.info("deleted %d expired checkpoints", len(expired))
+        return len(expired)
+
+    # ----- download URLs ---------------------------------------------------------------------
+    def sign(self, record: CheckpointRecord, filename: str | None, expires: dt.datetime) -> str:
+        """A token for ``/api/v1/tinsmith/files/<token>``: names one archive (or one file in it)
+        and an expiry, signed with the server's secret; the holder needs no API key."""
+        body = {"p": record.tinker_path, "k": record.storage_key, "f": filename, "e": int(expires.timestamp())}
+        raw = json.dumps(body, separators=(",", ":")).encode()
+        mac = hmac.new(self._secret, raw, hashlib.sha256).digest()
+        return (
+            base64.urlsafe_b64encode(raw).decode().rstrip("=")
+            + "."
+            + base64.urlsafe_b64encode(mac).decode().rstrip("=")
+        )
+
+    def verify(self, token: str) -> tuple[CheckpointRecord, str | None]:
+        """The checkpoint and file a token names; NotFoundError for any bad, expired or stale token."""
+        try:
+            raw_b64, mac_b64 = token.split(".")
+            raw = base64.urlsafe_b64decode(raw_b64 + "=" * (-len(raw_b64) % 4))
+            mac = base64.urlsafe_b64decode(mac_b64 + "=" * (-len(mac_b64) % 4))
+            body = json.loads(raw)
+        except ValueError as exc:
+            raise NotFoundError("download link is malformed") from exc
+        if not hmac.compare_digest(mac, hmac.new(self._secret, raw, hashlib.sha256).digest()):
+            raise NotFoundError("download link signature is invalid")
+        if body["e"] < utcnow().timestamp():
+            raise NotFoundError("download link has expired")
+        record = self.get(str(body["p"]))
+        if record is None or record.storage_key != body["k"]:
+            raise NotFoundError("the checkpoint of this download link no longer exists")
+        filename = body["f"]
+        return record, str(filename) if filename is not None else None
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def expiry(ttl_seconds: int | None) -> dt.datetime | None:
+    if ttl_seconds is None:
+        return None
+    if ttl_seconds < 1:
+        raise UserInputError(f"ttl_seconds must be >= 1 (or null for no expiry), got {ttl_seconds}")
+    return utcnow() + dt.timedelta(seconds=ttl_seconds)
+
+
+def load_url_secret(data_dir: Path) -> bytes:
+    """The key that signs download links, kept in the data directory so links survive restarts."""
+    path = data_dir / "url-signing.key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(32))
+    return path.read_bytes()
+
+
+def open_checkpoint_service(storage_config: StorageConfig, data_dir: Path) -> CheckpointService:
+    """Storage (checked: fails fast on a bad bucket or credentials) plus the SQLite store."""
+    from tinsmith.storage import open_storage
+    from tinsmith.store.sqlite import SQLiteStore
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    storage = open_storage(storage_config, str(data_dir))
+    storage.check()
+    log.info("checkpoints go to %s", storage.description)
+    store = SQLiteStore(data_dir / "tinsmith.db")
+    return CheckpointService(store, storage, storage_config, data_dir, load_url_secret(data_dir))

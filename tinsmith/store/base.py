@@ -1,0 +1,50 @@
+"""The store interface: what the API server needs to keep across restarts.
+
+SQLite implements it (``tinsmith.store.sqlite``); another database can, by implementing these
+methods with the same semantics (in particular: ``add_checkpoint`` refuses a duplicate path).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Protocol
+
+from tinsmith.store.records import CheckpointRecord, RunRecord
+
+
+class MetadataStore(Protocol):
+    def put_run(self, run: RunRecord) -> None:
+        """Insert or replace a run."""
+        ...
+
+    def get_run(self, training_run_id: str) -> RunRecord | None: ...
+
+    def touch_run(self, training_run_id: str, when: dt.datetime) -> None: ...
+
+    def list_runs(self, owner: str | None, limit: int, offset: int) -> tuple[list[RunRecord], int]:
+        """Runs newest first, with the total count (``owner`` None: every owner)."""
+        ...
+
+    def add_checkpoint(self, record: CheckpointRecord, replace: bool) -> None:
+        """Record a checkpoint; raises ``ConflictError`` if its path exists and ``replace`` is False."""
+        ...
+
+    def get_checkpoint(self, tinker_path: str) -> CheckpointRecord | None: ...
+
+    def list_checkpoints(
+        self, training_run_id: str | None, owner: str | None, limit: int, offset: int
+    ) -> tuple[list[CheckpointRecord], int]:
+        """Checkpoints newest first, of one run or of an owner, with the total count."""
+        ...
+
+    def latest_checkpoint(self, training_run_id: str, checkpoint_type: str) -> CheckpointRecord | None: ...
+
+    def update_checkpoint(self, record: CheckpointRecord) -> None:
+        """Replace the mutable fields (public, expires_at) of an existing checkpoint."""
+        ...
+
+    def delete_checkpoint(self, tinker_path: str) -> None: ...
+
+    def expired_checkpoints(self, now: dt.datetime) -> list[CheckpointRecord]: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,160 @@
+"""SQLite implementation of the metadata store (WAL mode, one file).
+
+Each row keeps the record as JSON beside the few columns that queries filter or sort on, so
+adding a field to a record needs no migration. One connection guarded by a lock: the server's
+writes are small and rare next to training steps.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+import threading
+from pathlib import Path
+
+from tinsmith.errors import ConflictError
+from tinsmith.store.records import CheckpointRecord, RunRecord
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    training_run_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_owner ON runs(owner, created_at);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    tinker_path TEXT PRIMARY KEY,
+    training_run_id TEXT NOT NULL,
+    checkpoint_type TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS checkpoints_run ON checkpoints(training_run_id, created_at);
+CREATE INDEX IF NOT EXISTS checkpoints_owner ON checkpoints(owner, created_at);
+CREATE INDEX IF NOT EXISTS checkpoints_expiry ON checkpoints(expires_at);
+"""
+
+
+def _ts(when: dt.datetime) -> str:
+    """ISO UTC with fixed width, so text order is time order."""
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class SQLiteStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def _rows(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def _write(self, sql: str, args: tuple[object, ...]) -> None:
+        with self._lock:
+            self._db.execute(sql, args)
+
+    # ----- runs -----------------------------------------------------------------------------
+    def put_run(self, run: RunRecord) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?)",
+            (run.training_run_id, run.owner, _ts(run.created_at), run.model_dump_json()),
+        )
+
+    def get_run(self, training_run_id: str) -> RunRecord | None:
+        rows = self._rows("SELECT body FROM runs WHERE training_run_id = ?", (training_run_id,))
+        return RunRecord.model_validate_json(str(rows[0][0])) if rows else None
+
+    def touch_run(self, training_run_id: str, when: dt.datetime) -> None:
+        with self._lock:
+            rows = self._db.execute("SELECT body FROM runs WHERE training_run_id = ?", (training_run_id,)).fetchall()
+            if not rows:
+                return
+            run = RunRecord.model_validate_json(str(rows[0][0]))
+            run.last_request_time = when
+            self._db.execute(
+                "UPDATE runs SET body = ? WHERE training_run_id = ?", (run.model_dump_json(), training_run_id)
+            )
+
+    def list_runs(self, owner: str | None, limit: int, offset: int) -> tuple[list[RunRecord], int]:
+        where, args = ("WHERE owner = ?", (owner,)) if owner is not None else ("", ())
+        total = int(str(self._rows(f"SELECT COUNT(*) FROM runs {where}", args)[0][0]))
+        rows = self._rows(
+            f"SELECT body FROM runs {where} ORDER BY created_at DESC, training_run_id LIMIT ? OFFSET ?",
+            (*args, limit, offset),
+        )
+        return [RunRecord.model_validate_json(str(r[0])) for r in rows], total
+
+    # ----- checkpoints ------------------------------------------------------------------------
+    def add_checkpoint(self, record: CheckpointRecord, replace: bool) -> None:
+        verb = "INSERT OR REPLACE" if replace else "INSERT"
+        try:
+            self._write(
+                f"{verb} INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.tinker_path,
+                    record.training_run_id,
+                    record.checkpoint_type,
+                    record.owner,
+                    _ts(record.created_at),
+                    _ts(record.expires_at) if record.expires_at else None,
+                    record.model_dump_json(),
+                ),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise ConflictError(f"checkpoint {record.tinker_path!r} already exists") from exc
+
+    def get_checkpoint(self, tinker_path: str) -> CheckpointRecord | None:
+        rows = self._rows("SELECT body FROM checkpoints WHERE tinker_path = ?", (tinker_path,))
+        return CheckpointRecord.model_validate_json(str(rows[0][0])) if rows else None
+
+    def list_checkpoints(
+        self, training_run_id: str | None, owner: str | None, limit: int, offset: int
+    ) -> tuple[list[CheckpointRecord], int]:
+        clauses: list[str] = []
+        args: list[object] = []
+        if training_run_id is not None:
+            clauses.append("training_run_id = ?")
+            args.append(training_run_id)
+        if owner is not None:
+            clauses.append("owner = ?")
+            args.append(owner)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        total = int(str(self._rows(f"SELECT COUNT(*) FROM checkpoints {where}", tuple(args))[0][0]))
+        rows = self._rows(
+            f"SELECT body FROM checkpoints {where} ORDER BY created_at DESC, tinker_path LIMIT ? OFFSET ?",
+            (*args, limit, offset),
+        )
+        return [CheckpointRecord.model_validate_json(str(r[0])) for r in rows], total
+
+    def latest_checkpoint(self, training_run_id: str, checkpoint_type: str) -> CheckpointRecord | None:
+        rows = self._rows(
+            "SELECT body FROM checkpoints WHERE training_run_id = ? AND checkpoint_type = ? "
+            "ORDER BY created_at DESC LIMIT 1",
+            (training_run_id, checkpoint_type),
+        )
+        return CheckpointRecord.model_validate_json(str(rows[0][0])) if rows else None
+
+    def update_checkpoint(self, record: CheckpointRecord) -> None:
+        self._write(
+            "UPDATE checkpoints SET expires_at = ?, body = ? WHERE tinker_path = ?",
+            (_ts(record.expires_at) if record.expires_at else None, record.model_dump_json(), record.tinker_path),
+        )
+
+    def delete_checkpoint(self, tinker_path: str) -> None:
+        self._write("DELETE FROM checkpoints WHERE tinker_path = ?", (tinker_path,))
+
+    def expired_checkpoints(self, now: dt.datetime) -> list[CheckpointRecord]:
+        rows = self._rows("SELECT body FROM checkpoints WHERE expires_at IS NOT NULL AND expires_at <= ?", (_ts(now),))
+        return [CheckpointRecord.model_validate_json(str(r[0])) for r in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
