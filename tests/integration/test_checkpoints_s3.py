@@ -7,8 +7,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -64,17 +67,20 @@ def _step(tc: tinker.TrainingClient, seed: int) -> float:
     return float(out.metrics["loss:sum"])
 
 
-def _s3_keys(swift: SwiftServer, prefix: str) -> list[str]:
+def _s3_client(swift: SwiftServer) -> Any:
     import boto3
 
-    client = boto3.client(
+    return boto3.client(
         "s3",
         endpoint_url=swift.endpoint_url,
         region_name="us-east-1",
         aws_access_key_id=swift.access_key,
         aws_secret_access_key=swift.secret_key,
     )
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=S3_BUCKET, Prefix=prefix)
+
+
+def _s3_keys(swift: SwiftServer, prefix: str) -> list[str]:
+    pages = _s3_client(swift).get_paginator("list_objects_v2").paginate(Bucket=S3_BUCKET, Prefix=prefix)
     return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
@@ -105,17 +111,36 @@ def test_resume_and_sampling_through_s3(s3_client: tinker.ServiceClient, s3_serv
 def test_upload_cut_off_leaves_no_checkpoint(
     s3_client: tinker.ServiceClient, s3_server: object, swift: SwiftServer
 ) -> None:
-    tc = s3_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=8).result()
+    """The S3 proxy is SIGKILLed while the checkpoint's multipart upload is in flight."""
+    tc = s3_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=32).result()
     _step(tc, 4300)
     rest = tinker.RestClient(base_url=s3_server.base_url, api_key="tml-tests")  # type: ignore[attr-defined]
-    swift.kill("proxy")
+    client = _s3_client(swift)
+    killed = threading.Event()
+
+    def kill_when_uploading() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            uploads = client.list_multipart_uploads(Bucket=S3_BUCKET).get("Uploads", [])
+            if any("/cut-off-" in u["Key"] for u in uploads):
+                swift.kill("proxy")
+                killed.set()
+                return
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=kill_when_uploading, daemon=True)
+    watcher.start()
+    future = tc.save_state("cut-off")
     try:
         with pytest.raises(tinker.RequestFailedError) as info:
-            tc.save_state("cut-off").result()
+            future.result()
+        assert killed.is_set(), "the save finished before the upload could be cut off"
         assert "S3" in info.value.message, info.value.message
         assert rest.list_checkpoints(tc.model_id).result().checkpoints == []
     finally:
-        swift.revive("proxy")
+        watcher.join(timeout=130)
+        if killed.is_set():
+            swift.revive("proxy")
     assert not [k for k in _s3_keys(swift, "e2e-s3/") if "/cut-off-" in k]
     # The same name is free: nothing of the failed save is left, and the client trains on.
     _step(tc, 4301)

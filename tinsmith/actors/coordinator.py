@@ -9,13 +9,13 @@ client never sees stale weights.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 from pathlib import Path
 from typing import Protocol
 
 from tinsmith.actors.batching import pack_micro_batches, spread_over_ranks, to_token_datums
 from tinsmith.actors.loss_specs import validate_loss_config
+from tinsmith.actors.sampler_pool import SamplerPool
 from tinsmith.errors import NotFoundError, UserInputError
 from tinsmith.storage.transfer import ArchiveRef
 from tinsmith.types.data import TensorData
@@ -99,8 +99,7 @@ class Coordinator:
         self.shm_dir = Path(shm_dir)
         self.adapters: dict[str, LoraConfig] = {}
         self.sequencers: dict[str, _Sequencer] = {}
-        self.sampler_sources: dict[str, AdapterSource] = {}
-        self._rr = itertools.count()
+        self.pool = SamplerPool(samplers)
 
     # ----- training -----------------------------------------------------------------------
     async def create_model(self, model_id: str, lora: LoraConfig) -> None:
@@ -263,29 +262,33 @@ class Coordinator:
 
     # ----- sampling -----------------------------------------------------------------------
     async def load_sampler_adapter(self, key: str, source: AdapterSource) -> None:
-        if not self.samplers:
-            return
-        await asyncio.gather(*[s.load_adapter.remote(key, source) for s in self.samplers])
-        self.sampler_sources[key] = source
+        if len(self.pool):
+            await self.pool.load(key, source)
 
     async def sample(self, work: SampleWork, source: AdapterSource | None) -> SampleResponse:
-        if not self.samplers:
+        if not len(self.pool):
             raise UserInputError(f"base model {self.base_model!r} has no sampler replicas (config)")
-        if work.adapter_key is not None and work.adapter_key not in self.sampler_sources:
+        if work.adapter_key is not None and not self.pool.knows(work.adapter_key):
             if source is None:
                 raise NotFoundError(f"sampler weights {work.adapter_key!r} are not available")
-            await self.load_sampler_adapter(work.adapter_key, source)
-        replica = self.samplers[next(self._rr) % len(self.samplers)]
-        return await replica.sample.remote(work)  # type: ignore[return-value]
+            await self.pool.load(work.adapter_key, source)
+        return await self.pool.sample(work)
 
     async def ping(self) -> str:
         return self.base_model
 
     async def status(self) -> ModelStatus:
-        workers: list[WorkerStatus] = list(
-            await asyncio.gather(*[w.status.remote() for w in [*self.trainers, *self.samplers]])  # type: ignore[arg-type]
+        """Every live worker's status, and per sampler replica: alive, requests served."""
+        handles = [*self.trainers, *(s for s, ok in zip(self.samplers, self.pool.alive, strict=True) if ok)]
+        found = await asyncio.gather(*[w.status.remote() for w in handles], return_exceptions=True)
+        workers = [w for w in found if isinstance(w, WorkerStatus)]
+        return ModelStatus(
+            base_model=self.base_model,
+            training_models=len(self.adapters),
+            workers=workers,
+            sampler_alive=list(self.pool.alive),
+            sampler_requests=list(self.pool.served),
         )
-        return ModelStatus(base_model=self.base_model, training_models=len(self.adapters), workers=workers)
 
 
 def _adapter_name(model_id: str) -> str:

@@ -98,6 +98,7 @@ class SamplerWorker:
     async def sample(self, work: SampleWork) -> SampleResponse:
         from vllm import SamplingParams as VllmSamplingParams
         from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
 
         lora = None
         if work.adapter_key is not None:
@@ -118,6 +119,8 @@ class SamplerWorker:
             stop_token_ids=work.stop_token_ids or None,
             logprobs=max(0, work.topk_sample_logprobs),
             prompt_logprobs=max(0, work.topk_prompt_logprobs) if want_prompt else None,
+            # One output holding all n completions (streamed outputs carry one child each).
+            output_kind=RequestOutputKind.FINAL_ONLY,
         )
         final = None
         prompt = TokensPrompt(prompt_token_ids=work.prompt_tokens)

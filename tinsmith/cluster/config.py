@@ -40,6 +40,10 @@ class TrainerConfig(_Strict):
     )
     num_cpus_per_rank: float = Field(default=0, ge=0, description="Ray CPU resource per trainer rank.")
     num_gpus_per_rank: float = Field(default=0, ge=0, description="Ray GPU resource per trainer rank.")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources per trainer rank, e.g. {trainer: 1} to land on nodes started with them.",
+    )
     torch_threads: int | None = Field(
         default=None, ge=1, description="torch intra-op threads per rank (default: cores / ranks)."
     )
@@ -65,6 +69,9 @@ class SamplerConfig(_Strict):
     enforce_eager: bool = Field(default=True, description="Skip CUDA graphs / compilation (faster start).")
     num_cpus: float = Field(default=0, ge=0, description="Ray CPU resource per replica.")
     num_gpus: float = Field(default=0, ge=0, description="Ray GPU resource per replica.")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources per replica, e.g. {sampler: 1}."
+    )
 
 
 class ModelSpec(_Strict):

@@ -22,8 +22,8 @@ from tinsmith.cluster.config import ModelSpec, SamplerConfig, TrainerConfig
 log = logging.getLogger(__name__)
 
 
-def _bundle(cpus: float, gpus: float) -> dict[str, float]:
-    bundle = {"CPU": cpus}
+def _bundle(cpus: float, gpus: float, custom: dict[str, float]) -> dict[str, float]:
+    bundle = {"CPU": cpus, **custom}
     if gpus:
         bundle["GPU"] = gpus
     return bundle
@@ -82,8 +82,9 @@ def start_model(
 
     t_cpus, t_gpus = trainer_cfg.num_cpus_per_rank, trainer_cfg.num_gpus_per_rank
     t_group: PlacementGroup | None = None
-    if t_cpus or t_gpus:
-        t_group = placement_group([_bundle(t_cpus, t_gpus)] * trainer_cfg.num_ranks, strategy="PACK")
+    if t_cpus or t_gpus or trainer_cfg.resources:
+        bundle = _bundle(t_cpus, t_gpus, trainer_cfg.resources)
+        t_group = placement_group([bundle] * trainer_cfg.num_ranks, strategy="PACK")
         ray.get(t_group.ready())
         groups.append(t_group)
     addr, port = ray.get(_rendezvous.options(scheduling_strategy=_strategy(t_group, 0)).remote())
@@ -93,6 +94,7 @@ def start_model(
         .options(
             num_cpus=t_cpus,
             num_gpus=t_gpus,
+            resources=trainer_cfg.resources,
             scheduling_strategy=_strategy(t_group, rank),
             name=None,
             max_restarts=0,
@@ -105,8 +107,9 @@ def start_model(
     if sampler_cfg.num_replicas:
         s_cpus, s_gpus = sampler_cfg.num_cpus, sampler_cfg.num_gpus
         s_group: PlacementGroup | None = None
-        if s_cpus or s_gpus:
-            s_group = placement_group([_bundle(s_cpus, s_gpus)] * sampler_cfg.num_replicas, strategy="SPREAD")
+        if s_cpus or s_gpus or sampler_cfg.resources:
+            bundle = _bundle(s_cpus, s_gpus, sampler_cfg.resources)
+            s_group = placement_group([bundle] * sampler_cfg.num_replicas, strategy="SPREAD")
             ray.get(s_group.ready())
             groups.append(s_group)
         sampler_cls = ray.remote(SamplerWorker)
@@ -115,6 +118,7 @@ def start_model(
             .options(
                 num_cpus=s_cpus,
                 num_gpus=s_gpus,
+                resources=sampler_cfg.resources,
                 scheduling_strategy=_strategy(s_group, i),
                 max_concurrency=1000,
             )

@@ -113,7 +113,9 @@ class WorkerStatus(InternalModel):
 class ModelStatus(InternalModel):
     base_model: str
     training_models: int
-    workers: list[WorkerStatus]
+    workers: list[WorkerStatus] = Field(description="Live workers only.")
+    sampler_alive: list[bool] = Field(default_factory=list, description="Per sampler replica.")
+    sampler_requests: list[int] = Field(default_factory=list, description="Sample requests served, per replica.")
 
 
 class CheckpointMeta(InternalModel):

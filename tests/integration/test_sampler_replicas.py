@@ -1,0 +1,75 @@
+"""Two vLLM sampler replicas behind one server: concurrent requests spread over both, and a
+replica SIGKILLed under load loses no request."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import signal
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+import tinker
+import yaml
+from tinker import types
+
+from tests.conftest import DEFAULT_MODEL, ROOT
+from tests.integration.helpers import datum, random_tokens
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def two_replica_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    from tinsmith.cluster.launcher import ServerProcess
+
+    raw = yaml.safe_load((ROOT / "configs" / "test.yaml").read_text())
+    raw["models"] = raw["models"][:1]
+    raw["sampler"]["num_replicas"] = 2
+    config = tmp_path_factory.mktemp("replicas") / "two-replicas.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    with ServerProcess(config) as proc:
+        yield proc
+
+
+def _status(server: object) -> dict[str, object]:
+    with urllib.request.urlopen(f"{server.base_url}/api/v1/tinsmith/status", timeout=30) as resp:  # type: ignore[attr-defined]
+        models = json.loads(resp.read())
+    return next(m for m in models if m["base_model"] == DEFAULT_MODEL)  # type: ignore[no-any-return]
+
+
+def test_requests_spread_and_survive_a_killed_replica(two_replica_server: object) -> None:
+    service = tinker.ServiceClient(base_url=two_replica_server.base_url, api_key="tml-tests")  # type: ignore[attr-defined]
+    tc = service.create_lora_training_client(base_model=DEFAULT_MODEL, rank=8).result()
+    tc.forward_backward([datum(random_tokens(6000, 24))], "cross_entropy").result()
+    tc.optim_step(types.AdamParams(learning_rate=1e-3)).result()
+    sampler = tc.save_weights_and_get_sampling_client().result()
+    prompt = types.ModelInput.from_ints(random_tokens(6001, 8))
+
+    def sample(max_tokens: int, seed: int) -> list[int]:
+        params = types.SamplingParams(max_tokens=max_tokens, temperature=1.0, seed=seed)
+        return list(sampler.sample(prompt, 1, params).result().sequences[0].tokens)
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda i: sample(4, i), range(16)))
+    served = _status(two_replica_server)["sampler_requests"]
+    assert len(served) == 2 and min(served) > 0, served  # type: ignore[arg-type]
+
+    victim = next(w for w in _status(two_replica_server)["workers"] if w["kind"] == "sampler" and w["index"] == 1)  # type: ignore[union-attr, index]
+    with concurrent.futures.ThreadPoolExecutor(24) as pool:
+        futures = [pool.submit(sample, 48, 100 + i) for i in range(24)]
+        time.sleep(1.0)
+        os.kill(victim["pid"], signal.SIGKILL)
+        results = [f.result(timeout=600) for f in futures]
+    assert all(len(r) == 48 for r in results)
+    status = _status(two_replica_server)
+    assert status["sampler_alive"] == [True, False]
+    # Later requests, old and new adapters alike, are served by the live replica.
+    assert len(sample(4, 999)) == 4
+    tc.forward_backward([datum(random_tokens(6002, 24))], "cross_entropy").result()
+    tc.optim_step(types.AdamParams(learning_rate=1e-3)).result()
+    newer = tc.save_weights_and_get_sampling_client().result()
+    assert len(newer.sample(prompt, 1, types.SamplingParams(max_tokens=4)).result().sequences[0].tokens) == 4

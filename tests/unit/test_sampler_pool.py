@@ -1,0 +1,98 @@
+"""SamplerPool with in-process fake replicas: least-loaded spreading, failover to live replicas.
+(The fakes stand in for actor handles only; real replicas are exercised in tests/integration.)"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+
+import pytest
+from ray.exceptions import ActorDiedError
+
+from tinsmith.actors.sampler_pool import SamplerPool
+from tinsmith.errors import WorkerError
+from tinsmith.types.internal import AdapterSource, SampleWork
+from tinsmith.types.sampling import SampledSequence, SampleResponse
+
+
+class _Method:
+    def __init__(self, replica: FakeReplica, name: str) -> None:
+        self.replica, self.name = replica, name
+
+    def remote(self, *args: object) -> Coroutine[object, object, object]:
+        return getattr(self.replica, "_" + self.name)(*args)  # type: ignore[no-any-return]
+
+
+class FakeReplica:
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.dead = False
+        self.adapters: set[str] = set()
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> _Method:
+        return _Method(self, name)
+
+    async def _load_adapter(self, key: str, source: AdapterSource) -> None:
+        if self.dead:
+            raise ActorDiedError()
+        self.adapters.add(key)
+
+    async def _sample(self, work: SampleWork) -> SampleResponse:
+        self.calls += 1
+        await asyncio.sleep(0.01)
+        if self.dead:
+            raise ActorDiedError()
+        assert work.adapter_key is None or work.adapter_key in self.adapters
+        return SampleResponse(sequences=[SampledSequence(stop_reason="length", tokens=[self.index])])
+
+
+def _work(key: str | None = None) -> SampleWork:
+    return SampleWork(
+        prompt_tokens=[1],
+        num_samples=1,
+        max_tokens=1,
+        temperature=0.0,
+        top_k=-1,
+        top_p=1.0,
+        seed=None,
+        stop_strings=[],
+        stop_token_ids=[],
+        prompt_logprobs=False,
+        topk_prompt_logprobs=0,
+        topk_sample_logprobs=0,
+        adapter_key=key,
+    )
+
+
+def test_concurrent_requests_spread_over_replicas() -> None:
+    replicas = [FakeReplica(0), FakeReplica(1), FakeReplica(2)]
+    pool = SamplerPool(replicas)  # type: ignore[arg-type]
+
+    async def run() -> list[SampleResponse]:
+        return list(await asyncio.gather(*[pool.sample(_work()) for _ in range(30)]))
+
+    asyncio.run(run())
+    assert pool.served == [10, 10, 10]
+
+
+def test_dead_replica_requests_are_retried_elsewhere() -> None:
+    replicas = [FakeReplica(0), FakeReplica(1)]
+    pool = SamplerPool(replicas)  # type: ignore[arg-type]
+
+    async def run() -> list[SampleResponse]:
+        await pool.load("v1", AdapterSource(path="/x"))
+        replicas[0].dead = True
+        return list(await asyncio.gather(*[pool.sample(_work("v1")) for _ in range(8)]))
+
+    out = asyncio.run(run())
+    assert all(r.sequences[0].tokens == [1] for r in out)
+    assert pool.alive == [False, True] and pool.served == [0, 8]
+
+
+def test_all_replicas_dead_is_a_worker_error() -> None:
+    replicas = [FakeReplica(0)]
+    replicas[0].dead = True
+    pool = SamplerPool(replicas)  # type: ignore[arg-type]
+    with pytest.raises(WorkerError, match="no live sampler replica"):
+        asyncio.run(pool.sample(_work()))
