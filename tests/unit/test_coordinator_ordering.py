@@ -68,7 +68,7 @@ def test_requests_run_in_seq_order_and_results_keep_datum_order() -> None:
     async def main() -> None:
         log: list[str] = []
         trainers = [FakeTrainer(log), FakeTrainer(log)]
-        coord = Coordinator("m", 100, 64, 8, 1.0, trainers, [], "/tmp")  # type: ignore[arg-type]
+        coord = Coordinator("m", 100, 64, 8, 1.0, trainers, [])  # type: ignore[arg-type]
         await coord.create_model("s:train:0", LoraConfig(rank=4))
         # Sent out of order: optim_step (3) first, then the second chunk (2), then the first (1).
         step = asyncio.ensure_future(coord.optim_step("s:train:0", 3, AdamParams()))
@@ -89,7 +89,7 @@ def test_requests_run_in_seq_order_and_results_keep_datum_order() -> None:
 
 def test_bad_request_fails_but_frees_its_seq_id() -> None:
     async def main() -> None:
-        coord = Coordinator("m", 100, 64, 8, 1.0, [FakeTrainer([])], [], "/tmp")  # type: ignore[arg-type]
+        coord = Coordinator("m", 100, 64, 8, 1.0, [FakeTrainer([])], [])  # type: ignore[arg-type]
         await coord.create_model("s:train:0", LoraConfig(rank=4))
         with pytest.raises(UserInputError, match="gspo"):
             await coord.forward_backward("s:train:0", 1, _fb(1, loss="gspo"), False)

@@ -96,3 +96,12 @@ def test_all_replicas_dead_is_a_worker_error() -> None:
     pool = SamplerPool(replicas)  # type: ignore[arg-type]
     with pytest.raises(WorkerError, match="no live sampler replica"):
         asyncio.run(pool.sample(_work()))
+
+
+def test_in_memory_adapters_are_known_once_loaded_but_not_pinned() -> None:
+    replicas = [FakeReplica(0), FakeReplica(1)]
+    pool = SamplerPool(replicas)  # type: ignore[arg-type]
+    blob_ref = object()  # stands in for an ObjectRef, which Ray resolves on each replica
+    asyncio.run(pool.load("ephemeral", blob_ref))  # type: ignore[arg-type]
+    assert pool.knows("ephemeral") and "ephemeral" not in pool.sources
+    assert all("ephemeral" in r.adapters for r in replicas)

@@ -55,7 +55,7 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
     )
     data_dir = tmp_path / "data"
     checkpoints = open_checkpoint_service(StorageConfig(), data_dir)
-    state = ServerState(models={MODEL: served}, data_dir=data_dir, shm_dir=tmp_path / "shm", checkpoints=checkpoints)
+    state = ServerState(models={MODEL: served}, data_dir=data_dir, checkpoints=checkpoints)
     app = build_app(state)
     app.state_ref = state  # type: ignore[attr-defined]
     with TestClient(app) as test_client:  # one event loop for the whole test

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from tinsmith.actors.batching import pack_micro_batches, spread_over_ranks, to_token_datums
 from tinsmith.actors.loss_specs import validate_loss_config
@@ -31,12 +30,14 @@ from tinsmith.types.internal import (
     RankWork,
     SampleWork,
     SaveCheckpointWork,
-    SavedAdapter,
     SavedCheckpoint,
     WorkerStatus,
 )
 from tinsmith.types.sampling import SampleResponse
 from tinsmith.types.training import AdamParams, ForwardBackwardInput, ForwardBackwardOutput, LoraConfig
+
+if TYPE_CHECKING:
+    from ray import ObjectRef
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,6 @@ class Coordinator:
         max_padding_fraction: float,
         trainers: list[_Handle],
         samplers: list[_Handle],
-        shm_dir: str,
     ) -> None:
         self.base_model = base_model
         self.vocab_size = vocab_size
@@ -96,7 +96,6 @@ class Coordinator:
         self.max_padding_fraction = max_padding_fraction
         self.trainers = trainers
         self.samplers = samplers
-        self.shm_dir = Path(shm_dir)
         self.adapters: dict[str, LoraConfig] = {}
         self.sequencers: dict[str, _Sequencer] = {}
         self.pool = SamplerPool(samplers)
@@ -239,16 +238,21 @@ class Coordinator:
             await seq.done(seq_id)
         return metrics[0]
 
-    async def save_for_sampler(self, model_id: str, seq_id: int | None, key: str, directory: str) -> SavedAdapter:
-        """Write the adapter (rank 0) and load it on every sampler before returning."""
+    async def sync_to_samplers(self, model_id: str, seq_id: int | None, key: str) -> None:
+        """The ephemeral weight sync: rank 0 exports the adapter into Ray's object store, every
+        sampler replica loads it from there, and only then does the call return.
+
+        The export is queued on rank 0 in seq_id order (an actor runs its calls in submission
+        order), so the client's next request may start while the samplers load.
+        """
         seq = self._model(model_id)
         await seq.wait_turn(seq_id)
         try:
-            saved: SavedAdapter = await self.trainers[0].save_adapter.remote(_adapter_name(model_id), directory)  # type: ignore[assignment]
+            exported = cast("ObjectRef[AdapterSource]", self.trainers[0].export_adapter.remote(_adapter_name(model_id)))
         finally:
             await seq.done(seq_id)
-        await self.load_sampler_adapter(key, AdapterSource(path=saved.path))
-        return saved
+        if len(self.pool):
+            await self.pool.load(key, exported)
 
     async def skip_seq(self, model_id: str, seq_id: int | None) -> None:
         """Consume a seq_id for a request handled without the workers (keeps ordering intact)."""
@@ -261,10 +265,6 @@ class Coordinator:
         return await self.trainers[rank].adapter_state.remote(_adapter_name(model_id))  # type: ignore[return-value]
 
     # ----- sampling -----------------------------------------------------------------------
-    async def load_sampler_adapter(self, key: str, source: AdapterSource) -> None:
-        if len(self.pool):
-            await self.pool.load(key, source)
-
     async def sample(self, work: SampleWork, source: AdapterSource | None) -> SampleResponse:
         if not len(self.pool):
             raise UserInputError(f"base model {self.base_model!r} has no sampler replicas (config)")

@@ -11,11 +11,13 @@ import itertools
 import logging
 import os
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tinsmith.cluster.checkpoints import safe_name
 from tinsmith.cluster.config import SamplerConfig
 from tinsmith.errors import NotFoundError
-from tinsmith.types.internal import AdapterSource, SampleWork, WorkerStatus
+from tinsmith.types.internal import AdapterBlob, AdapterSource, SampleWork, WorkerStatus
 from tinsmith.types.sampling import SampledSequence, SampleResponse, StopReason, TopkLogprobs
 
 if TYPE_CHECKING:
@@ -24,13 +26,43 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def configure_process(config: SamplerConfig) -> None:
+    """Environment vLLM-CPU reads at engine start: KV-cache size and thread binding. Ray starts
+    actors with OMP_NUM_THREADS=1, which would leave the engine one core; give it the machine's
+    (or ``sampler.num_cpus``) unless the operator set something else."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(config.kv_cache_gib))))
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    threads = int(config.num_cpus) if config.num_cpus >= 1 else (os.cpu_count() or 1)
+    if os.environ.get("OMP_NUM_THREADS") in (None, "1"):
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+def engine_args(model_dir: str, config: SamplerConfig) -> dict[str, object]:
+    """vLLM engine arguments of a replica (the sampling benchmark builds its baseline from them too)."""
+    return {
+        "model": model_dir,
+        "tokenizer": model_dir,
+        "dtype": config.dtype,
+        "max_model_len": config.max_model_len,
+        "enable_lora": True,
+        "max_loras": config.max_loras,
+        "max_lora_rank": config.max_lora_rank,
+        "max_cpu_loras": config.max_cpu_loras,
+        "enforce_eager": config.enforce_eager,
+        "gpu_memory_utilization": config.gpu_memory_utilization,
+        "seed": 0,
+        "disable_log_stats": True,
+    }
+
+
 class SamplerWorker:
     """One vLLM replica; an async Ray actor so concurrent requests batch inside vLLM."""
 
-    def __init__(self, replica: int, model_dir: str, config: SamplerConfig) -> None:
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(config.kv_cache_gib))))
-        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    def __init__(self, replica: int, model_dir: str, config: SamplerConfig, shm_dir: str) -> None:
+        configure_process(config)
         self.replica = replica
+        # Adapters that arrive as bytes are written here (memory-backed) for vLLM to read.
+        self.blob_dir = Path(shm_dir) / f"sampler-{replica}-{os.getpid()}"
         self.model_dir = model_dir
         self.config = config
         self._ids = itertools.count(1)
@@ -42,21 +74,7 @@ class SamplerWorker:
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        cfg = self.config
-        args = AsyncEngineArgs(
-            model=self.model_dir,
-            tokenizer=self.model_dir,
-            dtype=cfg.dtype,
-            max_model_len=cfg.max_model_len,
-            enable_lora=True,
-            max_loras=cfg.max_loras,
-            max_lora_rank=cfg.max_lora_rank,
-            max_cpu_loras=cfg.max_cpu_loras,
-            enforce_eager=cfg.enforce_eager,
-            gpu_memory_utilization=cfg.gpu_memory_utilization,
-            seed=0,
-            disable_log_stats=True,
-        )
+        args = AsyncEngineArgs(**engine_args(self.model_dir, self.config))  # type: ignore[arg-type]
         self._engine = AsyncLLM.from_engine_args(args)
         return self.replica
 
@@ -76,7 +94,9 @@ class SamplerWorker:
 
         if key in self._adapters:
             return
-        if source.archive is not None:
+        if source.blob is not None:
+            path = str(await asyncio.to_thread(_write_blob, source.blob, self.blob_dir / safe_name(key)))
+        elif source.archive is not None:
             path = str(await asyncio.to_thread(fetch_dir, source.archive))
         elif source.path is not None:
             path = source.path
@@ -155,6 +175,13 @@ class SamplerWorker:
             logprobs=[float(x) if x is not None else 0.0 for x in logprobs] if logprobs else None,
             topk_logprobs=_topk(raw, topk) if (raw and topk > 0) else None,
         )
+
+
+def _write_blob(blob: AdapterBlob, directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, data in blob.files.items():
+        (directory / name).write_bytes(data)
+    return directory
 
 
 def _logprob_of(entry: dict[int, object] | None, token: int) -> float | None:

@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from tinsmith.errors import NotFoundError, WorkerError
 from tinsmith.types.internal import AdapterSource, SampleWork
 from tinsmith.types.sampling import SampleResponse
+
+if TYPE_CHECKING:
+    from ray import ObjectRef
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +54,17 @@ class SamplerPool:
         return len(self.replicas)
 
     def knows(self, key: str) -> bool:
-        return key in self.sources
+        return key in self.sources or any(key in loaded for loaded in self._loaded)
 
-    async def load(self, key: str, source: AdapterSource) -> None:
-        """Load an adapter on every live replica (the weight sync); dead replicas are skipped."""
-        self.sources[key] = source
+    async def load(self, key: str, source: AdapterSource | ObjectRef[AdapterSource]) -> None:
+        """Load an adapter on every live replica (the weight sync); dead replicas are skipped.
+
+        ``source`` may be an object reference (an in-memory adapter from a trainer): Ray hands
+        each replica the value straight from the object store. Only path and archive sources are
+        kept for reloading later; in-memory ones are not pinned in the object store.
+        """
+        if isinstance(source, AdapterSource):
+            self.sources[key] = source
         live = [i for i, ok in enumerate(self.alive) if ok]
         results = await asyncio.gather(
             *[self.replicas[i].load_adapter.remote(key, source) for i in live], return_exceptions=True
@@ -94,7 +103,7 @@ class SamplerPool:
                 if key is not None and key not in self._loaded[index]:
                     source = self.sources.get(key)
                     if source is None:
-                        raise NotFoundError(f"sampler weights {key!r} are not available")
+                        raise NotFoundError(f"sampler weights {key!r} are not available on any live replica")
                     await replica.load_adapter.remote(key, source)
                     self._loaded[index].add(key)
                 result = await replica.sample.remote(work)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +19,8 @@ from typing import TYPE_CHECKING
 from tinsmith.cluster.config import TrainerConfig
 from tinsmith.errors import NotFoundError, UserInputError
 from tinsmith.types.internal import (
+    AdapterBlob,
+    AdapterSource,
     AdapterSpec,
     DatumResult,
     LoadCheckpointWork,
@@ -294,6 +297,22 @@ class TrainerWorker:
         return metrics
 
     # ----- weights ------------------------------------------------------------------------
+    def export_adapter(self, adapter_id: str) -> AdapterSource:
+        """The adapter's peft files as bytes, for the in-memory weight sync (the coordinator hands
+        the object reference of this result straight to the samplers)."""
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save
+
+        self._engine(adapter_id)
+        assert self.peft is not None
+        state = get_peft_model_state_dict(self.peft, adapter_name=adapter_id, save_embedding_layers=False)
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+        with tempfile.TemporaryDirectory() as tmp:  # peft's own config serialisation
+            self.peft.peft_config[adapter_id].save_pretrained(tmp)
+            config = (Path(tmp) / "adapter_config.json").read_bytes()
+        files = {"adapter_model.safetensors": save(tensors), "adapter_config.json": config}
+        return AdapterSource(blob=AdapterBlob(files=files))
+
     def save_adapter(self, adapter_id: str, directory: str) -> SavedAdapter:
         """Write the adapter as a peft directory that vLLM and ``PeftModel.from_pretrained`` load."""
         from peft import get_peft_model_state_dict

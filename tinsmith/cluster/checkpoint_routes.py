@@ -8,6 +8,7 @@ for the visibility rules.
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from typing import Literal
 
@@ -37,7 +38,7 @@ from tinsmith.types.checkpoints import (
     WeightsInfoResponse,
 )
 from tinsmith.types.futures import UntypedAPIFuture
-from tinsmith.types.internal import AdapterSource, CheckpointMeta, SavedCheckpoint
+from tinsmith.types.internal import CheckpointMeta, SavedCheckpoint
 from tinsmith.types.requests import (
     CheckpointTtlRequest,
     LoadWeightsRequest,
@@ -152,13 +153,13 @@ def register_checkpoint_routes(app: FastAPI, state: ServerState) -> None:
             if body.sampling_session_seq_id is None:
                 message = "save_weights_for_sampler needs a path or a sampling_session_seq_id"
                 await refuse(served, body.model_id, body.seq_id, message)
-            # Ephemeral: the adapter goes through shared memory straight into the samplers.
+            # Ephemeral: the adapter goes through Ray's object store straight into the samplers.
             sampler_id = f"{model.session_id}:sample:{body.sampling_session_seq_id}"
             key = f"{body.model_id}@{body.seq_id}@{uuid.uuid4().hex[:8]}"
-            directory = state.shm_dir / safe_name(key)
-            await served.coordinator.call("save_for_sampler", body.model_id, body.seq_id, key, str(directory))
-            source = AdapterSource(path=str(directory))
-            state.samplers[sampler_id] = SamplerSession(sampler_id, model.base_model, None, key, source, model.owner)
+            started = time.perf_counter()
+            await served.coordinator.call("sync_to_samplers", body.model_id, body.seq_id, key)
+            state.metrics.weight_sync.observe(time.perf_counter() - started)
+            state.samplers[sampler_id] = SamplerSession(sampler_id, model.base_model, None, key, None, model.owner)
             return json_result(SaveWeightsForSamplerResponseInternal(sampling_session_id=sampler_id))
 
         return state.submit(request, work, model_id=body.model_id)

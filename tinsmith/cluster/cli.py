@@ -12,6 +12,7 @@ from collections.abc import Awaitable
 from pathlib import Path
 
 from tinsmith.cluster.config import ClusterConfig, load_config
+from tinsmith.cluster.metrics import RequestIdFilter
 from tinsmith.errors import ConfigurationError
 from tinsmith.storage.base import StorageError
 
@@ -82,7 +83,6 @@ def serve(config: ClusterConfig, host: str, port: int) -> None:
         state = ServerState(
             models=served,
             data_dir=data_dir,
-            shm_dir=shm_dir,
             checkpoints=checkpoints,
             reaper_seconds=config.checkpoint_reaper_seconds,
         )
@@ -108,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     p_prep = sub.add_parser("prepare", help="prepare the configured models into the local cache")
     p_prep.add_argument("--config", default="configs/local.yaml")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s [%(request_id)s] %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RequestIdFilter())
     try:
         config = load_config(args.config)
         if args.command == "serve":

@@ -28,6 +28,7 @@ class FutureResult:
 
     kind: ContentKind
     body: bytes
+    failed: bool = False
 
 
 class FutureStore:
@@ -63,4 +64,4 @@ class FutureStore:
 
 def failure(message: str, category: RequestErrorCategory) -> FutureResult:
     body = RequestFailedResponse(error=message, category=category).model_dump_json().encode()
-    return FutureResult(kind="json", body=body)
+    return FutureResult(kind="json", body=body, failed=True)

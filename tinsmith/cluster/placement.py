@@ -122,7 +122,7 @@ def start_model(
                 scheduling_strategy=_strategy(s_group, i),
                 max_concurrency=1000,
             )
-            .remote(i, str(model_dir), sampler_cfg)
+            .remote(i, str(model_dir), sampler_cfg, shm_dir)
             for i in range(sampler_cfg.num_replicas)
         ]
     ray.get([t.ping.remote() for t in trainers] + [s.start.remote() for s in samplers])
@@ -137,7 +137,6 @@ def start_model(
             trainer_cfg.max_padding_fraction,
             trainers,
             samplers,
-            shm_dir,
         )
     )
     ray.get(coordinator.ping.remote())

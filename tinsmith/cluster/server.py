@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 
 from tinsmith.cluster.checkpoints import CheckpointService, parse_tinker_path
 from tinsmith.cluster.futures import FutureResult, FutureStore, failure
+from tinsmith.cluster.metrics import ServerMetrics
 from tinsmith.errors import ConflictError, NotFoundError, TinsmithError, UserInputError
 from tinsmith.storage.config import StorageConfig
 from tinsmith.store.base import MetadataStore
@@ -70,6 +71,8 @@ from tinsmith.types.training import (
 log = logging.getLogger(__name__)
 
 LONG_POLL_SECONDS = 30.0
+MAX_NUM_SAMPLES = 128  # per request; more rollouts go in more requests
+MAX_TOPK_LOGPROBS = 20  # vLLM's default max_logprobs
 LOCAL_OWNER = "local"
 
 
@@ -114,13 +117,13 @@ class SamplerSession:
 class ServerState:
     models: dict[str, ServedModel]
     data_dir: Path
-    shm_dir: Path
     checkpoints: CheckpointService
     futures: FutureStore = field(default_factory=FutureStore)
     sessions: dict[str, float] = field(default_factory=dict)
     training: dict[str, TrainingModel] = field(default_factory=dict)
     samplers: dict[str, SamplerSession] = field(default_factory=dict)
     reaper_seconds: float = 60.0
+    metrics: ServerMetrics = field(default_factory=ServerMetrics)
 
     @property
     def store(self) -> MetadataStore:
@@ -136,16 +139,36 @@ class ServerState:
         work: Callable[[], Awaitable[FutureResult]],
         model_id: str | None = None,
         n_samples: int = 0,
+        base_model: str | None = None,
     ) -> UntypedAPIFuture:
         """Start ``work`` as a future, unless the SDK's idempotency key names one already started."""
         key = request.headers.get("x-idempotency-key")
-        request_id, _ = self.futures.submit(lambda: _guard(work()), idempotency_key=key)
+        route = getattr(request.scope.get("route"), "path", request.url.path)
+        kind = route.rsplit("/", 1)[-1]
+        if base_model is None and model_id is not None and model_id in self.training:
+            base_model = self.training[model_id].base_model
+
+        async def observed() -> FutureResult:
+            started = time.perf_counter()
+            depth = self.metrics.queue_depth.labels(base_model or "-")
+            depth.inc()
+            try:
+                result = await _guard(work())
+            finally:
+                depth.dec()
+            outcome = "failed" if result.failed else "ok"
+            self.metrics.futures.labels(kind, outcome).inc()
+            self.metrics.future_seconds.labels(kind).observe(time.perf_counter() - started)
+            return result
+
+        request_id, _ = self.futures.submit(observed, idempotency_key=key)
         seq_ids = [f"{request_id}:{i}" for i in range(n_samples)] if n_samples else None
         return UntypedAPIFuture(request_id=request_id, model_id=model_id, sample_sequence_ids=seq_ids)
 
     def add_training_model(self, model: TrainingModel, user_metadata: dict[str, str] | None) -> None:
         """Register a live training client and record its training run."""
         self.training[model.model_id] = model
+        self.count_training_clients()
         self.store.put_run(
             RunRecord(
                 training_run_id=model.model_id,
@@ -156,6 +179,11 @@ class ServerState:
                 user_metadata=user_metadata,
             )
         )
+
+    def count_training_clients(self) -> None:
+        for name in self.models:
+            live = sum(1 for m in self.training.values() if m.base_model == name)
+            self.metrics.training_clients.labels(name).set(live)
 
     def readable_checkpoint(self, tinker_path: str, field: str = "path") -> CheckpointRecord:
         """A checkpoint the caller may read or load: its own, or a published one."""
@@ -232,6 +260,7 @@ def build_app(state: ServerState) -> FastAPI:
             reaper.cancel()
 
     app = FastAPI(title="tinsmith", version="0.1.0", lifespan=lifespan)
+    state.metrics.install(app)
 
     @app.exception_handler(UserInputError)
     async def _user_error(_: Request, exc: UserInputError) -> JSONResponse:
@@ -341,6 +370,7 @@ def build_app(state: ServerState) -> FastAPI:
             model = state.training_model(body.model_id)
             await state.served(model.base_model).coordinator.call("unload_model", body.model_id)
             del state.training[body.model_id]
+            state.count_training_clients()
             return json_result(UnloadModelResponse(model_id=body.model_id))
 
         return submit(request, work, model_id=body.model_id)
@@ -364,6 +394,7 @@ def build_app(state: ServerState) -> FastAPI:
                 "forward_backward", fb.model_id, fb.seq_id, fb.forward_backward_input, fb.forward_only
             )
             assert isinstance(out, ForwardBackwardOutput)
+            state.metrics.train_tokens.labels(model.base_model).inc(out.metrics.get("num_tokens:sum", 0.0))
             return FutureResult(kind="proto", body=proto.encode_forward_backward_output(out))
 
         return submit(request, work, model_id=fb.model_id)
@@ -411,9 +442,10 @@ def build_app(state: ServerState) -> FastAPI:
         async def work() -> FutureResult:
             out = await served.coordinator.call("sample", work_item, session.source)
             assert isinstance(out, SampleResponse)
+            state.metrics.sampled_tokens.labels(session.base_model).inc(sum(len(q.tokens) for q in out.sequences))
             return FutureResult(kind="proto", body=proto.encode_sample_response(out))
 
-        return submit(request, work, n_samples=body.num_samples)
+        return submit(request, work, n_samples=body.num_samples, base_model=session.base_model)
 
     # ----- tinsmith's own (not part of Tinker's protocol) ------------------------------------
     @app.get("/api/v1/tinsmith/status")
@@ -499,8 +531,12 @@ def _sample_work(body: SampleRequest, session: SamplerSession, max_context: int,
             raise UserInputError(f"prompt token [{pos}] = {tok} is outside the vocabulary (0..{vocab_size - 1})")
     if len(tokens) >= max_context:
         raise UserInputError(f"prompt has {len(tokens)} tokens; the model's context is {max_context}")
-    if body.num_samples < 1:
-        raise UserInputError(f"num_samples must be >= 1, got {body.num_samples}")
+    if not 1 <= body.num_samples <= MAX_NUM_SAMPLES:
+        raise UserInputError(f"num_samples must be in 1..{MAX_NUM_SAMPLES}, got {body.num_samples}")
+    for name in ("topk_prompt_logprobs", "topk_sample_logprobs"):
+        k = getattr(body, name)
+        if not 0 <= k <= MAX_TOPK_LOGPROBS:
+            raise UserInputError(f"{name} must be in 0..{MAX_TOPK_LOGPROBS}, got {k}")
     if params.max_tokens is not None and params.max_tokens < 1:
         raise UserInputError(f"sampling_params.max_tokens must be >= 1, got {params.max_tokens}")
     if params.temperature < 0:

@@ -151,9 +151,21 @@ class LoadCheckpointWork(InternalModel):
     with_optimizer: bool
 
 
+class AdapterBlob(InternalModel):
+    """An adapter's peft files in memory (file name -> bytes): the ephemeral weight sync moves this
+    through Ray's object store from trainer rank 0 to every sampler, with no disk or storage trip."""
+
+    files: dict[str, bytes]
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(len(b) for b in self.files.values())
+
+
 class AdapterSource(InternalModel):
-    """Where a sampler replica finds an adapter's peft files: a directory every replica can read
-    (ephemeral saves in shared memory) or a stored checkpoint archive."""
+    """Where a sampler replica finds an adapter's peft files: a directory it can read, a stored
+    checkpoint archive, or the files themselves."""
 
     path: str | None = None
     archive: ArchiveRef | None = None
+    blob: AdapterBlob | None = None
