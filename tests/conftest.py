@@ -17,6 +17,9 @@ DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 ZERO2_MODEL = "tinsmith/SmolLM2-135M-zero2x2"
 ONE_BATCH_MODEL = "tinsmith/SmolLM2-135M-onebatch"
 S3_BUCKET = "tinsmith-tests"
+OTHER_TENANT_KEY = "tml-other-tenant"  # a second tenant on the test servers (configs/test.yaml: auth keys)
+# Every server the tests start from configs/test.yaml requires API keys: these two tenants'.
+os.environ["TINSMITH_API_KEYS"] = f"tests:tml-tests,other:{OTHER_TENANT_KEY}"
 
 
 @pytest.fixture(scope="session")

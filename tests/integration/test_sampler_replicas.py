@@ -36,7 +36,9 @@ def two_replica_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[obj
 
 
 def _status(server: object) -> dict[str, object]:
-    with urllib.request.urlopen(f"{server.base_url}/api/v1/tinsmith/status", timeout=30) as resp:  # type: ignore[attr-defined]
+    url = f"{server.base_url}/api/v1/tinsmith/status"  # type: ignore[attr-defined]
+    req = urllib.request.Request(url, headers={"X-API-Key": "tml-tests"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
         models = json.loads(resp.read())
     return next(m for m in models if m["base_model"] == DEFAULT_MODEL)  # type: ignore[no-any-return]
 

@@ -70,3 +70,16 @@ def test_types_and_config_import_without_torch_or_ray() -> None:
 def test_public_exports() -> None:
     for name in ts.__all__:
         assert hasattr(ts, name), name
+
+
+def test_impossible_placement_is_refused_naming_the_fields() -> None:
+    from tinsmith.cluster.config import load_config
+    from tinsmith.cluster.placement import check_capacity
+
+    config = load_config(ROOT / "configs" / "gpu-node.yaml")
+    check_capacity(config, {"CPU": 64, "GPU": 8, "trainer": 4, "sampler": 4})
+    with pytest.raises(ConfigurationError) as info:
+        check_capacity(config, {"CPU": 64, "GPU": 2, "trainer": 4, "sampler": 4})
+    message = str(info.value)
+    assert "impossible placement" in message and "GPU: config asks for 8" in message
+    assert "trainer (4 x 1)" in message and "the Ray cluster has 2" in message

@@ -99,3 +99,19 @@ def test_bad_request_fails_but_frees_its_seq_id() -> None:
             await coord.forward_backward("s:train:0", 2, _fb(1), False)
 
     asyncio.run(main())
+
+
+def test_a_seq_id_replayed_while_the_first_waits_is_refused() -> None:
+    async def main() -> None:
+        log: list[str] = []
+        coord = Coordinator("m", 100, 64, 8, 1.0, [FakeTrainer(log)], [])  # type: ignore[arg-type]
+        await coord.create_model("s:train:0", LoraConfig(rank=4))
+        waiting = asyncio.ensure_future(coord.forward_backward("s:train:0", 2, _fb(1), False))
+        await asyncio.sleep(0.01)  # seq 2 is claimed and waits for seq 1
+        with pytest.raises(UserInputError, match="already used"):
+            await coord.forward_backward("s:train:0", 2, _fb(1), False)
+        await coord.forward_backward("s:train:0", 1, _fb(1), False)
+        await waiting
+        assert len([e for e in log if e.startswith("fb:")]) == 2
+
+    asyncio.run(main())

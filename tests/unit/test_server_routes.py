@@ -58,7 +58,7 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
     state = ServerState(models={MODEL: served}, data_dir=data_dir, checkpoints=checkpoints)
     app = build_app(state)
     app.state_ref = state  # type: ignore[attr-defined]
-    with TestClient(app) as test_client:  # one event loop for the whole test
+    with TestClient(app, headers={"X-API-Key": "tml-unit"}) as test_client:  # one event loop for the whole test
         yield test_client
 
 

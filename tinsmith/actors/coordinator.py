@@ -59,13 +59,18 @@ class _Sequencer:
         self.next_seq = 1
         self.cond = asyncio.Condition()
         self.has_gradients = False
+        self.claimed: set[int] = set()
 
     async def wait_turn(self, seq_id: int | None) -> None:
+        """Wait for ``seq_id``'s turn. Each seq_id is taken once: a second request with it (a replay
+        under another idempotency key), even one arriving while the first still waits or runs, is
+        refused, so nothing is applied twice."""
         if seq_id is None:
             return
         async with self.cond:
-            if seq_id < self.next_seq:
+            if seq_id < self.next_seq or seq_id in self.claimed:
                 raise UserInputError(f"seq_id {seq_id} was already used (next expected {self.next_seq})")
+            self.claimed.add(seq_id)
             await self.cond.wait_for(lambda: self.next_seq == seq_id)
 
     async def done(self, seq_id: int | None) -> None:
@@ -73,6 +78,7 @@ class _Sequencer:
             return
         async with self.cond:
             self.next_seq = seq_id + 1
+            self.claimed.discard(seq_id)
             self.cond.notify_all()
 
 

@@ -65,7 +65,7 @@ def validate_loss_config(loss_fn: str, config: dict[str, float | str] | None) ->
                 f"loss_fn_config clip thresholds must satisfy 0 <= clip_low_threshold <= 1 <= clip_high_threshold, "
                 f"got {lo} and {hi}"
             )
-    if out.get("beta", 0.0) < 0:
+    if not out.get("beta", 0.0) >= 0:  # also refuses NaN
         raise UserInputError(f"loss_fn_config['beta'] must be >= 0, got {out['beta']}")
     return out
 

@@ -15,10 +15,10 @@ from typing import Literal
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse
 
+from tinsmith.cluster.auth import current_tenant
 from tinsmith.cluster.checkpoints import KIND_BY_TYPE, check_name, expiry, parse_tinker_path, safe_name
 from tinsmith.cluster.futures import FutureResult
 from tinsmith.cluster.server import (
-    LOCAL_OWNER,
     SamplerSession,
     ServedModel,
     ServerState,
@@ -171,6 +171,7 @@ def register_checkpoint_routes(app: FastAPI, state: ServerState) -> None:
         if body.session_id is None or body.model_seq_id is None:
             raise UserInputError("load_weights needs session_id and model_seq_id (or model_id)")
         model_id = f"{body.session_id}:train:{body.model_seq_id}"
+        state.check_session(body.session_id)
 
         async def work() -> FutureResult:
             record = _training_checkpoint(body.path)
@@ -191,7 +192,7 @@ def register_checkpoint_routes(app: FastAPI, state: ServerState) -> None:
             )
             metadata = {k: str(v) for k, v in (body.user_metadata or {}).items()} or None
             state.add_training_model(
-                TrainingModel(model_id, body.session_id or "", base_model, record.lora, LOCAL_OWNER), metadata
+                TrainingModel(model_id, body.session_id or "", base_model, record.lora, current_tenant()), metadata
             )
             return json_result(LoadWeightsResponse(path=body.path, model_id=model_id))
 
@@ -250,9 +251,9 @@ def register_checkpoint_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/api/v1/training_runs")
     async def list_training_runs(
-        limit: int = Query(default=20, ge=1, le=1000), offset: int = Query(default=0, ge=0)
+        limit: int = Query(default=20, ge=1, le=1000), offset: int = Query(default=0, ge=0, le=2**62)
     ) -> TrainingRunsResponse:
-        runs, total = state.store.list_runs(LOCAL_OWNER, limit, offset)
+        runs, total = state.store.list_runs(current_tenant(), limit, offset)
         return TrainingRunsResponse(
             training_runs=[_run_to_wire(r) for r in runs], cursor=Cursor(offset=offset, limit=limit, total_count=total)
         )
@@ -260,27 +261,28 @@ def register_checkpoint_routes(app: FastAPI, state: ServerState) -> None:
     @app.get("/api/v1/training_runs/{run_id}")
     async def get_training_run(run_id: str) -> TrainingRun:
         run = state.store.get_run(run_id)
-        if run is None or run.owner != LOCAL_OWNER:
+        if run is None or run.owner != current_tenant():
             raise NotFoundError(f"training run {run_id!r} does not exist")
         return _run_to_wire(run)
 
     # ----- checkpoints ------------------------------------------------------------------------
     @app.get("/api/v1/training_runs/{run_id}/checkpoints")
     async def list_run_checkpoints(
-        run_id: str, limit: int = Query(default=1000, ge=1, le=10000), offset: int = Query(default=0, ge=0)
+        run_id: str, limit: int = Query(default=1000, ge=1, le=10000), offset: int = Query(default=0, ge=0, le=2**62)
     ) -> CheckpointsListResponse:
-        if state.store.get_run(run_id) is None:
+        run = state.store.get_run(run_id)
+        if run is None or run.owner != current_tenant():
             raise NotFoundError(f"training run {run_id!r} does not exist")
-        records, total = ckpts.list(run_id, LOCAL_OWNER, limit, offset)
+        records, total = ckpts.list(run_id, current_tenant(), limit, offset)
         return CheckpointsListResponse(
             checkpoints=[r.to_wire() for r in records], cursor=Cursor(offset=offset, limit=limit, total_count=total)
         )
 
     @app.get("/api/v1/checkpoints")
     async def list_user_checkpoints(
-        limit: int = Query(default=100, ge=1, le=10000), offset: int = Query(default=0, ge=0)
+        limit: int = Query(default=100, ge=1, le=10000), offset: int = Query(default=0, ge=0, le=2**62)
     ) -> CheckpointsListResponse:
-        records, total = ckpts.list(None, LOCAL_OWNER, limit, offset)
+        records, total = ckpts.list(None, current_tenant(), limit, offset)
         return CheckpointsListResponse(
             checkpoints=[r.to_wire() for r in records], cursor=Cursor(offset=offset, limit=limit, total_count=total)
         )

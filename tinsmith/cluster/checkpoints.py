@@ -33,6 +33,7 @@ from tinsmith.types.checkpoints import CheckpointType, ParsedCheckpointTinkerPat
 log = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+MAX_TTL_SECONDS = 100 * 365 * 86400
 KIND_BY_TYPE: dict[CheckpointType, str] = {
     "training": "weights",
     "sampler": "sampler_weights",
@@ -197,8 +198,8 @@ def _b64(raw: bytes) -> str:
 def expiry(ttl_seconds: int | None) -> dt.datetime | None:
     if ttl_seconds is None:
         return None
-    if ttl_seconds < 1:
-        raise UserInputError(f"ttl_seconds must be >= 1 (or null for no expiry), got {ttl_seconds}")
+    if not 1 <= ttl_seconds <= MAX_TTL_SECONDS:
+        raise UserInputError(f"ttl_seconds must be in 1..{MAX_TTL_SECONDS} (or null for no expiry), got {ttl_seconds}")
     return utcnow() + dt.timedelta(seconds=ttl_seconds)
 
 

@@ -52,13 +52,20 @@ def serve(config: ClusterConfig, host: str, port: int) -> None:
 
     from tinsmith.cluster.checkpoints import open_checkpoint_service
     from tinsmith.cluster.model_cache import prepare_all
-    from tinsmith.cluster.placement import ModelActors, start_model
+    from tinsmith.cluster.placement import ModelActors, check_capacity, start_model
     from tinsmith.cluster.server import ServedModel, ServerState, build_app
 
     model_dirs = prepare_all(config)
     data_dir = config.resolved_data_dir()
     checkpoints = open_checkpoint_service(config.storage, data_dir)  # before Ray: a bad bucket fails fast
     started = _init_ray(config)
+    if not config.ray_autoscaling:
+        try:
+            check_capacity(config, ray.cluster_resources())
+        except ConfigurationError:
+            if started:
+                ray.shutdown()
+            raise
     shm_dir = Path(config.shm_dir) / f"tinsmith-{os.getpid()}"
     shm_dir.mkdir(parents=True, exist_ok=True)
     actors: list[ModelActors] = []
@@ -85,7 +92,14 @@ def serve(config: ClusterConfig, host: str, port: int) -> None:
             data_dir=data_dir,
             checkpoints=checkpoints,
             reaper_seconds=config.checkpoint_reaper_seconds,
+            auth=config.auth,
         )
+        if config.auth.mode == "open":
+            log.warning("auth: OPEN mode - any 'tml-' API key is accepted and all clients share one tenant")
+        else:
+            log.info(
+                "auth: API keys required (%s, $%s, tinsmith keys create)", config.auth.keys_file, config.auth.keys_env
+            )
         log.info("tinsmith serving on http://%s:%d", host, port)
         print(f"tinsmith: ready on http://{host}:{port}", flush=True)
         uvicorn.run(build_app(state), host=host, port=port, log_level="warning", timeout_keep_alive=75)
@@ -98,6 +112,26 @@ def serve(config: ClusterConfig, host: str, port: int) -> None:
             ray.shutdown()
 
 
+def create_key(config: ClusterConfig, tenant: str) -> str:
+    """A new API key for ``tenant``, stored (hashed) in the store the config's server uses."""
+    from tinsmith.cluster.auth import hash_key, new_key
+    from tinsmith.store.sqlite import SQLiteStore
+
+    if not tenant or not all(c.isalnum() or c in "-_." for c in tenant):
+        raise ConfigurationError(f"--tenant {tenant!r}: use letters, digits, '-', '_' or '.'")
+    data_dir = config.resolved_data_dir()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    store = SQLiteStore(data_dir / "tinsmith.db")
+    try:
+        key = new_key()
+        store.add_api_key(hash_key(key), tenant)
+    finally:
+        store.close()
+    if config.auth.mode == "open":
+        print("note: this config's auth.mode is open, so the server accepts any tml- key", file=sys.stderr)
+    return key
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tinsmith", description="Tinker-compatible fine-tuning on Ray")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--port", type=int, default=8000)
     p_prep = sub.add_parser("prepare", help="prepare the configured models into the local cache")
     p_prep.add_argument("--config", default="configs/local.yaml")
+    p_keys = sub.add_parser("keys", help="manage API keys of the server that runs with a config")
+    keys_sub = p_keys.add_subparsers(dest="keys_command", required=True)
+    p_create = keys_sub.add_parser("create", help="create a key for a tenant and print it (shown only once)")
+    p_create.add_argument("--config", default="configs/local.yaml")
+    p_create.add_argument("--tenant", required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s [%(request_id)s] %(message)s")
     for handler in logging.getLogger().handlers:
@@ -115,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
         if args.command == "serve":
             serve(config, args.host, args.port)
+        elif args.command == "keys":
+            print(create_key(config, args.tenant))
         elif args.command == "prepare":
             from tinsmith.cluster.model_cache import prepare_all
 

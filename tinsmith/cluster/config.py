@@ -74,6 +74,19 @@ class SamplerConfig(_Strict):
     )
 
 
+class AuthConfig(_Strict):
+    """Who may call the API. See tinsmith/cluster/auth.py."""
+
+    mode: Literal["open", "keys"] = Field(
+        default="open",
+        description="open: any 'tml-' key, one tenant (local use only); keys: only known keys, one tenant each.",
+    )
+    keys_file: str | None = Field(default=None, description="File of 'tenant:tml-...' lines (e.g. a mounted Secret).")
+    keys_env: str = Field(
+        default="TINSMITH_API_KEYS", description="Environment variable with 'tenant:tml-...' entries, comma-separated."
+    )
+
+
 class ModelSpec(_Strict):
     """A base model the server offers for training and sampling."""
 
@@ -112,8 +125,13 @@ class ClusterConfig(_Strict):
         description="Memory-backed directory used to hand ephemeral adapters from trainer to sampler.",
     )
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Where checkpoint archives go.")
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys and tenants.")
     checkpoint_reaper_seconds: float = Field(
         default=60.0, gt=0, description="How often expired checkpoints (TTL) are deleted from storage."
+    )
+    ray_autoscaling: bool = Field(
+        default=False,
+        description="The Ray cluster adds nodes on demand: skip the start-up check that every actor fits now.",
     )
     ray_num_cpus: int | None = Field(
         default=None, description="CPUs a locally started Ray cluster advertises (default: detected)."

@@ -1,8 +1,10 @@
 """The futures store: request ids for in-flight work, and long-polls that wait for them.
 
 Every mutating call returns a request id at once; ``retrieve_future`` waits (up to a bound)
-for the result. Results are kept encoded (JSON or protobuf bytes) so a retrieve is cheap.
-In-memory for now: a restart loses pending and finished futures (see docs/architecture.md).
+for the result. Results are kept encoded (JSON or protobuf bytes) so a retrieve is cheap. With a
+metadata store, every future and its result are also written there: a restarted server still
+answers for finished requests, fails (retryably) those it was running when it stopped, and keeps
+honouring idempotency keys, so a retried request is applied once.
 """
 
 from __future__ import annotations
@@ -10,49 +12,78 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Literal
 
 from tinsmith.errors import NotFoundError
+from tinsmith.store.base import MetadataStore
+from tinsmith.store.records import FutureResult
 from tinsmith.types.futures import RequestErrorCategory, RequestFailedResponse
 
 log = logging.getLogger(__name__)
 
-ContentKind = Literal["json", "proto"]
-
-
-@dataclass(frozen=True)
-class FutureResult:
-    """A finished future's HTTP body."""
-
-    kind: ContentKind
-    body: bytes
-    failed: bool = False
+__all__ = ["FutureResult", "FutureStore", "failure"]
 
 
 class FutureStore:
-    def __init__(self) -> None:
+    def __init__(self, store: MetadataStore | None = None, keep_finished: int = 4096) -> None:
         self._tasks: dict[str, asyncio.Task[FutureResult]] = {}
+        self._owners: dict[str, str] = {}
         self._by_idempotency_key: dict[str, str] = {}
+        self._finished: OrderedDict[str, None] = OrderedDict()
+        self._store = store
+        self._keep_finished = keep_finished
 
     def submit(
-        self, start: Callable[[], Awaitable[FutureResult]], idempotency_key: str | None = None
+        self, start: Callable[[], Awaitable[FutureResult]], idempotency_key: str | None = None, owner: str = "local"
     ) -> tuple[str, bool]:
         """Run ``start()``; returns (request_id, created). A repeated idempotency key reuses the first run."""
+        if idempotency_key:  # keys are per tenant: one tenant's key never names another's future
+            idempotency_key = f"{owner}/{idempotency_key}"
         if idempotency_key and idempotency_key in self._by_idempotency_key:
             return self._by_idempotency_key[idempotency_key], False
         request_id = uuid.uuid4().hex
-        self._tasks[request_id] = asyncio.ensure_future(start())
+        if self._store is not None:
+            first = self._store.add_future(request_id, idempotency_key, owner)
+            if first != request_id:  # the key was used before a restart
+                return first, False
+        task = asyncio.ensure_future(start())
+        self._tasks[request_id] = task
+        self._owners[request_id] = owner
+        task.add_done_callback(lambda t: self._finish(request_id, t))
         if idempotency_key:
             self._by_idempotency_key[idempotency_key] = request_id
         return request_id, True
 
-    async def retrieve(self, request_id: str, timeout: float) -> FutureResult | None:
-        """The result, or None if still pending after ``timeout`` seconds."""
+    def _finish(self, request_id: str, task: asyncio.Task[FutureResult]) -> None:
+        """Persist the result, and let old finished tasks go from memory (the store keeps them)."""
+        if self._store is None or task.cancelled():
+            return
+        try:
+            self._store.finish_future(request_id, task.result())
+        except Exception:
+            log.exception("could not record the result of %s", request_id)
+            return
+        self._finished[request_id] = None
+        while len(self._finished) > self._keep_finished:
+            old, _ = self._finished.popitem(last=False)
+            self._tasks.pop(old, None)
+            self._owners.pop(old, None)
+
+    async def retrieve(self, request_id: str, timeout: float, owner: str = "local") -> FutureResult | None:
+        """The result, or None if still pending after ``timeout`` seconds; only for its owner."""
+        unknown = NotFoundError(f"request_id {request_id!r} is unknown")
         task = self._tasks.get(request_id)
+        if task is not None and self._owners.get(request_id) != owner:
+            raise unknown
         if task is None:
-            raise NotFoundError(f"request_id {request_id!r} is unknown")
+            found = self._store.get_future(request_id) if self._store is not None else None
+            if found is None or found[0] != owner:
+                raise unknown
+            _, result = found
+            if result is None:
+                return failure("this request was lost; retry it", RequestErrorCategory.SERVER)
+            return result
         try:
             return await asyncio.wait_for(asyncio.shield(task), timeout)
         except TimeoutError:
@@ -65,3 +96,11 @@ class FutureStore:
 def failure(message: str, category: RequestErrorCategory) -> FutureResult:
     body = RequestFailedResponse(error=message, category=category).model_dump_json().encode()
     return FutureResult(kind="json", body=body, failed=True)
+
+
+def interrupted_failure() -> FutureResult:
+    """What futures of a previous server process that never finished now answer with."""
+    return failure(
+        "the server restarted before this request finished; its effect is unknown: retry it",
+        RequestErrorCategory.SERVER,
+    )

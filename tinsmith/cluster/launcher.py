@@ -28,14 +28,20 @@ def free_port() -> int:
 class ServerProcess:
     """Context manager around `tinsmith serve --config CONFIG` on 127.0.0.1:<free port>."""
 
-    def __init__(self, config: str | Path, log_path: str | Path | None = None, startup_timeout: float = 600) -> None:
+    def __init__(
+        self,
+        config: str | Path,
+        log_path: str | Path | None = None,
+        startup_timeout: float = 600,
+        data_dir: str | Path | None = None,
+    ) -> None:
         self.config = str(config)
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.workdir = Path(tempfile.mkdtemp(prefix="tinsmith-"))
         # Ray's socket paths must stay short, so its temp dir lives directly under /tmp.
         self.ray_dir = Path(tempfile.mkdtemp(prefix="tsr-", dir="/tmp"))
-        self.data_dir = self.workdir / "data"
+        self.data_dir = Path(data_dir) if data_dir else self.workdir / "data"  # reuse one to test restarts
         self.log_path = Path(log_path) if log_path else self.workdir / "serve.log"
         self.startup_timeout = startup_timeout
         self.proc: subprocess.Popen[bytes] | None = None

@@ -17,7 +17,8 @@ from ray.actor import ActorHandle
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from tinsmith.cluster.config import ModelSpec, SamplerConfig, TrainerConfig
+from tinsmith.cluster.config import ClusterConfig, ModelSpec, SamplerConfig, TrainerConfig
+from tinsmith.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,37 @@ def _bundle(cpus: float, gpus: float, custom: dict[str, float]) -> dict[str, flo
     if gpus:
         bundle["GPU"] = gpus
     return bundle
+
+
+def check_capacity(config: ClusterConfig, available: dict[str, float]) -> None:
+    """Refuse, before creating anything, a config whose actors can never all be placed.
+
+    Without this, an impossible placement group waits forever. The check sums every model's
+    trainer and sampler requests (CPU, GPU, custom resources) against the cluster's totals and
+    names the config fields that ask for too much.
+    """
+    needed: dict[str, float] = {}
+    asked_by: dict[str, list[str]] = {}
+    for spec in config.models:
+        trainer, sampler = config.trainer_for(spec), config.sampler_for(spec)
+        t = {"CPU": trainer.num_cpus_per_rank, "GPU": trainer.num_gpus_per_rank, **trainer.resources}
+        s = {"CPU": sampler.num_cpus, "GPU": sampler.num_gpus, **sampler.resources}
+        for per_actor, count, group in ((t, trainer.num_ranks, "trainer"), (s, sampler.num_replicas, "sampler")):
+            for name, amount in per_actor.items():
+                if amount and count:
+                    needed[name] = needed.get(name, 0.0) + amount * count
+                    asked_by.setdefault(name, []).append(f"{spec.name}: {group} ({count} x {amount:g})")
+    short = {name: amount for name, amount in needed.items() if amount > available.get(name, 0.0) + 1e-9}
+    if short:
+        problems = "; ".join(
+            f"{name}: config asks for {amount:g} [{', '.join(asked_by[name])}] but the Ray cluster has "
+            f"{available.get(name, 0.0):g}"
+            for name, amount in sorted(short.items())
+        )
+        raise ConfigurationError(
+            f"impossible placement: {problems}. Lower num_gpus_per_rank / num_gpus / num_cpus / resources or "
+            "num_ranks / num_replicas, add nodes, or set ray_autoscaling: true if nodes will join."
+        )
 
 
 @ray.remote(num_cpus=0)

@@ -19,10 +19,13 @@ from pathlib import Path
 from typing import NoReturn, Protocol
 
 from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from tinsmith.cluster.auth import KeyRing, current_tenant
 from tinsmith.cluster.checkpoints import CheckpointService, parse_tinker_path
-from tinsmith.cluster.futures import FutureResult, FutureStore, failure
+from tinsmith.cluster.config import AuthConfig
+from tinsmith.cluster.futures import FutureResult, FutureStore, failure, interrupted_failure
 from tinsmith.cluster.metrics import ServerMetrics
 from tinsmith.errors import ConflictError, NotFoundError, TinsmithError, UserInputError
 from tinsmith.storage.config import StorageConfig
@@ -73,7 +76,7 @@ log = logging.getLogger(__name__)
 LONG_POLL_SECONDS = 30.0
 MAX_NUM_SAMPLES = 128  # per request; more rollouts go in more requests
 MAX_TOPK_LOGPROBS = 20  # vLLM's default max_logprobs
-LOCAL_OWNER = "local"
+MAX_BODY_BYTES = 256 << 20  # a decompressed forward_backward body
 
 
 class CoordinatorClient(Protocol):
@@ -118,12 +121,21 @@ class ServerState:
     models: dict[str, ServedModel]
     data_dir: Path
     checkpoints: CheckpointService
-    futures: FutureStore = field(default_factory=FutureStore)
+    futures: FutureStore = field(init=False)
     sessions: dict[str, float] = field(default_factory=dict)
     training: dict[str, TrainingModel] = field(default_factory=dict)
     samplers: dict[str, SamplerSession] = field(default_factory=dict)
     reaper_seconds: float = 60.0
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+
+    def __post_init__(self) -> None:
+        # Futures live in the metadata store too. Any still pending there belong to a previous
+        # process (this one has submitted none yet): they fail, retryably, instead of hanging.
+        interrupted = self.store.interrupt_pending_futures(interrupted_failure())
+        if interrupted:
+            log.warning("%d requests were in flight when the server last stopped; they now fail", interrupted)
+        self.futures = FutureStore(self.store)
 
     @property
     def store(self) -> MetadataStore:
@@ -161,7 +173,7 @@ class ServerState:
             self.metrics.future_seconds.labels(kind).observe(time.perf_counter() - started)
             return result
 
-        request_id, _ = self.futures.submit(observed, idempotency_key=key)
+        request_id, _ = self.futures.submit(observed, idempotency_key=key, owner=current_tenant())
         seq_ids = [f"{request_id}:{i}" for i in range(n_samples)] if n_samples else None
         return UntypedAPIFuture(request_id=request_id, model_id=model_id, sample_sequence_ids=seq_ids)
 
@@ -188,14 +200,14 @@ class ServerState:
     def readable_checkpoint(self, tinker_path: str, field: str = "path") -> CheckpointRecord:
         """A checkpoint the caller may read or load: its own, or a published one."""
         record = self.checkpoints.resolve(tinker_path, field)
-        if record.owner != LOCAL_OWNER and not record.public:
+        if record.owner != current_tenant() and not record.public:
             raise NotFoundError(f"{field}: checkpoint {tinker_path!r} does not exist")
         return record
 
     def owned_checkpoint(self, run_id: str, kind: str, name: str) -> CheckpointRecord:
         """A checkpoint the caller may change or delete (only its own)."""
         record = self.checkpoints.by_route(run_id, kind, name)
-        if record.owner != LOCAL_OWNER:
+        if record.owner != current_tenant():
             raise NotFoundError(f"checkpoint tinker://{run_id}/{kind}/{name} does not exist")
         return record
 
@@ -208,16 +220,24 @@ class ServerState:
         return model
 
     def training_model(self, model_id: str) -> TrainingModel:
+        """The caller's live training client (another tenant's answers as unknown)."""
         model = self.training.get(model_id)
-        if model is None:
+        if model is None or model.owner != current_tenant():
             raise NotFoundError(f"model_id {model_id!r} is unknown")
         return model
 
     def sampler(self, sampler_id: str) -> SamplerSession:
         session = self.samplers.get(sampler_id)
-        if session is None:
+        if session is None or session.owner != current_tenant():
             raise NotFoundError(f"sampling_session_id {sampler_id!r} is unknown")
         return session
+
+    def check_session(self, session_id: str) -> None:
+        """A session of another tenant answers as unknown (ids of unknown sessions pass: the
+        SDK always creates its session first, and ids are random)."""
+        owner = self.store.session_owner(session_id)
+        if owner is not None and owner != current_tenant():
+            raise NotFoundError(f"session_id {session_id!r} is unknown")
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -260,11 +280,18 @@ def build_app(state: ServerState) -> FastAPI:
             reaper.cancel()
 
     app = FastAPI(title="tinsmith", version="0.1.0", lifespan=lifespan)
-    state.metrics.install(app)
+    KeyRing(state.auth, state.store.tenant_for_key).install(app)
+    state.metrics.install(app)  # added last, so it runs first: refused requests are counted too
 
     @app.exception_handler(UserInputError)
     async def _user_error(_: Request, exc: UserInputError) -> JSONResponse:
         return JSONResponse(status_code=400, content={"detail": str(exc)})
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        """Where and why only: echoing the refused input can fail to encode (NaN, bad UTF-8)."""
+        detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        return JSONResponse(status_code=422, content={"detail": detail})
 
     @app.exception_handler(ConflictError)
     async def _conflict(_: Request, exc: ConflictError) -> JSONResponse:
@@ -292,12 +319,13 @@ def build_app(state: ServerState) -> FastAPI:
     @app.post("/api/v1/create_session")
     async def create_session(body: CreateSessionRequest) -> CreateSessionResponse:
         session_id = f"sess-{uuid.uuid4().hex[:12]}"
+        state.store.add_session(session_id, current_tenant())
         state.sessions[session_id] = time.time()
         return CreateSessionResponse(session_id=session_id)
 
     @app.post("/api/v1/session_heartbeat")
     async def heartbeat(body: SessionHeartbeatRequest) -> SessionHeartbeatResponse:
-        if body.session_id not in state.sessions:
+        if state.store.session_owner(body.session_id) != current_tenant():
             raise HTTPException(status_code=404, detail=f"session_id {body.session_id!r} is unknown")
         state.sessions[body.session_id] = time.time()
         return SessionHeartbeatResponse()
@@ -328,6 +356,7 @@ def build_app(state: ServerState) -> FastAPI:
     @app.post("/api/v1/create_model")
     async def create_model(body: CreateModelRequest, request: Request) -> UntypedAPIFuture:
         model_id = f"{body.session_id}:train:{body.model_seq_id}"
+        state.check_session(body.session_id)
 
         async def work() -> FutureResult:
             served = state.served(body.base_model)
@@ -345,7 +374,7 @@ def build_app(state: ServerState) -> FastAPI:
                 raise UserInputError(f"model {model_id!r} already exists (model_seq_id reused)")
             await served.coordinator.call("create_model", model_id, lora)
             state.add_training_model(
-                TrainingModel(model_id, body.session_id, body.base_model, lora, LOCAL_OWNER),
+                TrainingModel(model_id, body.session_id, body.base_model, lora, current_tenant()),
                 {k: str(v) for k, v in body.user_metadata.items()} if body.user_metadata else None,
             )
             return json_result(CreateModelResponse(model_id=model_id))
@@ -379,9 +408,7 @@ def build_app(state: ServerState) -> FastAPI:
     async def forward_backward(request: Request) -> UntypedAPIFuture:
         raw = await request.body()
         if request.headers.get("content-encoding", "") == "zstd":
-            import zstandard
-
-            raw = zstandard.ZstdDecompressor().decompress(raw)
+            raw = _unzstd(raw)
         try:
             fb = proto.decode_forward_backward_request(raw)
         except ValueError as exc:
@@ -423,7 +450,7 @@ def build_app(state: ServerState) -> FastAPI:
             state.samplers[sampler_id] = session
         elif body.base_model is not None:
             state.served(body.base_model)
-            state.samplers[sampler_id] = SamplerSession(sampler_id, body.base_model, None, None, None, LOCAL_OWNER)
+            state.samplers[sampler_id] = SamplerSession(sampler_id, body.base_model, None, None, None, current_tenant())
         else:
             raise UserInputError("create_sampling_session needs model_path or base_model")
         return CreateSamplingSessionResponse(sampling_session_id=sampler_id)
@@ -461,7 +488,7 @@ def build_app(state: ServerState) -> FastAPI:
     # ----- futures -------------------------------------------------------------------------
     @app.post("/api/v1/retrieve_future")
     async def retrieve_future(body: FutureRetrieveRequest) -> Response:
-        result = await state.futures.retrieve(body.request_id, LONG_POLL_SECONDS)
+        result = await state.futures.retrieve(body.request_id, LONG_POLL_SECONDS, current_tenant())
         if result is None:
             pending = TryAgainResponse(request_id=body.request_id)
             return Response(content=pending.model_dump_json(), media_type="application/json")
@@ -472,6 +499,18 @@ def build_app(state: ServerState) -> FastAPI:
 
     register_checkpoint_routes(app, state)
     return app
+
+
+def _unzstd(raw: bytes) -> bytes:
+    """Decompress a zstd request body, refusing garbage (400) and bombs (413) before allocating."""
+    import zstandard
+
+    try:
+        if zstandard.frame_content_size(raw) > MAX_BODY_BYTES:  # -1 when the header does not say
+            raise HTTPException(status_code=413, detail=f"body decompresses to over {MAX_BODY_BYTES} bytes")
+        return zstandard.ZstdDecompressor().decompress(raw, max_output_size=MAX_BODY_BYTES)
+    except zstandard.ZstdError as exc:
+        raise HTTPException(status_code=400, detail=f"body is not valid zstd data: {exc}") from exc
 
 
 async def _reap_forever(state: ServerState) -> None:
@@ -498,7 +537,7 @@ def _sampler_for(state: ServerState, body: SampleRequest) -> SamplerSession:
         return _checkpoint_sampler(state, body.model_path, "")
     if body.base_model is not None:
         state.served(body.base_model)
-        return SamplerSession("", body.base_model, None, None, None, LOCAL_OWNER)
+        return SamplerSession("", body.base_model, None, None, None, current_tenant())
     raise UserInputError("asample needs sampling_session_id, model_path or base_model")
 
 
@@ -514,7 +553,7 @@ def _checkpoint_sampler(state: ServerState, model_path: str, sampler_id: str) ->
     record = state.readable_checkpoint(model_path, field="model_path")
     source = AdapterSource(archive=state.checkpoints.ref_of(record))
     key = f"{model_path}@{record.sha256[:12]}"
-    return SamplerSession(sampler_id, record.base_model, model_path, key, source, LOCAL_OWNER)
+    return SamplerSession(sampler_id, record.base_model, model_path, key, source, current_tenant())
 
 
 def _sample_work(body: SampleRequest, session: SamplerSession, max_context: int, vocab_size: int) -> SampleWork:

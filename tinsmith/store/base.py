@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Protocol
 
-from tinsmith.store.records import CheckpointRecord, RunRecord
+from tinsmith.store.records import CheckpointRecord, FutureResult, RunRecord
 
 
 class MetadataStore(Protocol):
@@ -46,5 +46,27 @@ class MetadataStore(Protocol):
     def delete_checkpoint(self, tinker_path: str) -> None: ...
 
     def expired_checkpoints(self, now: dt.datetime) -> list[CheckpointRecord]: ...
+
+    def add_api_key(self, key_hash: str, tenant: str) -> None: ...
+
+    def tenant_for_key(self, key_hash: str) -> str | None: ...
+
+    def add_session(self, session_id: str, owner: str) -> None: ...
+
+    def session_owner(self, session_id: str) -> str | None: ...
+
+    def add_future(self, request_id: str, idempotency_key: str | None, owner: str) -> str:
+        """Record a submitted future; a known idempotency key returns the first future's id."""
+        ...
+
+    def finish_future(self, request_id: str, result: FutureResult) -> None: ...
+
+    def get_future(self, request_id: str) -> tuple[str, FutureResult | None] | None:
+        """(owner, result or None while pending), or None for an unknown id."""
+        ...
+
+    def interrupt_pending_futures(self, result: FutureResult) -> int:
+        """Give every unfinished future of a previous process ``result``; returns how many."""
+        ...
 
     def close(self) -> None: ...

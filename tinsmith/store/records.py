@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Literal
 
 from pydantic import Field
 
@@ -13,6 +14,14 @@ from tinsmith.types.training import LoraConfig
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+class FutureResult(InternalModel):
+    """A finished future's HTTP body (JSON or protobuf bytes), kept in the store across restarts."""
+
+    kind: Literal["json", "proto"]
+    body: bytes
+    failed: bool = False
 
 
 class RunRecord(InternalModel):

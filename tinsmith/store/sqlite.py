@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 from tinsmith.errors import ConflictError
-from tinsmith.store.records import CheckpointRecord, RunRecord
+from tinsmith.store.records import CheckpointRecord, FutureResult, RunRecord, utcnow
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -35,6 +35,26 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 CREATE INDEX IF NOT EXISTS checkpoints_run ON checkpoints(training_run_id, created_at);
 CREATE INDEX IF NOT EXISTS checkpoints_owner ON checkpoints(owner, created_at);
 CREATE INDEX IF NOT EXISTS checkpoints_expiry ON checkpoints(expires_at);
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_hash TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS futures (
+    request_id TEXT PRIMARY KEY,
+    idempotency_key TEXT UNIQUE,
+    owner TEXT NOT NULL,
+    state TEXT NOT NULL,
+    kind TEXT,
+    failed INTEGER NOT NULL DEFAULT 0,
+    body BLOB,
+    created_at TEXT NOT NULL
+);
 """
 
 
@@ -154,6 +174,64 @@ class SQLiteStore:
     def expired_checkpoints(self, now: dt.datetime) -> list[CheckpointRecord]:
         rows = self._rows("SELECT body FROM checkpoints WHERE expires_at IS NOT NULL AND expires_at <= ?", (_ts(now),))
         return [CheckpointRecord.model_validate_json(str(r[0])) for r in rows]
+
+    # ----- API keys ---------------------------------------------------------------------------
+    def add_api_key(self, key_hash: str, tenant: str) -> None:
+        self._write("INSERT INTO api_keys VALUES (?, ?, ?)", (key_hash, tenant, _ts(utcnow())))
+
+    def tenant_for_key(self, key_hash: str) -> str | None:
+        rows = self._rows("SELECT tenant FROM api_keys WHERE key_hash = ?", (key_hash,))
+        return str(rows[0][0]) if rows else None
+
+    # ----- sessions -------------------------------------------------------------------------
+    def add_session(self, session_id: str, owner: str) -> None:
+        self._write("INSERT OR IGNORE INTO sessions VALUES (?, ?, ?)", (session_id, owner, _ts(utcnow())))
+
+    def session_owner(self, session_id: str) -> str | None:
+        rows = self._rows("SELECT owner FROM sessions WHERE session_id = ?", (session_id,))
+        return str(rows[0][0]) if rows else None
+
+    # ----- futures --------------------------------------------------------------------------
+    def add_future(self, request_id: str, idempotency_key: str | None, owner: str) -> str:
+        """Record a submitted future; with a known idempotency key, returns the first one's id."""
+        with self._lock:
+            if idempotency_key is not None:
+                rows = self._db.execute(
+                    "SELECT request_id FROM futures WHERE idempotency_key = ?", (idempotency_key,)
+                ).fetchall()
+                if rows:
+                    return str(rows[0][0])
+            self._db.execute(
+                "INSERT INTO futures (request_id, idempotency_key, owner, state, created_at) VALUES (?, ?, ?, ?, ?)",
+                (request_id, idempotency_key, owner, "pending", _ts(utcnow())),
+            )
+            return request_id
+
+    def finish_future(self, request_id: str, result: FutureResult) -> None:
+        self._write(
+            "UPDATE futures SET state = 'done', kind = ?, failed = ?, body = ? WHERE request_id = ?",
+            (result.kind, int(result.failed), result.body, request_id),
+        )
+
+    def get_future(self, request_id: str) -> tuple[str, FutureResult | None] | None:
+        """(owner, result or None while pending), or None for an unknown id."""
+        rows = self._rows("SELECT owner, state, kind, failed, body FROM futures WHERE request_id = ?", (request_id,))
+        if not rows:
+            return None
+        owner, status, kind, failed, body = rows[0]
+        if status != "done":
+            return str(owner), None
+        assert isinstance(body, bytes)
+        return str(owner), FutureResult(kind="proto" if kind == "proto" else "json", body=body, failed=bool(failed))
+
+    def interrupt_pending_futures(self, result: FutureResult) -> int:
+        """At start-up: futures a previous process never finished get ``result`` (a failure)."""
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE futures SET state = 'done', kind = ?, failed = ?, body = ? WHERE state = 'pending'",
+                (result.kind, int(result.failed), result.body),
+            )
+            return int(cur.rowcount)
 
     def close(self) -> None:
         with self._lock:

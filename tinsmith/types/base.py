@@ -1,6 +1,8 @@
-"""Shared pydantic bases for the wire types."""
+"""Shared pydantic bases for the wire types, and the checked text type of request fields."""
 
-from pydantic import BaseModel, ConfigDict
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 
 class WireModel(BaseModel):
@@ -18,3 +20,38 @@ class InternalModel(BaseModel):
     """A type passed between tinsmith's own components: strict, no unknown keys."""
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=False)
+
+
+def _utf8(value: str) -> str:
+    """Refuse lone surrogates: JSON may carry them (``"\\ud800"``), but UTF-8, SQLite and every
+    response encoder cannot, so they would fail later and far from the field that held them."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"text is not valid unicode (lone surrogate at index {exc.start})") from None
+    return value
+
+
+def _utf8_tree(value: object) -> object:
+    """``_utf8`` for every string and key inside free-form JSON (user metadata)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            _utf8(item)
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return value
+
+
+Text = Annotated[str, AfterValidator(_utf8)]
+"""``str`` for request fields: valid unicode only (no lone surrogates)."""
+
+Seed = Annotated[int, Field(ge=-(2**63), le=2**64 - 1)]
+"""A random seed: the range torch and vLLM accept (a larger one would fail in the workers)."""
+
+JsonMetadata = dict[Text, Annotated[object, AfterValidator(_utf8_tree)]]
+"""Free-form ``user_metadata``: any JSON, with valid unicode in every string."""

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_serializer, field_validator
 
-from tinsmith.types.base import WireModel
+from tinsmith.types.base import Text, WireModel
 
 TensorDtype = Literal["int64", "float32"]
 
@@ -50,7 +50,7 @@ class ImageChunk(_BytesChunk):
 
 class ImageAssetPointerChunk(WireModel):
     format: Literal["png", "jpeg"]
-    location: str
+    location: Text
     expected_tokens: int | None = None
     type: Literal["image_asset_pointer"] = "image_asset_pointer"
 

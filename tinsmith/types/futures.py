@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Literal
 
-from tinsmith.types.base import WireModel
+from tinsmith.types.base import Text, WireModel
 
 
 class RequestErrorCategory(StrEnum):
@@ -21,7 +21,7 @@ class UntypedAPIFuture(WireModel):
 
 
 class FutureRetrieveRequest(WireModel):
-    request_id: str
+    request_id: Text
     allow_metadata_only: bool = False
 
 

@@ -8,7 +8,9 @@ Tensors travel as raw little-endian bytes: ``decode_forward_backward_request`` t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Protocol, cast
 
 import numpy as np
@@ -207,62 +209,77 @@ _NP_BY_DTYPE: dict[int, np.dtype] = {
     DTYPE_FLOAT32: np.dtype("<f4"),
     DTYPE_INT64: np.dtype("<i8"),
     DTYPE_INT32: np.dtype("<i4"),
+    DTYPE_BFLOAT16: np.dtype("<u2"),  # the high half of a float32, widened in _tensor_from_proto
 }
 
 
-def _tensor_to_numpy(tensor: Message) -> np.ndarray:
+@contextmanager
+def _at(where: str) -> Iterator[None]:
+    """Prefix a ValueError's message with the field it concerns."""
+    try:
+        yield
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from exc
+
+
+def _frombuffer(raw: bytes, dtype: np.dtype, where: str) -> np.ndarray:
+    if len(raw) % dtype.itemsize:
+        raise ValueError(f"{where} has {len(raw)} bytes, not a multiple of {dtype.itemsize} ({dtype.name} values)")
+    return np.frombuffer(raw, dtype=dtype)
+
+
+def _tensor_from_proto(tensor: Message) -> TensorData:
+    """A Tensor as TensorData. Sparse ones stay sparse (CSR indices, checked): made dense, a tiny
+    body could claim any shape and take any amount of memory."""
     msg = cast(_TensorMsg, tensor)
-    which = tensor.WhichOneof("encoding")
+    if msg.dtype not in _NP_BY_DTYPE:
+        raise ValueError(f"dtype {msg.dtype} is not supported")
+    shape = [int(d) for d in msg.shape]
+    if any(d < 0 for d in shape):
+        raise ValueError(f"shape {shape} has a negative dimension")
+    sparse = tensor.WhichOneof("encoding") == "sparse_csr"
+    raw = cast(bytes, tensor.sparse_csr.values) if sparse else msg.dense
+    arr = _frombuffer(raw, _NP_BY_DTYPE[msg.dtype], "sparse_csr.values" if sparse else "dense")
     if msg.dtype == DTYPE_BFLOAT16:
-        raw = np.frombuffer(_tensor_bytes(tensor, which), dtype="<u2").astype(np.uint32) << 16
-        arr = raw.view(np.float32)
-    elif msg.dtype in _NP_BY_DTYPE:
-        arr = np.frombuffer(_tensor_bytes(tensor, which), dtype=_NP_BY_DTYPE[msg.dtype])
-    else:
-        raise ValueError(f"tensor dtype {msg.dtype} is not supported")
-    if which == "sparse_csr":
-        return _csr_to_dense(tensor, arr, list(msg.shape))
-    shape = list(msg.shape)
-    if shape:
-        arr = arr.reshape(shape)
-    return arr
-
-
-def _tensor_bytes(tensor: Message, which: str | None) -> bytes:
-    if which == "sparse_csr":
-        return cast(bytes, tensor.sparse_csr.values)
-    return cast(_TensorMsg, tensor).dense
-
-
-def _csr_to_dense(tensor: Message, values: np.ndarray, shape: list[int]) -> np.ndarray:
-    csr = tensor.sparse_csr
-    crow = np.frombuffer(csr.crow_indices, dtype="<i8")
-    col = np.frombuffer(csr.col_indices, dtype="<i8")
-    if len(shape) != 2:
-        raise ValueError("sparse tensors must be 2-D")
-    dense = np.zeros(shape, dtype=values.dtype)
-    for row in range(shape[0]):
-        start, end = int(crow[row]), int(crow[row + 1])
-        dense[row, col[start:end]] = values[start:end]
-    return dense
-
-
-def _numpy_to_tensor_data(arr: np.ndarray) -> TensorData:
+        arr = (arr.astype(np.uint32) << 16).view(np.float32)
     if np.issubdtype(arr.dtype, np.integer):
-        return TensorData(data=arr.astype(np.int64).ravel().tolist(), dtype="int64", shape=list(arr.shape))
-    return TensorData(data=arr.astype(np.float32).ravel().tolist(), dtype="float32", shape=list(arr.shape))
+        out = TensorData(data=arr.astype(np.int64).tolist(), dtype="int64", shape=shape or [arr.size])
+    else:
+        out = TensorData(data=arr.astype(np.float32).tolist(), dtype="float32", shape=shape or [arr.size])
+    if sparse:
+        crow, col = _csr_indices(tensor.sparse_csr, arr.size, shape)
+        return out.model_copy(update={"sparse_crow_indices": crow, "sparse_col_indices": col})
+    if shape and math.prod(shape) != arr.size:
+        raise ValueError(f"shape {shape} needs {math.prod(shape)} values, but dense holds {arr.size}")
+    return out
+
+
+def _csr_indices(csr: Message, nnz: int, shape: list[int]) -> tuple[list[int], list[int]]:
+    """The CSR row offsets and column indices, checked against the values and the shape."""
+    if len(shape) != 2:
+        raise ValueError(f"sparse tensors must be 2-D, got shape {shape}")
+    rows, cols = shape
+    crow = _frombuffer(csr.crow_indices, np.dtype("<i8"), "sparse_csr.crow_indices")
+    col = _frombuffer(csr.col_indices, np.dtype("<i8"), "sparse_csr.col_indices")
+    if crow.size != rows + 1 or crow[0] != 0 or crow[-1] != nnz or bool(np.any(np.diff(crow) < 0)):
+        raise ValueError(f"sparse_csr.crow_indices must be {rows + 1} non-decreasing offsets from 0 to {nnz}")
+    if col.size != nnz or bool(np.any((col < 0) | (col >= cols))):
+        raise ValueError(f"sparse_csr.col_indices must be {nnz} column indices in [0, {cols})")
+    return crow.tolist(), col.tolist()
 
 
 def _chunk_from_proto(chunk: Message) -> ModelInputChunk:
     which = chunk.WhichOneof("chunk")
     if which == "encoded_text":
-        tokens = np.frombuffer(chunk.encoded_text.tokens, dtype="<i4")
+        tokens = _frombuffer(chunk.encoded_text.tokens, np.dtype("<i4"), "encoded_text.tokens")
         return EncodedTextChunk(tokens=tokens.tolist())
     if which == "image":
         img = chunk.image
+        if img.format not in ("png", "jpeg"):
+            raise ValueError(f"image.format {img.format!r} is not 'png' or 'jpeg'")
         expected = img.expected_tokens if img.HasField("expected_tokens") else None
         return ImageChunk(data=img.data, format=img.format, expected_tokens=expected)
-    raise ValueError(f"model_input chunk of kind {which!r} is not supported")
+    raise ValueError(f"chunk of kind {which!r} is not supported (encoded_text and image are)")
 
 
 def decode_forward_backward_request(body: bytes) -> ForwardBackwardRequest:
@@ -275,11 +292,14 @@ def decode_forward_backward_request(body: bytes) -> ForwardBackwardRequest:
     m = cast(_FBRequestMsg, msg)
     data: list[Datum] = []
     for i, datum in enumerate(m.data):
-        try:
-            chunks = [_chunk_from_proto(c) for c in datum.model_input]
-            inputs = {k: _numpy_to_tensor_data(_tensor_to_numpy(v)) for k, v in datum.loss_fn_inputs.items()}
-        except ValueError as exc:
-            raise ValueError(f"data[{i}]: {exc}") from exc
+        chunks: list[ModelInputChunk] = []
+        for j, chunk in enumerate(datum.model_input):
+            with _at(f"data[{i}].model_input[{j}]"):
+                chunks.append(_chunk_from_proto(chunk))
+        inputs: dict[str, TensorData] = {}
+        for key, tensor in datum.loss_fn_inputs.items():
+            with _at(f"data[{i}].loss_fn_inputs[{key!r}]"):
+                inputs[key] = _tensor_from_proto(tensor)
         data.append(Datum(model_input=ModelInput(chunks=chunks), loss_fn_inputs=inputs))
     config: dict[str, float | str] = {k: float(v) for k, v in m.loss_fn_config.items()}
     for key, value in m.loss_fn_config_v2.items():

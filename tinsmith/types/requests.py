@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from tinsmith.types.base import WireModel
+from tinsmith.types.base import JsonMetadata, Text, WireModel
 from tinsmith.types.data import ModelInput, TensorData
 from tinsmith.types.sampling import SamplingClientKind, SamplingParams
 from tinsmith.types.training import (
@@ -20,7 +20,7 @@ from tinsmith.types.training import (
 
 
 class ClientConfigRequest(WireModel):
-    sdk_version: str = ""
+    sdk_version: Text = ""
 
 
 class ClientConfigResponse(WireModel):
@@ -42,11 +42,11 @@ class ClientDynamicConfigResponse(WireModel):
 
 
 class CreateSessionRequest(WireModel):
-    tags: list[str] = Field(default_factory=list)
-    user_metadata: dict[str, object] | None = None
-    sdk_version: str = ""
-    project_id: str | None = None
-    display_name: str | None = None
+    tags: list[Text] = Field(default_factory=list)
+    user_metadata: JsonMetadata | None = None
+    sdk_version: Text = ""
+    project_id: Text | None = None
+    display_name: Text | None = None
     type: Literal["create_session"] = "create_session"
 
 
@@ -59,7 +59,7 @@ class CreateSessionResponse(WireModel):
 
 
 class SessionHeartbeatRequest(WireModel):
-    session_id: str
+    session_id: Text
     type: Literal["session_heartbeat"] = "session_heartbeat"
 
 
@@ -68,17 +68,17 @@ class SessionHeartbeatResponse(WireModel):
 
 
 class CreateModelRequest(WireModel):
-    session_id: str
+    session_id: Text
     model_seq_id: int
-    base_model: str
-    user_metadata: dict[str, object] | None = None
+    base_model: Text
+    user_metadata: JsonMetadata | None = None
     lora_config: LoraConfig | None = None
     optimizer_config: OptimizerConfig = Field(default_factory=AdamOptimizerConfig)
     type: Literal["create_model"] = "create_model"
 
 
 class GetInfoRequest(WireModel):
-    model_id: str
+    model_id: Text
     type: Literal["get_info"] = "get_info"
 
 
@@ -92,7 +92,7 @@ class ForwardBackwardRequest(WireModel):
 
 
 class OptimStepRequest(WireModel):
-    model_id: str
+    model_id: Text
     seq_id: int | None = None
     adam_params: AdamParams | None = None
     optimizer_params: DimuonParams | None = None
@@ -100,32 +100,32 @@ class OptimStepRequest(WireModel):
 
 
 class SaveWeightsRequest(WireModel):
-    model_id: str
-    path: str | None = None
+    model_id: Text
+    path: Text | None = None
     seq_id: int | None = None
     ttl_seconds: int | None = None
     overwrite: bool = False
-    user_metadata: dict[str, str] | None = None
+    user_metadata: dict[Text, Text] | None = None
     type: Literal["save_weights"] = "save_weights"
 
 
 class SaveWeightsForSamplerRequest(WireModel):
-    model_id: str
-    path: str | None = None
+    model_id: Text
+    path: Text | None = None
     sampling_session_seq_id: int | None = None
     kind: SamplingClientKind = "snapshot"
     seq_id: int | None = None
     ttl_seconds: int | None = None
-    user_metadata: dict[str, str] | None = None
+    user_metadata: dict[Text, Text] | None = None
     type: Literal["save_weights_for_sampler"] = "save_weights_for_sampler"
 
 
 class SaveWeightsExternalRequest(WireModel):
-    model_id: str
-    path: str
+    model_id: Text
+    path: Text
     seq_id: int | None = None
     ttl_seconds: int | None = None
-    age_encryption_recipients: list[str] | None = None
+    age_encryption_recipients: list[Text] | None = None
     type: Literal["save_weights_external"] = "save_weights_external"
 
 
@@ -133,21 +133,21 @@ class LoadWeightsRequest(WireModel):
     """Either a new training client (session_id + model_seq_id) or the older load_state form on an
     existing one (model_id + seq_id)."""
 
-    model_id: str | None = None
+    model_id: Text | None = None
     seq_id: int | None = None
-    session_id: str | None = None
+    session_id: Text | None = None
     model_seq_id: int | None = None
-    base_model: str | None = None
-    user_metadata: dict[str, object] | None = None
-    path: str
+    base_model: Text | None = None
+    user_metadata: JsonMetadata | None = None
+    path: Text
     optimizer: bool
     optimizer_config: OptimizerConfig | None = None
-    weights_access_token: str | None = None
+    weights_access_token: Text | None = None
     type: Literal["load_weights"] = "load_weights"
 
 
 class WeightsInfoRequest(WireModel):
-    tinker_path: str
+    tinker_path: Text
 
 
 class CheckpointTtlRequest(WireModel):
@@ -155,15 +155,15 @@ class CheckpointTtlRequest(WireModel):
 
 
 class UnloadModelRequest(WireModel):
-    model_id: str
+    model_id: Text
     type: Literal["unload_model"] = "unload_model"
 
 
 class CreateSamplingSessionRequest(WireModel):
-    session_id: str
+    session_id: Text
     sampling_session_seq_id: int
-    base_model: str | None = None
-    model_path: str | None = None
+    base_model: Text | None = None
+    model_path: Text | None = None
     type: Literal["create_sampling_session"] = "create_sampling_session"
 
 
@@ -176,9 +176,9 @@ class SampleRequest(WireModel):
     num_samples: int = 1
     prompt: ModelInput
     sampling_params: SamplingParams
-    base_model: str | None = None
-    model_path: str | None = None
-    sampling_session_id: str | None = None
+    base_model: Text | None = None
+    model_path: Text | None = None
+    sampling_session_id: Text | None = None
     seq_id: int | None = None
     prompt_logprobs: bool | None = None
     topk_prompt_logprobs: int = 0

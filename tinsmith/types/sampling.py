@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from tinsmith.types.base import WireModel
+from tinsmith.types.base import Seed, Text, WireModel
 from tinsmith.types.data import TensorData
 
 StopReason = Literal["length", "stop"]
@@ -15,11 +15,11 @@ SamplingClientKind = Literal["snapshot", "inflight"]
 
 class SamplingParams(WireModel):
     max_tokens: int | None = None
-    seed: int | None = None
-    stop: str | list[str] | list[int] | None = None
-    temperature: float = 1.0
+    seed: Seed | None = None
+    stop: Text | list[Text] | list[int] | None = None
+    temperature: float = Field(default=1.0, allow_inf_nan=False)
     top_k: int = -1
-    top_p: float = 1.0
+    top_p: float = Field(default=1.0, allow_inf_nan=False)
 
 
 class TopkLogprobs(WireModel):

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from tinsmith.types.base import WireModel
+from tinsmith.types.base import Seed, WireModel
 from tinsmith.types.data import Datum, LossFnOutput
 
 LossFnType = Literal[
@@ -16,7 +16,7 @@ LossFnType = Literal[
 
 class LoraConfig(WireModel):
     rank: int = Field(ge=1, le=512)
-    seed: int | None = None
+    seed: Seed | None = None
     train_unembed: bool = True
     train_mlp: bool = True
     train_attn: bool = True
@@ -35,12 +35,12 @@ OptimizerConfig = Annotated[AdamOptimizerConfig | DimuonOptimizerConfig, Field(d
 
 
 class AdamParams(WireModel):
-    learning_rate: float = Field(default=1e-4, ge=0)
+    learning_rate: float = Field(default=1e-4, ge=0, allow_inf_nan=False)
     beta1: float = Field(default=0.9, ge=0, lt=1)
     beta2: float = Field(default=0.95, ge=0, lt=1)
-    eps: float = Field(default=1e-12, ge=0)
-    weight_decay: float = Field(default=0.0, ge=0)
-    grad_clip_norm: float = Field(default=0.0, ge=0)
+    eps: float = Field(default=1e-12, ge=0, allow_inf_nan=False)
+    weight_decay: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    grad_clip_norm: float = Field(default=0.0, ge=0, allow_inf_nan=False)
 
 
 class DimuonParams(WireModel):

@@ -1,0 +1,46 @@
+"""`tinsmith serve` refuses a bad config at start-up, before any client can connect, with a
+message that names the problem (the S3 cases are in test_checkpoints_s3.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+from tinsmith.cluster.launcher import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def _serve(config: dict[str, object], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = dict(os.environ, TINSMITH_DATA_DIR=str(tmp_path / "data"), HF_HUB_OFFLINE="1")
+    env["TINSMITH_RAY_TEMP_DIR"] = str(Path("/tmp") / f"tsr-bad-{os.getpid()}")
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "tinsmith.cluster.cli", "serve", "--config", str(path), "--port", str(free_port())]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, check=False)
+
+
+def _local() -> dict[str, object]:
+    return yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())  # type: ignore[no-any-return]
+
+
+def test_unknown_field_is_named(tmp_path: Path) -> None:
+    config = _local()
+    config["trainer"]["num_rank"] = 2  # type: ignore[index]
+    done = _serve(config, tmp_path)
+    assert done.returncode == 2 and "trainer.num_rank" in done.stderr, done.stderr[-2000:]
+
+
+def test_impossible_placement_is_named(tmp_path: Path) -> None:
+    config = _local()
+    config["trainer"]["num_gpus_per_rank"] = 1  # type: ignore[index]
+    done = _serve(config, tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "impossible placement" in done.stderr and "GPU" in done.stderr, done.stderr[-2000:]

@@ -1,0 +1,101 @@
+"""API keys and tenants.
+
+Every request under ``/api/v1`` (except the health check and signed download links) carries the
+SDK's ``X-API-Key``. In ``keys`` mode the key must be one the server knows: keys are stored only
+as sha256 hashes (they are 256-bit random, so an unsalted hash is safe), each with its tenant,
+and come from ``tinsmith keys create``, a keys file, or an environment variable (Kubernetes
+Secrets). In ``open`` mode (the local preset's default) any ``tml-`` key is accepted and every
+request belongs to one tenant, ``local``.
+
+The request's tenant lives in a context variable, set by the middleware; the server's lookups
+(models, samplers, futures, runs, checkpoints) compare it with each object's owner, and answer
+404 for anything another tenant owns, so a tenant cannot even learn what exists.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import os
+import secrets
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+from tinsmith.cluster.config import AuthConfig
+from tinsmith.errors import ConfigurationError
+
+OPEN_TENANT = "local"
+KEY_PREFIX = "tml-"
+TENANT: contextvars.ContextVar[str] = contextvars.ContextVar("tinsmith_tenant", default=OPEN_TENANT)
+_PUBLIC_PATHS = ("/api/v1/healthz", "/api/v1/tinsmith/files/")
+
+
+def current_tenant() -> str:
+    return TENANT.get()
+
+
+def hash_key(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def parse_keys(text: str, source: str) -> dict[str, str]:
+    """``tenant:key`` entries (commas or newlines; ``#`` comments) -> {hash: tenant}."""
+    found: dict[str, str] = {}
+    for raw in text.replace(",", "\n").splitlines():
+        entry = raw.split("#", 1)[0].strip()
+        if not entry:
+            continue
+        tenant, sep, key = entry.partition(":")
+        tenant, key = tenant.strip(), key.strip()
+        if not sep or not tenant or not key.startswith(KEY_PREFIX):
+            raise ConfigurationError(f"{source}: entries must look like 'tenant:tml-...' (got {entry[:12]!r}...)")
+        found[hash_key(key)] = tenant
+    return found
+
+
+class KeyRing:
+    """Which tenant an API key belongs to."""
+
+    def __init__(self, config: AuthConfig, stored: Callable[[str], str | None]) -> None:
+        self.mode = config.mode
+        self._stored = stored
+        self._static: dict[str, str] = {}
+        if config.keys_file:
+            path = Path(config.keys_file).expanduser()
+            try:
+                self._static |= parse_keys(path.read_text(), str(path))
+            except OSError as exc:
+                raise ConfigurationError(f"auth.keys_file {path}: {exc}") from exc
+        if os.environ.get(config.keys_env):
+            self._static |= parse_keys(os.environ[config.keys_env], f"${config.keys_env}")
+
+    def tenant_of(self, api_key: str | None) -> str | None:
+        if not api_key or not api_key.startswith(KEY_PREFIX):
+            return None
+        if self.mode == "open":
+            return OPEN_TENANT
+        digest = hash_key(api_key)
+        return self._static.get(digest) or self._stored(digest)
+
+    def install(self, app: FastAPI) -> None:
+        @app.middleware("http")
+        async def authenticate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+            path = request.url.path
+            if not path.startswith("/api/v1/") or path.startswith(_PUBLIC_PATHS):
+                return await call_next(request)
+            tenant = self.tenant_of(request.headers.get("x-api-key"))
+            if tenant is None:
+                detail = "missing API key (X-API-Key)" if not request.headers.get("x-api-key") else "unknown API key"
+                return JSONResponse(status_code=401, content={"detail": detail})
+            token = TENANT.set(tenant)
+            try:
+                return await call_next(request)
+            finally:
+                TENANT.reset(token)
