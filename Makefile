@@ -45,6 +45,8 @@ bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/train_step.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/train_step.py --scaling
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/weight_sync.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/sampling.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/checkpoint.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -68,3 +68,18 @@ def expect_user_error(future: object, *needles: str) -> None:
         message = str(info.value)
     for needle in needles:
         assert needle in message, message
+
+
+def model_status(server: object, base_model: str) -> dict[str, object]:
+    """``GET /api/v1/tinsmith/status`` for one base model: workers (memory, adapters, node), and per
+    sampler replica: alive, requests served, restarts."""
+    import json
+    import urllib.request
+
+    req = urllib.request.Request(
+        f"{server.base_url}/api/v1/tinsmith/status",  # type: ignore[attr-defined]
+        headers={"X-API-Key": "tml-tests"},
+    )
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        models = json.loads(resp.read())
+    return next(m for m in models if m["base_model"] == base_model)  # type: ignore[no-any-return]

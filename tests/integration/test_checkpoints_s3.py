@@ -150,7 +150,11 @@ def test_upload_cut_off_leaves_no_checkpoint(
 
 @pytest.mark.parametrize(
     ("storage", "needle"),
-    [({"secret_access_key": "wrong"}, "credentials"), ({"bucket": "no-such-bucket"}, "no-such-bucket")],
+    [
+        ({"secret_access_key": "wrong"}, "credentials"),
+        ({"bucket": "no-such-bucket"}, "no-such-bucket"),
+        ({"endpoint_url": "http://127.0.0.1:9"}, "unreachable"),
+    ],
 )
 def test_server_refuses_to_start_on_bad_s3_settings(
     swift: SwiftServer, tmp_path: Path, storage: dict[str, object], needle: str

@@ -1,14 +1,12 @@
-"""Two vLLM sampler replicas behind one server: concurrent requests spread over both, and a
-replica SIGKILLed under load loses no request."""
+"""Two vLLM sampler replicas behind one server: concurrent requests spread over both, a replica
+SIGKILLed under load loses no request, and it is replaced (with its adapters) without a manual step."""
 
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import os
 import signal
 import time
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -17,7 +15,7 @@ import yaml
 from tinker import types
 
 from tests.conftest import DEFAULT_MODEL, ROOT
-from tests.integration.helpers import datum, random_tokens
+from tests.integration.helpers import datum, model_status, random_tokens
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -36,11 +34,7 @@ def two_replica_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[obj
 
 
 def _status(server: object) -> dict[str, object]:
-    url = f"{server.base_url}/api/v1/tinsmith/status"  # type: ignore[attr-defined]
-    req = urllib.request.Request(url, headers={"X-API-Key": "tml-tests"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        models = json.loads(resp.read())
-    return next(m for m in models if m["base_model"] == DEFAULT_MODEL)  # type: ignore[no-any-return]
+    return model_status(server, DEFAULT_MODEL)
 
 
 def test_requests_spread_and_survive_a_killed_replica(two_replica_server: object) -> None:
@@ -67,11 +61,23 @@ def test_requests_spread_and_survive_a_killed_replica(two_replica_server: object
         os.kill(victim["pid"], signal.SIGKILL)
         results = [f.result(timeout=600) for f in futures]
     assert all(len(r) == 48 for r in results)
-    status = _status(two_replica_server)
-    assert status["sampler_alive"] == [True, False]
-    # Later requests, old and new adapters alike, are served by the live replica.
+    # Later requests, old and new adapters alike, are served while the dead replica is replaced.
     assert len(sample(4, 999)) == 4
     tc.forward_backward([datum(random_tokens(6002, 24))], "cross_entropy").result()
     tc.optim_step(types.AdamParams(learning_rate=1e-3)).result()
     newer = tc.save_weights_and_get_sampling_client().result()
     assert len(newer.sample(prompt, 1, types.SamplingParams(max_tokens=4)).result().sequences[0].tokens) == 4
+
+    # The dead replica is replaced without a manual step, with the adapters it had.
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        status = _status(two_replica_server)
+        if status["sampler_alive"] == [True, True]:
+            break
+        time.sleep(2)
+    assert status["sampler_alive"] == [True, True] and status["sampler_restarts"] == [0, 1], status
+    before = list(_status(two_replica_server)["sampler_requests"])  # type: ignore[arg-type]
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda i: sample(4, 2000 + i), range(16)))
+    after = _status(two_replica_server)["sampler_requests"]
+    assert after[1] > before[1], (before, after)  # type: ignore[index]

@@ -33,6 +33,9 @@ class FakeReplica:
     def __getattr__(self, name: str) -> _Method:
         return _Method(self, name)
 
+    async def _start(self) -> int:
+        return self.index
+
     async def _load_adapter(self, key: str, source: AdapterSource) -> None:
         if self.dead:
             raise ActorDiedError()
@@ -105,3 +108,29 @@ def test_in_memory_adapters_are_known_once_loaded_but_not_pinned() -> None:
     asyncio.run(pool.load("ephemeral", blob_ref))  # type: ignore[arg-type]
     assert pool.knows("ephemeral") and "ephemeral" not in pool.sources
     assert all("ephemeral" in r.adapters for r in replicas)
+
+
+def test_a_dead_replica_is_replaced_with_its_adapters() -> None:
+    replicas = [FakeReplica(0), FakeReplica(1)]
+    spawned: list[FakeReplica] = []
+
+    def spawn(index: int) -> FakeReplica:
+        spawned.append(FakeReplica(index))
+        return spawned[-1]
+
+    pool = SamplerPool(replicas, spawn)  # type: ignore[arg-type]
+
+    async def run() -> None:
+        await pool.load("stored", AdapterSource(path="/x"))
+        await pool.load("in-memory", object())  # type: ignore[arg-type]
+        replicas[0].dead = True
+        await asyncio.gather(*[pool.sample(_work("stored")) for _ in range(4)])
+        for _ in range(100):
+            if pool.alive == [True, True]:
+                break
+            await asyncio.sleep(0.01)
+
+    asyncio.run(run())
+    assert pool.alive == [True, True] and pool.restarts == [1, 0]
+    assert spawned[0].adapters == {"stored", "in-memory"}
+    assert pool.replicas[0] is spawned[0]

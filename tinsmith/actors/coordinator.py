@@ -52,6 +52,12 @@ class _Handle(Protocol):
     def __getattr__(self, name: str) -> _RemoteMethod: ...
 
 
+class SamplerSpawner(Protocol):
+    """Creates sampler replica ``index`` anew (``tinsmith.cluster.placement.SamplerFactory``)."""
+
+    def spawn(self, index: int) -> _Handle: ...
+
+
 class _Sequencer:
     """Releases a model's requests strictly in seq_id order (1, 2, 3, ...), waiting for gaps."""
 
@@ -94,6 +100,7 @@ class Coordinator:
         max_padding_fraction: float,
         trainers: list[_Handle],
         samplers: list[_Handle],
+        sampler_factory: SamplerSpawner | None = None,
     ) -> None:
         self.base_model = base_model
         self.vocab_size = vocab_size
@@ -104,7 +111,7 @@ class Coordinator:
         self.samplers = samplers
         self.adapters: dict[str, LoraConfig] = {}
         self.sequencers: dict[str, _Sequencer] = {}
-        self.pool = SamplerPool(samplers)
+        self.pool = SamplerPool(samplers, sampler_factory.spawn if sampler_factory is not None else None)
 
     # ----- training -----------------------------------------------------------------------
     async def create_model(self, model_id: str, lora: LoraConfig) -> None:
@@ -294,6 +301,7 @@ class Coordinator:
             workers=workers,
             sampler_alive=list(self.pool.alive),
             sampler_requests=list(self.pool.served),
+            sampler_restarts=list(self.pool.restarts),
         )
 
 

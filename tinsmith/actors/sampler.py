@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tinsmith.actors.node_info import node_info
 from tinsmith.cluster.checkpoints import safe_name
 from tinsmith.cluster.config import SamplerConfig
 from tinsmith.errors import NotFoundError
@@ -111,8 +112,15 @@ class SamplerWorker:
 
         proc = psutil.Process()
         rss = proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(recursive=True))
+        node_id, node_resources = node_info()
         return WorkerStatus(
-            kind="sampler", index=self.replica, pid=os.getpid(), rss_bytes=rss, adapters=len(self._adapters)
+            kind="sampler",
+            index=self.replica,
+            pid=os.getpid(),
+            rss_bytes=rss,
+            adapters=len(self._adapters),
+            node_id=node_id,
+            node_resources=node_resources,
         )
 
     async def sample(self, work: SampleWork) -> SampleResponse:

@@ -1,9 +1,11 @@
-"""Load balancing and failover over one base model's sampler replicas (used by the coordinator).
+"""Load balancing, failover and replacement of one base model's sampler replicas.
 
 Each request goes to the live replica with the fewest requests in flight (ties rotate), so
-concurrent rollouts spread over every replica. A replica whose actor died is marked dead and the
-request is retried on another one, after making sure the adapter is loaded there: a sampling
-client never sees a replica failure while any replica lives.
+concurrent rollouts spread over every replica. A replica whose actor died is marked dead, the
+request is retried on another one (after loading the adapter there if needed), and, given a
+spawn function, a new replica is started in the dead one's place in the background and gets
+every adapter the pool can still reload: stored ones (path, archive) and the most recent
+in-memory versions, whose object references the pool keeps. No manual step is needed.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from tinsmith.errors import NotFoundError, WorkerError
@@ -40,31 +44,47 @@ def replica_died(exc: BaseException) -> bool:
     return isinstance(exc, RayActorError)
 
 
+KEEP_IN_MEMORY_VERSIONS = 16
+REPLACEMENT_WAIT_SECONDS = 300.0  # how long a request waits for a replacement when no replica lives
+
+
 class SamplerPool:
-    def __init__(self, replicas: list[ReplicaHandle]) -> None:
+    def __init__(self, replicas: list[ReplicaHandle], spawn: Callable[[int], ReplicaHandle] | None = None) -> None:
         self.replicas = list(replicas)
         self.alive = [True] * len(replicas)
         self.inflight = [0] * len(replicas)
         self.served = [0] * len(replicas)
+        self.restarts = [0] * len(replicas)
         self.sources: dict[str, AdapterSource] = {}
+        self._blobs: OrderedDict[str, ObjectRef[AdapterSource]] = OrderedDict()
         self._loaded: list[set[str]] = [set() for _ in replicas]
         self._turn = itertools.count()
+        self._spawn = spawn
+        self._respawning: set[int] = set()
+        self._background: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
         return len(self.replicas)
 
     def knows(self, key: str) -> bool:
-        return key in self.sources or any(key in loaded for loaded in self._loaded)
+        return key in self.sources or key in self._blobs or any(key in loaded for loaded in self._loaded)
+
+    def _reloadable(self, key: str) -> AdapterSource | ObjectRef[AdapterSource] | None:
+        return self.sources.get(key) or self._blobs.get(key)
 
     async def load(self, key: str, source: AdapterSource | ObjectRef[AdapterSource]) -> None:
         """Load an adapter on every live replica (the weight sync); dead replicas are skipped.
 
         ``source`` may be an object reference (an in-memory adapter from a trainer): Ray hands
-        each replica the value straight from the object store. Only path and archive sources are
-        kept for reloading later; in-memory ones are not pinned in the object store.
+        each replica the value straight from the object store. Path and archive sources are kept
+        for reloading; of in-memory ones, the latest KEEP_IN_MEMORY_VERSIONS stay pinned.
         """
         if isinstance(source, AdapterSource):
             self.sources[key] = source
+        else:
+            self._blobs[key] = source
+            while len(self._blobs) > KEEP_IN_MEMORY_VERSIONS:
+                self._blobs.popitem(last=False)
         live = [i for i, ok in enumerate(self.alive) if ok]
         results = await asyncio.gather(
             *[self.replicas[i].load_adapter.remote(key, source) for i in live], return_exceptions=True
@@ -76,7 +96,7 @@ class SamplerPool:
                 self._mark_dead(i, result)
             else:
                 self._loaded[i].add(key)
-        if not any(self.alive):
+        if not any(self.alive) and self._spawn is None:
             raise WorkerError("every sampler replica has died; the server must be restarted")
 
     def _pick(self, exclude: set[int]) -> int | None:
@@ -91,9 +111,48 @@ class SamplerPool:
         if self.alive[index]:
             log.error("sampler replica %d died (%s); its requests go to the others", index, exc)
         self.alive[index] = False
+        if self._spawn is not None and index not in self._respawning:
+            self._respawning.add(index)
+            task = asyncio.ensure_future(self._respawn(index))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _respawn(self, index: int) -> None:
+        """Start a replacement for replica ``index`` and give it every reloadable adapter."""
+        assert self._spawn is not None
+        delay = 2.0
+        while True:
+            try:
+                handle = self._spawn(index)
+                await handle.start.remote()
+                loaded: set[str] = set()
+                for key in [*self.sources, *self._blobs]:
+                    source = self._reloadable(key)
+                    if source is not None:
+                        await handle.load_adapter.remote(key, source)
+                        loaded.add(key)
+                self.replicas[index], self._loaded[index] = handle, loaded
+                self.alive[index] = True
+                self.restarts[index] += 1
+                self._respawning.discard(index)
+                log.info("sampler replica %d replaced (%d adapters reloaded)", index, len(loaded))
+                return
+            except Exception:
+                log.exception("replacing sampler replica %d failed; retrying in %.0f s", index, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+
+    async def _wait_for_a_replica(self, timeout: float) -> None:
+        """With every replica dead but replacements starting, wait (bounded) for one to come up."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not any(self.alive) and self._respawning and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.5)
 
     async def sample(self, work: SampleWork) -> SampleResponse:
         tried: set[int] = set()
+        waited = False
+        if not any(self.alive):
+            await self._wait_for_a_replica(REPLACEMENT_WAIT_SECONDS)
         while (index := self._pick(tried)) is not None:
             tried.add(index)
             replica = self.replicas[index]
@@ -101,7 +160,7 @@ class SamplerPool:
             try:
                 key = work.adapter_key
                 if key is not None and key not in self._loaded[index]:
-                    source = self.sources.get(key)
+                    source = self._reloadable(key)
                     if source is None:
                         raise NotFoundError(f"sampler weights {key!r} are not available on any live replica")
                     await replica.load_adapter.remote(key, source)
@@ -111,6 +170,10 @@ class SamplerPool:
                 if not replica_died(exc):
                     raise
                 self._mark_dead(index, exc)
+                if not any(self.alive) and not waited:  # once: a replacement gets one try
+                    waited = True
+                    await self._wait_for_a_replica(REPLACEMENT_WAIT_SECONDS)
+                    tried.clear()
                 continue
             finally:
                 self.inflight[index] -= 1

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tinsmith.actors.node_info import node_info
 from tinsmith.cluster.config import TrainerConfig
 from tinsmith.errors import NotFoundError, UserInputError
 from tinsmith.types.internal import (
@@ -408,6 +409,7 @@ class TrainerWorker:
                 for value in group_state.values():
                     if hasattr(value, "numel"):
                         state_bytes += value.numel() * value.element_size()
+        node_id, node_resources = node_info()
         return WorkerStatus(
             kind="trainer",
             index=self.rank,
@@ -415,6 +417,8 @@ class TrainerWorker:
             rss_bytes=psutil.Process().memory_info().rss,
             adapters=len(self.engines),
             adapter_param_bytes=state_bytes,
+            node_id=node_id,
+            node_resources=node_resources,
         )
 
 

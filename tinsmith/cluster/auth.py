@@ -67,8 +67,9 @@ class KeyRing:
         self.mode = config.mode
         self._stored = stored
         self._static: dict[str, str] = {}
-        if config.keys_file:
-            path = Path(config.keys_file).expanduser()
+        keys_file = config.keys_file or os.environ.get("TINSMITH_API_KEYS_FILE")
+        if keys_file:
+            path = Path(keys_file).expanduser()
             try:
                 self._static |= parse_keys(path.read_text(), str(path))
             except OSError as exc:

@@ -81,7 +81,10 @@ class AuthConfig(_Strict):
         default="open",
         description="open: any 'tml-' key, one tenant (local use only); keys: only known keys, one tenant each.",
     )
-    keys_file: str | None = Field(default=None, description="File of 'tenant:tml-...' lines (e.g. a mounted Secret).")
+    keys_file: str | None = Field(
+        default=None,
+        description="File of 'tenant:tml-...' lines, e.g. a mounted Secret (env TINSMITH_API_KEYS_FILE also works).",
+    )
     keys_env: str = Field(
         default="TINSMITH_API_KEYS", description="Environment variable with 'tenant:tml-...' entries, comma-separated."
     )

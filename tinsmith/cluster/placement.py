@@ -101,12 +101,38 @@ def _strategy(group: PlacementGroup | None, index: int) -> PlacementGroupSchedul
     return PlacementGroupSchedulingStrategy(placement_group=group, placement_group_bundle_index=index)
 
 
+@dataclass
+class SamplerFactory:
+    """Creates sampler replica ``index`` in its placement bundle; the coordinator keeps one to
+    replace a replica that dies (the dead one's bundle is free again)."""
+
+    model_dir: str
+    config: SamplerConfig
+    shm_dir: str
+    group: PlacementGroup | None
+
+    def spawn(self, index: int) -> ActorHandle:
+        from tinsmith.actors.sampler import SamplerWorker
+
+        cfg = self.config
+        return (
+            cast(ActorHandle, ray.remote(SamplerWorker))
+            .options(
+                num_cpus=cfg.num_cpus,
+                num_gpus=cfg.num_gpus,
+                resources=cfg.resources,
+                scheduling_strategy=_strategy(self.group, index),
+                max_concurrency=1000,
+            )
+            .remote(index, self.model_dir, cfg, self.shm_dir)
+        )
+
+
 def start_model(
     spec: ModelSpec, model_dir: Path, trainer_cfg: TrainerConfig, sampler_cfg: SamplerConfig, shm_dir: str
 ) -> ModelActors:
     """Create the placement groups and actors for one base model and wait until they are ready."""
     from tinsmith.actors.coordinator import Coordinator
-    from tinsmith.actors.sampler import SamplerWorker
     from tinsmith.actors.trainer import TrainerWorker
 
     hf_config = json.loads((model_dir / "config.json").read_text())
@@ -135,28 +161,15 @@ def start_model(
         for rank in range(trainer_cfg.num_ranks)
     ]
 
-    samplers: list[ActorHandle] = []
-    if sampler_cfg.num_replicas:
-        s_cpus, s_gpus = sampler_cfg.num_cpus, sampler_cfg.num_gpus
-        s_group: PlacementGroup | None = None
-        if s_cpus or s_gpus or sampler_cfg.resources:
-            bundle = _bundle(s_cpus, s_gpus, sampler_cfg.resources)
-            s_group = placement_group([bundle] * sampler_cfg.num_replicas, strategy="SPREAD")
-            ray.get(s_group.ready())
-            groups.append(s_group)
-        sampler_cls = ray.remote(SamplerWorker)
-        samplers = [
-            cast(ActorHandle, sampler_cls)
-            .options(
-                num_cpus=s_cpus,
-                num_gpus=s_gpus,
-                resources=sampler_cfg.resources,
-                scheduling_strategy=_strategy(s_group, i),
-                max_concurrency=1000,
-            )
-            .remote(i, str(model_dir), sampler_cfg, shm_dir)
-            for i in range(sampler_cfg.num_replicas)
-        ]
+    s_cpus, s_gpus = sampler_cfg.num_cpus, sampler_cfg.num_gpus
+    s_group: PlacementGroup | None = None
+    if sampler_cfg.num_replicas and (s_cpus or s_gpus or sampler_cfg.resources):
+        bundle = _bundle(s_cpus, s_gpus, sampler_cfg.resources)
+        s_group = placement_group([bundle] * sampler_cfg.num_replicas, strategy="SPREAD")
+        ray.get(s_group.ready())
+        groups.append(s_group)
+    factory = SamplerFactory(str(model_dir), sampler_cfg, shm_dir, s_group)
+    samplers = [factory.spawn(i) for i in range(sampler_cfg.num_replicas)]
     ray.get([t.ping.remote() for t in trainers] + [s.start.remote() for s in samplers])
     coordinator: ActorHandle = (
         cast(ActorHandle, ray.remote(Coordinator))
@@ -169,6 +182,7 @@ def start_model(
             trainer_cfg.max_padding_fraction,
             trainers,
             samplers,
+            factory,
         )
     )
     ray.get(coordinator.ping.remote())

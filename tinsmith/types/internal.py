@@ -108,6 +108,8 @@ class WorkerStatus(InternalModel):
     rss_bytes: int
     adapters: int
     adapter_param_bytes: int = Field(default=0, description="Adapter weights plus optimizer state (trainer).")
+    node_id: str = Field(default="", description="The Ray node the worker runs on.")
+    node_resources: dict[str, float] = Field(default_factory=dict, description="That node's Ray resources.")
 
 
 class ModelStatus(InternalModel):
@@ -116,6 +118,7 @@ class ModelStatus(InternalModel):
     workers: list[WorkerStatus] = Field(description="Live workers only.")
     sampler_alive: list[bool] = Field(default_factory=list, description="Per sampler replica.")
     sampler_requests: list[int] = Field(default_factory=list, description="Sample requests served, per replica.")
+    sampler_restarts: list[int] = Field(default_factory=list, description="Times each replica was replaced.")
 
 
 class CheckpointMeta(InternalModel):
