@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, cast
 
 from tinsmith.actors.batching import pack_micro_batches, spread_over_ranks, to_token_datums
@@ -54,6 +55,8 @@ class _Handle(Protocol):
 
 class SamplerSpawner(Protocol):
     """Creates sampler replica ``index`` anew (``tinsmith.cluster.placement.SamplerFactory``)."""
+
+    shm_dir: str
 
     def spawn(self, index: int) -> _Handle: ...
 
@@ -112,6 +115,8 @@ class Coordinator:
         self.adapters: dict[str, LoraConfig] = {}
         self.sequencers: dict[str, _Sequencer] = {}
         self.pool = SamplerPool(samplers, sampler_factory.spawn if sampler_factory is not None else None)
+        self.shm_dir = sampler_factory.shm_dir if sampler_factory is not None else None
+        self._trainer_node: str | None = None
 
     # ----- training -----------------------------------------------------------------------
     async def create_model(self, model_id: str, lora: LoraConfig) -> None:
@@ -252,20 +257,42 @@ class Coordinator:
         return metrics[0]
 
     async def sync_to_samplers(self, model_id: str, seq_id: int | None, key: str) -> None:
-        """The ephemeral weight sync: rank 0 exports the adapter into Ray's object store, every
-        sampler replica loads it from there, and only then does the call return.
+        """The ephemeral weight sync: rank 0 exports the adapter, every sampler replica loads it,
+        and only then does the call return.
 
-        The export is queued on rank 0 in seq_id order (an actor runs its calls in submission
-        order), so the client's next request may start while the samplers load.
+        When every live replica shares rank 0's node, rank 0 writes the peft files once into the
+        memory-backed ``shm_dir`` and the replicas read them there (the fastest path); otherwise
+        the files travel as bytes through Ray's object store. The export is queued on rank 0 in
+        seq_id order (an actor runs its calls in submission order), so the client's next request
+        may start while the samplers load.
         """
         seq = self._model(model_id)
         await seq.wait_turn(seq_id)
         try:
-            exported = cast("ObjectRef[AdapterSource]", self.trainers[0].export_adapter.remote(_adapter_name(model_id)))
+            directory = await self._same_node_dir(key)
+            exported = cast(
+                "ObjectRef[AdapterSource]",
+                self.trainers[0].export_adapter.remote(_adapter_name(model_id), directory),
+            )
         finally:
             await seq.done(seq_id)
         if len(self.pool):
             await self.pool.load(key, exported)
+
+    async def _same_node_dir(self, key: str) -> str | None:
+        """A shm directory for ``key`` if rank 0 and every live sampler replica share a node."""
+        if self.shm_dir is None or not len(self.pool):
+            return None
+        if self._trainer_node is None:
+            self._trainer_node = str(await self.trainers[0].node_id.remote())
+        live = [r for r, ok in zip(self.pool.replicas, self.pool.alive, strict=True) if ok]
+        try:
+            nodes = await asyncio.gather(*[r.node_id.remote() for r in live])
+        except Exception:
+            return None  # a replica is going away: use the object store this time
+        if any(str(n) != self._trainer_node for n in nodes):
+            return None
+        return str(Path(self.shm_dir) / "adapters" / "".join(c if c.isalnum() else "_" for c in key))
 
     async def skip_seq(self, model_id: str, seq_id: int | None) -> None:
         """Consume a seq_id for a request handled without the workers (keeps ordering intact)."""

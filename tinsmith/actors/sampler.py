@@ -107,6 +107,9 @@ class SamplerWorker:
         await self._llm().add_lora(request)  # type: ignore[attr-defined]
         self._adapters[key] = request
 
+    def node_id(self) -> str:
+        return node_info()[0]
+
     def status(self) -> WorkerStatus:
         import psutil
 

@@ -298,9 +298,15 @@ class TrainerWorker:
         return metrics
 
     # ----- weights ------------------------------------------------------------------------
-    def export_adapter(self, adapter_id: str) -> AdapterSource:
-        """The adapter's peft files as bytes, for the in-memory weight sync (the coordinator hands
-        the object reference of this result straight to the samplers)."""
+    def node_id(self) -> str:
+        return node_info()[0]
+
+    def export_adapter(self, adapter_id: str, directory: str | None = None) -> AdapterSource:
+        """The adapter's peft files for the weight sync: written to ``directory`` (a memory-backed
+        directory the samplers on this node read) or, without one, as bytes that the coordinator
+        hands, as an object reference, straight to the samplers."""
+        if directory is not None:
+            return AdapterSource(path=self.save_adapter(adapter_id, directory).path)
         from peft import get_peft_model_state_dict
         from safetensors.torch import save
 
