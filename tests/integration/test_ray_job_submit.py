@@ -77,10 +77,22 @@ def two_node_cluster() -> Iterator[dict[str, object]]:
     temp_dir = tempfile.mkdtemp(prefix="tsj-", dir="/tmp")  # Ray's socket paths must stay short
     logs = Path(tempfile.mkdtemp(prefix="tinsmith-rayjob-"))
     gcs_port, dashboard_port = free_port(), free_port()
+    # Worker ports outside the default range, which the session's own Ray cluster uses.
     common = ["--block", "--disable-usage-stats", f"--temp-dir={temp_dir}", "--num-cpus=2"]
+    common += ["--min-worker-port=22000", "--max-worker-port=29999"]
+
+    def own_ports() -> list[str]:
+        """Per-node agent ports: the defaults may be taken by another Ray cluster on this machine."""
+        return [
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+        ]
+
     head = subprocess.Popen(
         [RAY, "start", "--head", f"--port={gcs_port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dashboard_port}", f"--ray-client-server-port={free_port()}", *common],
+         f"--dashboard-port={dashboard_port}", f"--ray-client-server-port={free_port()}", *own_ports(), *common],
         env=_ray_env(), stdout=(logs / "head.log").open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     procs = [head]
@@ -88,9 +100,8 @@ def two_node_cluster() -> Iterator[dict[str, object]]:
         dashboard = f"http://127.0.0.1:{dashboard_port}"
         _wait(f"{dashboard}/api/version", 120, head)
         worker = subprocess.Popen(
-            [RAY, "start", f"--address=127.0.0.1:{gcs_port}", '--resources={"tinsmith_trainer": 1}',
-             f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-             f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}", *common],
+            [RAY, "start", f"--address=127.0.0.1:{gcs_port}", '--resources={"tinsmith_trainer": 1}', *own_ports(),
+             *common],
             env=_ray_env(), stdout=(logs / "worker.log").open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         procs.append(worker)
