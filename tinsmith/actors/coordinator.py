@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 from tinsmith.actors.batching import pack_micro_batches, spread_over_ranks, to_token_datums
 from tinsmith.actors.loss_specs import validate_loss_config
+from tinsmith.actors.sampler_pool import ReplicaHandle as _Handle
 from tinsmith.actors.sampler_pool import SamplerPool
+from tinsmith.cluster.checkpoints import safe_name
 from tinsmith.errors import NotFoundError, UserInputError
 from tinsmith.storage.transfer import ArchiveRef
 from tinsmith.types.data import TensorData
@@ -41,16 +43,6 @@ if TYPE_CHECKING:
     from ray import ObjectRef
 
 log = logging.getLogger(__name__)
-
-
-class _RemoteMethod(Protocol):
-    def remote(self, *args: object) -> asyncio.Future[object]: ...
-
-
-class _Handle(Protocol):
-    """The slice of a Ray actor handle the coordinator uses (methods are looked up by name)."""
-
-    def __getattr__(self, name: str) -> _RemoteMethod: ...
 
 
 class SamplerSpawner(Protocol):
@@ -292,7 +284,7 @@ class Coordinator:
             return None  # a replica is going away: use the object store this time
         if any(str(n) != self._trainer_node for n in nodes):
             return None
-        return str(Path(self.shm_dir) / "adapters" / "".join(c if c.isalnum() else "_" for c in key))
+        return str(Path(self.shm_dir) / "adapters" / safe_name(key))
 
     async def skip_seq(self, model_id: str, seq_id: int | None) -> None:
         """Consume a seq_id for a request handled without the workers (keeps ordering intact)."""

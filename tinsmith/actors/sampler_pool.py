@@ -32,7 +32,8 @@ class _RemoteMethod(Protocol):
 
 
 class ReplicaHandle(Protocol):
-    """The slice of a sampler actor handle the pool uses."""
+    """The slice of a Ray actor handle tinsmith's actors use (methods are looked up by name); the
+    coordinator types its trainer and sampler handles with it too."""
 
     def __getattr__(self, name: str) -> _RemoteMethod: ...
 
