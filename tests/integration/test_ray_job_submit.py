@@ -1,10 +1,11 @@
 """`tinsmith serve` on an existing two-node Ray cluster through `ray job submit`.
 
-The test starts a head (`ray start --head --block`) and a second node with a custom resource
-(`ray start --address ... --block`) on this machine, submits the server as a Ray job with a config
-whose trainer ranks ask for that resource, trains a step and samples through the SDK, checks that
-the trainer rank runs on the second node and the sampler on the head, and stops only what it
-started: the job, then each `ray start --block` process group it launched.
+The test starts a head (`ray start --head --block`) labelled with a sampler resource and a second
+node labelled with a trainer resource (`ray start --address ... --block`) on this machine, submits
+the server as a Ray job with a config whose trainer ranks and sampler replicas ask for them, trains
+a step and samples through the SDK, checks that the trainer rank runs on the second node and the
+sampler on the head, and stops only what it started: the job, then each `ray start --block`
+process group it launched.
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ def two_node_cluster() -> Iterator[dict[str, object]]:
 
     head = subprocess.Popen(
         [RAY, "start", "--head", f"--port={gcs_port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dashboard_port}", f"--ray-client-server-port={free_port()}", *own_ports(), *common],
+         f"--dashboard-port={dashboard_port}", f"--ray-client-server-port={free_port()}",
+         '--resources={"tinsmith_sampler": 1}', *own_ports(), *common],
         env=_ray_env(), stdout=(logs / "head.log").open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     procs = [head]
@@ -126,6 +128,7 @@ def test_ray_job_submit_places_trainers_on_the_labelled_node(two_node_cluster: d
     raw = yaml.safe_load((ROOT / "configs" / "test.yaml").read_text())
     raw["models"] = raw["models"][:1]
     raw["trainer"]["resources"] = {"tinsmith_trainer": 1}
+    raw["sampler"]["resources"] = {"tinsmith_sampler": 1}
     workdir = Path(tempfile.mkdtemp(prefix="tinsmith-job-"))
     config = workdir / "job.yaml"
     config.write_text(yaml.safe_dump(raw))
@@ -168,6 +171,7 @@ def test_ray_job_submit_places_trainers_on_the_labelled_node(two_node_cluster: d
         trainer = next(w for w in workers if w["kind"] == "trainer")
         sampler_worker = next(w for w in workers if w["kind"] == "sampler")
         assert trainer["node_resources"].get("tinsmith_trainer") == 1, trainer
+        assert sampler_worker["node_resources"].get("tinsmith_sampler") == 1, sampler_worker
         assert "tinsmith_trainer" not in sampler_worker["node_resources"], sampler_worker
         assert trainer["node_id"] != sampler_worker["node_id"]
     finally:
