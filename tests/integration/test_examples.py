@@ -66,10 +66,15 @@ def test_async_rl_example_trains_on_stale_rollouts(server: object) -> None:
 
 
 def test_dpo_example_preference_accuracy_rises(server: object) -> None:
-    """Cookbook DPO through forward_backward_custom on a preference set built by the example: the
-    accuracy on not-yet-trained batches averages at least 0.3 higher in the last third of 9 steps
-    than in the first third (it starts at 0: policy == reference)."""
+    """Cookbook DPO through forward_backward_custom on a preference set built by the example. At the
+    first step policy == reference: margin ~0 (|margin| < 0.05), so its accuracy is chance. Over the
+    last 3 of 9 steps (pairs not yet trained on) the accuracy averages >= 0.9, the margin > 0.3, and
+    the DPO loss is below 0.6 (ln 2 = 0.693 at the start)."""
     rows = run_example(server, "dpo_preferences.py", "--pairs", "72", "--batch-size", "8")
-    accuracy = [row["accuracy"] for row in rows if "accuracy" in row]
-    assert len(accuracy) == 9, rows
-    assert mean(accuracy[-3:]) >= mean(accuracy[:3]) + 0.3, accuracy
+    rows = [row for row in rows if "accuracy" in row]
+    assert len(rows) == 9, rows
+    assert abs(rows[0]["margin"]) < 0.05, rows[0]
+    last = rows[-3:]
+    assert mean([row["accuracy"] for row in last]) >= 0.9, [row["accuracy"] for row in rows]
+    assert min(row["margin"] for row in last) > 0.3, [row["margin"] for row in rows]
+    assert max(row["dpo_loss"] for row in last) < 0.6, [row["dpo_loss"] for row in rows]

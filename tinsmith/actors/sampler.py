@@ -7,6 +7,7 @@ the old ones.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -14,6 +15,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tinsmith.actors.lora_residency import LoraResidency
 from tinsmith.actors.node_info import node_info
 from tinsmith.cluster.checkpoints import safe_name
 from tinsmith.cluster.config import SamplerConfig
@@ -67,7 +69,9 @@ class SamplerWorker:
         self.model_dir = model_dir
         self.config = config
         self._ids = itertools.count(1)
-        self._adapters: dict[str, LoRARequest] = {}
+        self._adapters: LoraResidency[LoRARequest] = LoraResidency(config.max_cpu_loras)
+        self._register_lock: asyncio.Lock | None = None  # created on the actor's event loop
+        self._released: asyncio.Event | None = None  # set when a request releases an adapter
         self._engine: object | None = None
 
     async def start(self) -> int:
@@ -87,8 +91,6 @@ class SamplerWorker:
     async def load_adapter(self, key: str, source: AdapterSource) -> None:
         """Make ``key`` servable from its peft files (idempotent per key); archives are fetched
         from storage into this node's cache first."""
-        import asyncio
-
         from vllm.lora.request import LoRARequest
 
         from tinsmith.storage.transfer import fetch_dir
@@ -104,8 +106,37 @@ class SamplerWorker:
         else:
             raise ValueError("adapter source names neither a path nor an archive")
         request = LoRARequest(lora_name=key, lora_int_id=next(self._ids), lora_path=path)
-        await self._llm().add_lora(request)  # type: ignore[attr-defined]
-        self._adapters[key] = request
+        await self._register(key, request)
+
+    async def _register(self, key: str, request: LoRARequest) -> None:
+        """Register with vLLM, first parking idle adapters so that vLLM never evicts one (lora_residency.py)."""
+        if self._register_lock is None:
+            self._register_lock = asyncio.Lock()
+            self._released = asyncio.Event()
+        async with self._register_lock:
+            if key in self._adapters.resident:
+                return
+            while not self._adapters.has_room():  # every resident adapter is in use: wait for one to finish
+                assert self._released is not None
+                self._released.clear()
+                await self._released.wait()
+            for old in self._adapters.to_evict():
+                await self._llm().remove_lora(self._adapters.park(old).lora_int_id)  # type: ignore[attr-defined]
+            await self._llm().add_lora(request)  # type: ignore[attr-defined]
+            self._adapters.add(key, request)
+
+    async def _use_adapter(self, key: str) -> LoRARequest:
+        """The adapter's request, registered again if it was parked; counted in flight until released."""
+        lora = self._adapters.use(key)
+        if lora is None:
+            parked = self._adapters.parked.get(key)
+            if parked is None:
+                raise NotFoundError(f"adapter {key!r} is not loaded on sampler {self.replica}")
+            await self._register(key, parked)
+            lora = self._adapters.use(key)
+            if lora is None:  # parked again by a concurrent registration before this request could start
+                raise NotFoundError(f"adapter {key!r} could not be made resident on sampler {self.replica}")
+        return lora
 
     def node_id(self) -> str:
         return node_info()[0]
@@ -127,15 +158,20 @@ class SamplerWorker:
         )
 
     async def sample(self, work: SampleWork) -> SampleResponse:
+        lora = None if work.adapter_key is None else await self._use_adapter(work.adapter_key)
+        try:
+            return await self._generate(work, lora)
+        finally:
+            if work.adapter_key is not None:
+                self._adapters.done(work.adapter_key)
+                if self._released is not None:
+                    self._released.set()
+
+    async def _generate(self, work: SampleWork, lora: LoRARequest | None) -> SampleResponse:
         from vllm import SamplingParams as VllmSamplingParams
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
-        lora = None
-        if work.adapter_key is not None:
-            lora = self._adapters.get(work.adapter_key)
-            if lora is None:
-                raise NotFoundError(f"adapter {work.adapter_key!r} is not loaded on sampler {self.replica}")
         want_prompt = work.prompt_logprobs or work.topk_prompt_logprobs > 0
         # vLLM refuses n > 1 when greedy; greedy samples are identical, so run one and copy it.
         greedy = work.temperature == 0.0
