@@ -36,8 +36,8 @@ BENCHMARKS: list[tuple[str, list[str], str]] = [
 # (name, script, arguments, metrics it is plotted from)
 EXAMPLES: list[tuple[str, str, list[str]]] = [
     ("sl", "sl_conversations.py", []),
-    ("rl", "rl_arithmetic.py", []),
-    ("rl_async", "rl_arithmetic.py", ["--max-steps-off-policy", "2"]),
+    ("rl", "rl_arithmetic.py", ["--steps", "16"]),
+    ("rl_async", "rl_arithmetic.py", ["--steps", "12", "--max-steps-off-policy", "2"]),
     ("dpo", "dpo_preferences.py", []),
 ]
 
@@ -124,9 +124,10 @@ def example_summary(name: str, rows: list[dict[str, float]]) -> str:
             text += f"; staleness max per batch {[int(s) for s in stale]}"
         return text
     _, acc = series(rows, "accuracy")
-    third = max(1, len(acc) // 3)
+    _, margin = series(rows, "margin")
     return (
-        f"preference accuracy first {third} steps {mean(acc[:third]):.3f}, last {third} steps {mean(acc[-third:]):.3f}"
+        f"preference accuracy {acc[0]:.2f} at step 0 (policy = reference) → {mean(acc[-3:]):.2f} over the last 3 "
+        f"steps; margin {margin[0]:+.2f} → {margin[-1]:+.2f}"
     )
 
 
