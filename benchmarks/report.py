@@ -1,8 +1,8 @@
 """Regenerate benchmarks/REPORT.md: every benchmark's figures and the example runs' curves, on this machine.
 
-Runs each script of `benchmarks/` (each starts its own server and prints its figures against a
-baseline measured in the same run), then the tinker-cookbook examples (`examples/`) against one
-local server, and writes `benchmarks/REPORT.md` with the benchmarks' output and three plots in
+Runs the tinker-cookbook examples (`examples/`) against one local server, then each script of
+`benchmarks/` (each starts its own server and prints its figures against a baseline measured in
+the same run), and writes `benchmarks/REPORT.md` with the benchmarks' output and three plots in
 `benchmarks/report/`: the SL loss curve, the RL reward curve (sync and async off-policy) and
 throughput per step (training tokens/s of SL steps, sampled tokens/s of RL rollouts).
 Run: `make report` (about an hour on a 2-core CPU machine).
@@ -93,15 +93,17 @@ def plots(runs: dict[str, list[dict[str, float]]]) -> list[str]:
     made.append("rl_reward.png")
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    sl = runs.get("sl", [])
-    x = [int(r["step"]) for r in sl if r.get("time/total")]
-    left.plot(x, [r["num_tokens"] / r["time/total"] for r in sl if r.get("time/total")], marker="o")
-    left.set(xlabel="step", ylabel="tokens/s", title="SL: trained tokens per second of step")
-    for name in ("rl", "rl_async"):
-        rows = [r for r in runs.get(name, []) if r.get("time/sampling") and "tokens/sampled" in r]
-        right.plot([int(r["step"]) for r in rows], [r["tokens/sampled"] / r["time/sampling"] for r in rows], "o-")
-    right.set(xlabel="step", ylabel="tokens/s", title="RL: sampled tokens per second of rollout")
-    right.legend(["sync", "async"])
+    # The SL loop pipelines its requests, so only the RL loops time a whole training step.
+    for name, label in (("rl", "RL sync"), ("rl_async", "RL async")):
+        rows = [r for r in runs.get(name, []) if r.get("time/train_step") and "tokens/trained" in r]
+        speed = [r["tokens/trained"] / r["time/train_step"] for r in rows]
+        left.plot([int(r["step"]) for r in rows], speed, "o-", label=label)
+    left.set(xlabel="step", ylabel="tokens/s", title="RL training: trained tokens per second of train step")
+    left.legend()
+    rows = [r for r in runs.get("rl", []) if r.get("time/sampling") and "tokens/sampled" in r]
+    rollout = [(r["tokens/sampled"] + r.get("tokens/prefill_uncached", 0)) / r["time/sampling"] for r in rows]
+    right.plot([int(r["step"]) for r in rows], rollout, "o-")
+    right.set(xlabel="step", ylabel="tokens/s", title="RL rollouts: prompt + sampled tokens per second")
     fig.tight_layout()
     fig.savefig(OUT / "throughput.png", dpi=100)
     made.append("throughput.png")
@@ -138,16 +140,6 @@ def main() -> None:
     args = parser.parse_args()
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     OUT.mkdir(parents=True, exist_ok=True)
-    sections: list[str] = []
-    if not args.skip_benchmarks:
-        for title, cmd, what in BENCHMARKS:
-            print(f"== {title}: {' '.join(cmd)}", flush=True)
-            out, seconds, rc = run([sys.executable, str(ROOT / "benchmarks" / cmd[0]), *cmd[1:]], env, args.timeout)
-            print(out, flush=True)
-            status = "" if rc == 0 else f" — **exit {rc}**"
-            command = f"`python benchmarks/{' '.join(cmd)}` ({seconds:.0f} s)"
-            sections.append(f"### {title}{status}\n\n{what}. {command}\n\n```\n{out}\n```\n")
-
     from tinsmith.cluster.launcher import ServerProcess
 
     runs: dict[str, list[dict[str, float]]] = {}
@@ -163,10 +155,19 @@ def main() -> None:
             runs[name] = metrics(log_path)
             summary = example_summary(name, runs[name]) if runs[name] else f"no metrics (exit {rc})"
             print(f"{name}: {summary} ({seconds:.0f} s)", flush=True)
-            example_lines.append(
-                f"| `examples/{script} {' '.join(extra)}`".rstrip() + f" | {summary} | {seconds:.0f} s |"
-            )
+            command = " ".join([f"examples/{script}", *extra])
+            example_lines.append(f"| `{command}` | {summary} | {seconds:.0f} s |")
     images = plots(runs)
+
+    sections: list[str] = []
+    if not args.skip_benchmarks:
+        for title, cmd, what in BENCHMARKS:
+            print(f"== {title}: {' '.join(cmd)}", flush=True)
+            out, seconds, rc = run([sys.executable, str(ROOT / "benchmarks" / cmd[0]), *cmd[1:]], env, args.timeout)
+            print(out, flush=True)
+            status = "" if rc == 0 else f" — **exit {rc}**"
+            command = f"`python benchmarks/{' '.join(cmd)}` ({seconds:.0f} s)"
+            sections.append(f"### {title}{status}\n\n{what}. {command}\n\n```\n{out}\n```\n")
 
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
