@@ -46,6 +46,21 @@ def _init_ray(config: ClusterConfig) -> bool:
     return True
 
 
+def _import_driver_modules() -> None:
+    """Import, before connecting to Ray, every tinsmith module this driver loads lazily later.
+
+    Under `ray job submit --working-dir`, Ray has been seen to unpack the working_dir package a
+    second time, into the same directory, just after the driver connects (for the job's workers):
+    an import during those milliseconds found half a package (ModuleNotFoundError). Modules already
+    imported are not affected.
+    """
+    import tinsmith.actors.coordinator
+    import tinsmith.actors.sampler
+    import tinsmith.actors.trainer
+    import tinsmith.cluster.checkpoint_routes
+    import tinsmith.storage.transfer  # noqa: F401
+
+
 def serve(config: ClusterConfig, host: str, port: int) -> None:
     import ray
     import uvicorn
@@ -55,6 +70,7 @@ def serve(config: ClusterConfig, host: str, port: int) -> None:
     from tinsmith.cluster.placement import ModelActors, check_capacity, start_model
     from tinsmith.cluster.server import ServedModel, ServerState, build_app
 
+    _import_driver_modules()
     model_dirs = prepare_all(config)
     data_dir = config.resolved_data_dir()
     checkpoints = open_checkpoint_service(config.storage, data_dir)  # before Ray: a bad bucket fails fast
