@@ -109,7 +109,8 @@ def scaling(config: str, steps: int, warmup: int) -> None:
 
     def memory(base_url: str, model: str) -> tuple[int, int]:
         """(RSS, adapter weights + optimizer state) of the model's first trainer rank, in bytes."""
-        with urllib.request.urlopen(f"{base_url}/api/v1/tinsmith/status") as resp:
+        request = urllib.request.Request(f"{base_url}/api/v1/tinsmith/status", headers={"X-API-Key": "tml-bench"})
+        with urllib.request.urlopen(request) as resp:
             status = json.loads(resp.read())
         worker = next(m for m in status if m["base_model"] == model)["workers"][0]
         return int(worker["rss_bytes"]), int(worker["adapter_param_bytes"])
