@@ -83,7 +83,7 @@ def plots(runs: dict[str, list[dict[str, float]]]) -> list[str]:
     made.append("sl_loss.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, label in (("rl", "sync, importance_sampling"), ("rl_async", "async off-policy (2), ppo")):
+    for name, label in (("rl", "sync, importance_sampling"), ("rl_async", "async off-policy (2), importance_sampling")):
         x, y = series(runs.get(name, []), "env/all/reward/total")
         ax.plot(x, y, marker="o", label=label)
     ax.set(xlabel="step", ylabel="mean reward", title="RL (cookbook rl.train, single-digit addition)")

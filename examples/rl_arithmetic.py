@@ -3,14 +3,18 @@
 Each problem is the cookbook's `ArithmeticEnv` ("What is x + y?", reward 1 for the right number, a
 small penalty when the answer does not end with the stop token); the problems themselves are drawn
 here, single-digit by default so that SmolLM2-135M starts at about 15 % and has room to learn.
-Groups of `--group-size` samples per problem give group-relative advantages; the loss is
-`importance_sampling` (sync) or `ppo` with `--max-steps-off-policy N` (async: rollouts from up to
-N older sampler versions stay in flight while training goes on, and each batch reports its
-staleness). The sampler's logprobs of every rollout are the behaviour policy of the importance
-ratio in both cases.
+Groups of `--group-size` samples per problem give group-relative advantages. With
+`--max-steps-off-policy N` the run is async: rollouts from up to N older sampler versions stay in
+flight while training goes on, and each batch reports its staleness. The loss is
+`importance_sampling` by default (`--loss-fn ppo|cispo` also work); the sampler's logprobs of every
+rollout are the behaviour policy of the importance ratio. On this small model one step moves the
+policy far (sampler-vs-trainer KL ~0.1-1 at staleness 2), so ppo's [0.8, 1.2] clip zeroes most
+tokens' gradients on stale batches: async ppo did not learn in 12 steps where async
+importance_sampling did.
 
     python examples/rl_arithmetic.py                            # sync, starts a local server
     python examples/rl_arithmetic.py --max-steps-off-policy 2   # async off-policy
+    python examples/rl_arithmetic.py --loss-fn ppo              # clipped surrogate instead
     python examples/rl_arithmetic.py --base-url http://127.0.0.1:8000
 """
 
@@ -76,7 +80,7 @@ def build_config(args: argparse.Namespace, base_url: str, log_path: str) -> trai
     async_config = None
     if args.max_steps_off_policy > 0:
         async_config = train.AsyncConfig(
-            max_steps_off_policy=args.max_steps_off_policy, groups_per_batch=args.groups_per_batch, loss_fn="ppo"
+            max_steps_off_policy=args.max_steps_off_policy, groups_per_batch=args.groups_per_batch, loss_fn=args.loss_fn
         )
     return train.Config(
         learning_rate=args.learning_rate,
@@ -94,7 +98,7 @@ def build_config(args: argparse.Namespace, base_url: str, log_path: str) -> trai
         log_path=log_path,
         base_url=base_url,
         lora_rank=args.lora_rank,
-        loss_fn="importance_sampling",
+        loss_fn=args.loss_fn,
         async_config=async_config,
         max_steps=args.steps,
         eval_every=0,
@@ -130,7 +134,8 @@ def main() -> None:
     # 4e-4 learnt faster when it worked but sometimes collapsed onto one wrong answer (entropy 2.1 -> 0.3, reward flat)
     parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--lora-rank", type=int, default=16)
-    parser.add_argument("--max-steps-off-policy", type=int, default=0, help="0: sync on-policy; N>0: async (ppo)")
+    parser.add_argument("--max-steps-off-policy", type=int, default=0, help="0: sync on-policy; N>0: async")
+    parser.add_argument("--loss-fn", default="importance_sampling", choices=["importance_sampling", "ppo", "cispo"])
     parser.add_argument("--window", type=int, default=4, help="steps averaged at the start and the end")
     args = parser.parse_args()
     quiet_logs()

@@ -22,6 +22,14 @@ class ConflictError(TinsmithError):
     """The request collides with existing state (duplicate name, reused seq_id)."""
 
 
+class TooLargeError(UserInputError):
+    """A request exceeds a configured size limit (HTTP 413); the message names the field and limit."""
+
+
+class TooManyRequestsError(TinsmithError):
+    """A tenant has too many unfinished requests (HTTP 429: the SDK backs off and retries)."""
+
+
 class ConfigurationError(TinsmithError, ValueError):
     """The server configuration is invalid; the message names the field."""
 

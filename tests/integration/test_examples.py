@@ -56,7 +56,7 @@ def test_rl_example_reward_rises(server: object) -> None:
 
 
 def test_async_rl_example_trains_on_stale_rollouts(server: object) -> None:
-    """Cookbook async RL (ppo, max_steps_off_policy=2): every batch reports its staleness, and some
+    """Cookbook async RL (importance_sampling, max_steps_off_policy=2): every batch reports its staleness, and some
     batch mixes rollouts of at least 2 sampler versions (max staleness >= 1)."""
     rows = run_example(server, "rl_arithmetic.py", "--steps", "8", "--max-steps-off-policy", "2")
     rows = [row for row in rows if "env/all/reward/total" in row]  # training steps, not the final save's row

@@ -28,6 +28,26 @@ class _Method:
 
         return run()
 
+    def options(self, num_returns: int = 1) -> _Method:
+        """``num_returns=2``: the call's result is a pair, handed back as two awaitables."""
+        fn = self.fn
+
+        def pair(*args: object) -> tuple[object, object]:
+            first, second = fn(*args)  # type: ignore[misc]
+            return first, second
+
+        class _Pair:
+            def remote(self, *args: object) -> tuple[Coroutine[object, object, object], object]:
+                first, second = pair(*args)
+
+                async def ack() -> object:
+                    await asyncio.sleep(0)
+                    return first
+
+                return ack(), second
+
+        return _Pair()  # type: ignore[return-value]
+
 
 class FakeTrainer:
     def __init__(self, log: list[str]) -> None:
@@ -51,6 +71,10 @@ class FakeTrainer:
     def _optim_step(self, work: object) -> dict[str, float]:
         self.log.append("step")
         return {"grad_norm:mean": 1.0}
+
+    def _snapshot(self, adapter_id: str) -> tuple[bool, str] | None:
+        self.log.append("snapshot")
+        return True, f"snapshot-of-{adapter_id}-after-{self.log.count('step')}-steps"
 
 
 def _fb(n: int, loss: str = "cross_entropy") -> ForwardBackwardInput:
@@ -77,7 +101,7 @@ def test_requests_run_in_seq_order_and_results_keep_datum_order() -> None:
         out_first = await first
         await second
         await step
-        assert log[-2:] == ["step", "step"]
+        assert log[-4:] == ["step", "step", "snapshot", "snapshot"]  # every rank snapshots after the step
         assert [len(o["logprobs"].data) for o in out_first.loss_fn_outputs] == [2, 3, 4, 5, 6]
         assert out_first.metrics["loss:sum"] == 20.0
         fb_calls = [e for e in log if e.startswith("fb:")]

@@ -17,8 +17,9 @@ from tinsmith.actors.batching import pack_micro_batches, spread_over_ranks, to_t
 from tinsmith.actors.loss_specs import validate_loss_config
 from tinsmith.actors.sampler_pool import ReplicaHandle as _Handle
 from tinsmith.actors.sampler_pool import SamplerPool
+from tinsmith.actors.trainer_group import TrainerGroup, TrainerSpawner
 from tinsmith.cluster.checkpoints import safe_name
-from tinsmith.errors import NotFoundError, UserInputError
+from tinsmith.errors import NotFoundError, UserInputError, WorkerError
 from tinsmith.storage.transfer import ArchiveRef
 from tinsmith.types.data import TensorData
 from tinsmith.types.internal import (
@@ -60,6 +61,8 @@ class _Sequencer:
         self.next_seq = 1
         self.cond = asyncio.Condition()
         self.has_gradients = False
+        self.completed_backwards = 0  # forward_backward calls that finished since the last optim_step
+        self.gradients_lost = False  # a trainer restart dropped some of them
         self.claimed: set[int] = set()
 
     async def wait_turn(self, seq_id: int | None) -> None:
@@ -96,13 +99,15 @@ class Coordinator:
         trainers: list[_Handle],
         samplers: list[_Handle],
         sampler_factory: SamplerSpawner | None = None,
+        trainer_factory: TrainerSpawner | None = None,
     ) -> None:
         self.base_model = base_model
         self.vocab_size = vocab_size
         self.max_length = max_length
         self.micro_batch_tokens = micro_batch_tokens
         self.max_padding_fraction = max_padding_fraction
-        self.trainers = trainers
+        self.trainers = TrainerGroup(base_model, trainers, trainer_factory, self._specs)
+        self.trainers.on_restart = self._gradients_lost
         self.samplers = samplers
         self.adapters: dict[str, LoraConfig] = {}
         self.sequencers: dict[str, _Sequencer] = {}
@@ -115,7 +120,7 @@ class Coordinator:
         if model_id in self.adapters:
             raise UserInputError(f"model_id {model_id!r} already exists")
         spec = AdapterSpec(adapter_id=_adapter_name(model_id), lora=lora)
-        await asyncio.gather(*[t.create_adapter.remote(spec) for t in self.trainers])
+        await self.trainers.call("create_model", lambda _, t: t.create_adapter.remote(spec))
         self.adapters[model_id] = lora
         self.sequencers[model_id] = _Sequencer()
 
@@ -123,7 +128,8 @@ class Coordinator:
         """Free a training client's adapter and optimizer state on every rank."""
         self._model(model_id)
         del self.adapters[model_id], self.sequencers[model_id]
-        await asyncio.gather(*[t.unload_adapter.remote(_adapter_name(model_id)) for t in self.trainers])
+        self.trainers.forget(model_id)
+        await self.trainers.call("unload_model", lambda _, t: t.unload_adapter.remote(_adapter_name(model_id)))
 
     async def create_from_checkpoint(
         self, model_id: str, lora: LoraConfig, archive: ArchiveRef, with_optimizer: bool
@@ -150,8 +156,9 @@ class Coordinator:
 
     async def _load(self, model_id: str, archive: ArchiveRef, with_optimizer: bool) -> int:
         work = LoadCheckpointWork(adapter_id=_adapter_name(model_id), archive=archive, with_optimizer=with_optimizer)
-        steps: list[int] = list(await asyncio.gather(*[t.load_checkpoint.remote(work) for t in self.trainers]))  # type: ignore[arg-type]
-        return steps[0]
+        steps = await self.trainers.call("load_state", lambda _, t: t.load_checkpoint.remote(work))
+        await self.trainers.snapshot(model_id, work.adapter_id)
+        return cast(int, steps[0])
 
     async def save_checkpoint(
         self, model_id: str, seq_id: int | None, archive: ArchiveRef, meta: CheckpointMeta, with_optimizer: bool
@@ -163,7 +170,7 @@ class Coordinator:
             work = SaveCheckpointWork(
                 adapter_id=_adapter_name(model_id), archive=archive, meta=meta, with_optimizer=with_optimizer
             )
-            results = await asyncio.gather(*[t.save_checkpoint.remote(work) for t in self.trainers])
+            results = await self.trainers.call("save_state", lambda _, t: t.save_checkpoint.remote(work))
         finally:
             await seq.done(seq_id)
         saved = results[0]
@@ -191,7 +198,7 @@ class Coordinator:
         await seq.wait_turn(seq_id)
         try:
             per_rank = spread_over_ranks(
-                pack_micro_batches(datums, self.micro_batch_tokens, self.max_padding_fraction), len(self.trainers)
+                pack_micro_batches(datums, self.micro_batch_tokens, self.max_padding_fraction), len(self.trainers.ranks)
             )
             works = [
                 RankWork(
@@ -200,15 +207,19 @@ class Coordinator:
                     loss_fn_config=dict(loss_config),
                     forward_only=forward_only,
                     micro_batches=batches,
-                    grad_scale=float(len(self.trainers)),
+                    grad_scale=float(len(self.trainers.ranks)),
                 )
                 for batches in per_rank
             ]
             if not forward_only:
+                await self._report_lost_gradients(seq)
                 seq.has_gradients = True
-            results: list[RankResult] = list(
-                await asyncio.gather(*[t.forward_backward.remote(w) for t, w in zip(self.trainers, works, strict=True)])  # type: ignore[arg-type]
+            what = "forward" if forward_only else "forward_backward"
+            results = cast(
+                list[RankResult], await self.trainers.call(what, lambda i, t: t.forward_backward.remote(works[i]))
             )
+            if not forward_only:
+                seq.completed_backwards += 1
         finally:
             await seq.done(seq_id)
         by_index: dict[int, DatumResult] = {d.index: d for r in results for d in r.datums}
@@ -237,16 +248,28 @@ class Coordinator:
         seq = self._model(model_id)
         await seq.wait_turn(seq_id)
         try:
+            await self._report_lost_gradients(seq)
             if not seq.has_gradients:
                 raise UserInputError("optim_step without gradients: call forward_backward first")
-            seq.has_gradients = False
             work = OptimStepWork(adapter_id=_adapter_name(model_id), adam=adam)
-            metrics: list[dict[str, float]] = list(
-                await asyncio.gather(*[t.optim_step.remote(work) for t in self.trainers])  # type: ignore[arg-type]
-            )
+            metrics = await self.trainers.call("optim_step", lambda _, t: t.optim_step.remote(work))
+            await self.trainers.snapshot(model_id, work.adapter_id)
+            seq.has_gradients, seq.completed_backwards = False, 0
         finally:
             await seq.done(seq_id)
-        return metrics[0]
+        return cast(dict[str, float], metrics[0])
+
+    async def _report_lost_gradients(self, seq: _Sequencer) -> None:
+        """Fail the client's next forward_backward or optim_step, once, if a trainer restart
+        dropped gradients it had accumulated: applying only the later ones would be silently wrong."""
+        await self.trainers.ready()
+        if seq.gradients_lost:
+            seq.gradients_lost = False
+            raise WorkerError(
+                "the trainer ranks restarted after this client's last optimizer step and the gradients of its "
+                "forward_backward calls since then were lost (the adapter is at that step): repeat those "
+                "forward_backward calls, then optim_step"
+            )
 
     async def sync_to_samplers(self, model_id: str, seq_id: int | None, key: str) -> None:
         """The ephemeral weight sync: rank 0 exports the adapter, every sampler replica loads it,
@@ -262,9 +285,10 @@ class Coordinator:
         await seq.wait_turn(seq_id)
         try:
             directory = await self._same_node_dir(key)
+            await self.trainers.ready()
             exported = cast(
                 "ObjectRef[AdapterSource]",
-                self.trainers[0].export_adapter.remote(_adapter_name(model_id), directory),
+                self.trainers.ranks[0].export_adapter.remote(_adapter_name(model_id), directory),
             )
         finally:
             await seq.done(seq_id)
@@ -276,7 +300,8 @@ class Coordinator:
         if self.shm_dir is None or not len(self.pool):
             return None
         if self._trainer_node is None:
-            self._trainer_node = str(await self.trainers[0].node_id.remote())
+            (node,) = await self.trainers.call("node_id", lambda _, t: t.node_id.remote(), only_rank0=True)
+            self._trainer_node = str(node)
         live = [r for r, ok in zip(self.pool.replicas, self.pool.alive, strict=True) if ok]
         try:
             nodes = await asyncio.gather(*[r.node_id.remote() for r in live])
@@ -294,7 +319,8 @@ class Coordinator:
 
     async def adapter_state(self, model_id: str, rank: int) -> dict[str, list[float]]:
         self._model(model_id)
-        return await self.trainers[rank].adapter_state.remote(_adapter_name(model_id))  # type: ignore[return-value]
+        await self.trainers.ready()
+        return await self.trainers.ranks[rank].adapter_state.remote(_adapter_name(model_id))  # type: ignore[return-value]
 
     # ----- sampling -----------------------------------------------------------------------
     async def sample(self, work: SampleWork, source: AdapterSource | None) -> SampleResponse:
@@ -307,11 +333,23 @@ class Coordinator:
         return await self.pool.sample(work)
 
     async def ping(self) -> str:
+        """Liveness (start-up waits on it); the first call also starts watching the trainer ranks."""
+        self.trainers.watch()
         return self.base_model
+
+    def _specs(self) -> dict[str, AdapterSpec]:
+        return {m: AdapterSpec(adapter_id=_adapter_name(m), lora=lora) for m, lora in self.adapters.items()}
+
+    def _gradients_lost(self) -> None:
+        """As a trainer restart begins: gradients accumulated since a client's last step are gone."""
+        self._trainer_node = None
+        for seq in self.sequencers.values():
+            seq.gradients_lost = seq.gradients_lost or seq.completed_backwards > 0
+            seq.has_gradients, seq.completed_backwards = False, 0
 
     async def status(self) -> ModelStatus:
         """Every live worker's status, and per sampler replica: alive, requests served."""
-        handles = [*self.trainers, *(s for s, ok in zip(self.samplers, self.pool.alive, strict=True) if ok)]
+        handles = [*self.trainers.ranks, *(s for s, ok in zip(self.samplers, self.pool.alive, strict=True) if ok)]
         found = await asyncio.gather(*[w.status.remote() for w in handles], return_exceptions=True)
         workers = [w for w in found if isinstance(w, WorkerStatus)]
         return ModelStatus(
@@ -321,6 +359,7 @@ class Coordinator:
             sampler_alive=list(self.pool.alive),
             sampler_requests=list(self.pool.served),
             sampler_restarts=list(self.pool.restarts),
+            trainer_restarts=self.trainers.restarts,
         )
 
 

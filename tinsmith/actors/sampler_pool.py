@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 class _RemoteMethod(Protocol):
     def remote(self, *args: object) -> asyncio.Future[object]: ...
 
+    def options(self, **options: object) -> _RemoteMethod: ...
+
 
 class ReplicaHandle(Protocol):
     """The slice of a Ray actor handle tinsmith's actors use (methods are looked up by name); the
@@ -38,7 +40,7 @@ class ReplicaHandle(Protocol):
     def __getattr__(self, name: str) -> _RemoteMethod: ...
 
 
-def replica_died(exc: BaseException) -> bool:
+def actor_died(exc: BaseException) -> bool:
     """True if ``exc`` says the actor itself is gone (not that the request was bad)."""
     from ray.exceptions import RayActorError
 
@@ -92,7 +94,7 @@ class SamplerPool:
         )
         for i, result in zip(live, results, strict=True):
             if isinstance(result, BaseException):
-                if not replica_died(result):
+                if not actor_died(result):
                     raise result
                 self._mark_dead(i, result)
             else:
@@ -168,7 +170,7 @@ class SamplerPool:
                     self._loaded[index].add(key)
                 result = await replica.sample.remote(work)
             except Exception as exc:
-                if not replica_died(exc):
+                if not actor_died(exc):
                     raise
                 self._mark_dead(index, exc)
                 if not any(self.alive) and not waited:  # once: a replacement gets one try

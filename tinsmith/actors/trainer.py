@@ -21,6 +21,7 @@ from tinsmith.cluster.config import TrainerConfig
 from tinsmith.errors import NotFoundError, UserInputError
 from tinsmith.types.internal import (
     AdapterBlob,
+    AdapterSnapshot,
     AdapterSource,
     AdapterSpec,
     DatumResult,
@@ -368,16 +369,57 @@ class TrainerWorker:
         """Set a fresh adapter's weights (and optimizer state) from an archive; returns its step."""
         from safetensors.torch import load_file
 
-        from tinsmith.actors.optimizer_state import import_state, set_weights
         from tinsmith.storage.transfer import fetch_dir
         from tinsmith.types.internal import CheckpointMeta
 
-        engine = self._engine(work.adapter_id)
         directory = fetch_dir(work.archive)
         meta = CheckpointMeta.model_validate_json((directory / META_FILE).read_text())
-        params = self._named_adapter_params(work.adapter_id)
         weights = load_file(str(directory / "adapter_model.safetensors"))
         optimizer = load_file(str(directory / OPTIMIZER_FILE)) if meta.has_optimizer else {}
+        return self._set_state(work.adapter_id, weights, optimizer, meta.step, work.with_optimizer)
+
+    def snapshot(self, adapter_id: str) -> tuple[bool, AdapterSnapshot] | None:
+        """The adapter's weights and AdamW state in memory. Every rank must call it (gathering
+        ZeRO-partitioned optimizer state is a collective, as in ``save_checkpoint``); rank 0,
+        called with ``num_returns=2``, returns an acknowledgement and the snapshot."""
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save
+
+        from tinsmith.actors.optimizer_state import export_state
+
+        engine = self._engine(adapter_id)
+        _, tensors = export_state(engine, self._named_adapter_params(adapter_id))
+        if self.rank != 0:
+            return None
+        assert self.peft is not None
+        state = get_peft_model_state_dict(self.peft, adapter_name=adapter_id, save_embedding_layers=False)
+        tensors.update({f"weights/{k}": v.detach().to("cpu").contiguous() for k, v in state.items()})
+        return True, AdapterSnapshot(step=self.steps[adapter_id], tensors=save(tensors))
+
+    def restore_snapshot(self, adapter_id: str, snap: AdapterSnapshot) -> int:
+        """Set a freshly created adapter to a snapshot taken on an earlier incarnation of the ranks."""
+        from safetensors.torch import load
+
+        tensors = load(snap.tensors)
+        weights = {k.removeprefix("weights/"): v for k, v in tensors.items() if k.startswith("weights/")}
+        optimizer = {k: v for k, v in tensors.items() if not k.startswith("weights/")}
+        self._set_state(adapter_id, weights, optimizer, snap.step, with_optimizer=True)
+        self.steps[adapter_id] = snap.step
+        return snap.step
+
+    def _set_state(
+        self,
+        adapter_id: str,
+        weights: dict[str, torch.Tensor],
+        optimizer: dict[str, torch.Tensor],
+        step: int,
+        with_optimizer: bool,
+    ) -> int:
+        """Weights (the fp32 masters when the optimizer state has them) and, if asked, AdamW state."""
+        from tinsmith.actors.optimizer_state import import_state, set_weights
+
+        engine = self._engine(adapter_id)
+        params = self._named_adapter_params(adapter_id)
         missing = sorted(set(params) - set(weights))
         if missing:
             raise UserInputError(
@@ -385,11 +427,11 @@ class TrainerWorker:
             )
         masters = {n: optimizer[f"master/{n}"] for n in params if f"master/{n}" in optimizer}
         set_weights(engine, params, {n: masters.get(n, weights[n]) for n in params})
-        self.steps[work.adapter_id] = 0
-        if work.with_optimizer and optimizer:
-            import_state(engine, params, meta.step, optimizer)
-            self.steps[work.adapter_id] = meta.step
-        return self.steps[work.adapter_id]
+        self.steps[adapter_id] = 0
+        if with_optimizer and optimizer:
+            import_state(engine, params, step, optimizer)
+            self.steps[adapter_id] = step
+        return self.steps[adapter_id]
 
     def adapter_state(self, adapter_id: str) -> dict[str, list[float]]:
         """The adapter's tensors, flattened (tests compare them across ranks and with references)."""

@@ -109,6 +109,7 @@ def serve(config: ClusterConfig, host: str, port: int) -> None:
             checkpoints=checkpoints,
             reaper_seconds=config.checkpoint_reaper_seconds,
             auth=config.auth,
+            limits=config.limits,
         )
         if config.auth.mode == "open":
             log.warning("auth: OPEN mode - any 'tml-' API key is accepted and all clients share one tenant")

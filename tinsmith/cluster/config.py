@@ -90,6 +90,25 @@ class AuthConfig(_Strict):
     )
 
 
+class LimitsConfig(_Strict):
+    """Per-request and per-tenant limits: a request over them gets 413 (too large) or 429 (too many)."""
+
+    max_body_bytes: int = Field(
+        default=64 << 20, ge=1 << 16, description="Largest request body as sent (compressed or not), in bytes."
+    )
+    max_datums_per_request: int = Field(
+        default=1024, ge=1, description="Datums in one forward_backward / forward (the SDK is told, and chunks)."
+    )
+    max_tokens_per_request: int = Field(
+        default=1 << 20, ge=1, description="Model-input tokens summed over one forward_backward's datums."
+    )
+    max_pending_per_tenant: int = Field(
+        default=1024,
+        ge=1,
+        description="Unfinished requests (futures) one tenant may have; more get 429 and the SDK backs off.",
+    )
+
+
 class ModelSpec(_Strict):
     """A base model the server offers for training and sampling."""
 
@@ -129,6 +148,7 @@ class ClusterConfig(_Strict):
     )
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Where checkpoint archives go.")
     auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys and tenants.")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Request size and concurrency limits.")
     checkpoint_reaper_seconds: float = Field(
         default=60.0, gt=0, description="How often expired checkpoints (TTL) are deleted from storage."
     )

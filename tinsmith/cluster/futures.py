@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 
-from tinsmith.errors import NotFoundError
+from tinsmith.errors import NotFoundError, TooManyRequestsError
 from tinsmith.store.base import MetadataStore
 from tinsmith.store.records import FutureResult
 from tinsmith.types.futures import RequestErrorCategory, RequestFailedResponse
@@ -26,8 +26,12 @@ __all__ = ["FutureResult", "FutureStore", "failure"]
 
 
 class FutureStore:
-    def __init__(self, store: MetadataStore | None = None, keep_finished: int = 4096) -> None:
+    def __init__(
+        self, store: MetadataStore | None = None, keep_finished: int = 4096, max_pending_per_owner: int | None = None
+    ) -> None:
         self._tasks: dict[str, asyncio.Task[FutureResult]] = {}
+        self._pending: Counter[str] = Counter()
+        self._max_pending = max_pending_per_owner
         self._owners: dict[str, str] = {}
         self._by_idempotency_key: dict[str, str] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
@@ -37,11 +41,20 @@ class FutureStore:
     def submit(
         self, start: Callable[[], Awaitable[FutureResult]], idempotency_key: str | None = None, owner: str = "local"
     ) -> tuple[str, bool]:
-        """Run ``start()``; returns (request_id, created). A repeated idempotency key reuses the first run."""
+        """Run ``start()``; returns (request_id, created). A repeated idempotency key reuses the first run.
+
+        An owner with ``max_pending_per_owner`` unfinished requests gets ``TooManyRequestsError``
+        (429) for a new one; a replay of a known key is still answered.
+        """
         if idempotency_key:  # keys are per tenant: one tenant's key never names another's future
             idempotency_key = f"{owner}/{idempotency_key}"
         if idempotency_key and idempotency_key in self._by_idempotency_key:
             return self._by_idempotency_key[idempotency_key], False
+        if self._max_pending is not None and self._pending[owner] >= self._max_pending:
+            raise TooManyRequestsError(
+                f"tenant {owner!r} has {self._pending[owner]} unfinished requests "
+                f"(limits.max_pending_per_tenant = {self._max_pending}); retry when some have finished"
+            )
         request_id = uuid.uuid4().hex
         if self._store is not None:
             first = self._store.add_future(request_id, idempotency_key, owner)
@@ -50,6 +63,7 @@ class FutureStore:
         task = asyncio.ensure_future(start())
         self._tasks[request_id] = task
         self._owners[request_id] = owner
+        self._pending[owner] += 1
         task.add_done_callback(lambda t: self._finish(request_id, t))
         if idempotency_key:
             self._by_idempotency_key[idempotency_key] = request_id
@@ -57,6 +71,10 @@ class FutureStore:
 
     def _finish(self, request_id: str, task: asyncio.Task[FutureResult]) -> None:
         """Persist the result, and let old finished tasks go from memory (the store keeps them)."""
+        owner = self._owners.get(request_id, "")
+        self._pending[owner] -= 1
+        if self._pending[owner] <= 0:
+            del self._pending[owner]
         if self._store is None or task.cancelled():
             return
         try:

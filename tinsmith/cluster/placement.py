@@ -128,12 +128,45 @@ class SamplerFactory:
         )
 
 
+@dataclass
+class TrainerFactory:
+    """Creates a model's trainer ranks in their placement bundles, with a fresh torch.distributed
+    rendezvous each time; the coordinator keeps one to restart every rank when one dies."""
+
+    model_dir: str
+    config: TrainerConfig
+    group: PlacementGroup | None
+
+    def rendezvous(self) -> ray.ObjectRef[tuple[str, int]]:
+        """Rank 0's node address and a free port there (an awaitable reference)."""
+        return cast(
+            "ray.ObjectRef[tuple[str, int]]", _rendezvous.options(scheduling_strategy=_strategy(self.group, 0)).remote()
+        )
+
+    def spawn(self, master_addr: str, master_port: int) -> list[ActorHandle]:
+        from tinsmith.actors.trainer import TrainerWorker
+
+        cfg = self.config
+        trainer_cls = ray.remote(TrainerWorker)
+        return [
+            cast(ActorHandle, trainer_cls)
+            .options(
+                num_cpus=cfg.num_cpus_per_rank,
+                num_gpus=cfg.num_gpus_per_rank,
+                resources=cfg.resources,
+                scheduling_strategy=_strategy(self.group, rank),
+                max_restarts=0,
+            )
+            .remote(rank, cfg.num_ranks, master_addr, master_port, self.model_dir, cfg)
+            for rank in range(cfg.num_ranks)
+        ]
+
+
 def start_model(
     spec: ModelSpec, model_dir: Path, trainer_cfg: TrainerConfig, sampler_cfg: SamplerConfig, shm_dir: str
 ) -> ModelActors:
     """Create the placement groups and actors for one base model and wait until they are ready."""
     from tinsmith.actors.coordinator import Coordinator
-    from tinsmith.actors.trainer import TrainerWorker
 
     hf_config = json.loads((model_dir / "config.json").read_text())
     groups: list[PlacementGroup] = []
@@ -145,21 +178,8 @@ def start_model(
         t_group = placement_group([bundle] * trainer_cfg.num_ranks, strategy="PACK")
         ray.get(t_group.ready())
         groups.append(t_group)
-    addr, port = ray.get(_rendezvous.options(scheduling_strategy=_strategy(t_group, 0)).remote())
-    trainer_cls = ray.remote(TrainerWorker)
-    trainers: list[ActorHandle] = [
-        cast(ActorHandle, trainer_cls)
-        .options(
-            num_cpus=t_cpus,
-            num_gpus=t_gpus,
-            resources=trainer_cfg.resources,
-            scheduling_strategy=_strategy(t_group, rank),
-            name=None,
-            max_restarts=0,
-        )
-        .remote(rank, trainer_cfg.num_ranks, addr, port, str(model_dir), trainer_cfg)
-        for rank in range(trainer_cfg.num_ranks)
-    ]
+    trainer_factory = TrainerFactory(str(model_dir), trainer_cfg, t_group)
+    trainers = trainer_factory.spawn(*ray.get(trainer_factory.rendezvous()))
 
     s_cpus, s_gpus = sampler_cfg.num_cpus, sampler_cfg.num_gpus
     s_group: PlacementGroup | None = None
@@ -183,6 +203,7 @@ def start_model(
             trainers,
             samplers,
             factory,
+            trainer_factory,
         )
     )
     ray.get(coordinator.ping.remote())

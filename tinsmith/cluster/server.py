@@ -24,10 +24,18 @@ from fastapi.responses import JSONResponse
 
 from tinsmith.cluster.auth import KeyRing, current_tenant
 from tinsmith.cluster.checkpoints import CheckpointService, parse_tinker_path
-from tinsmith.cluster.config import AuthConfig
+from tinsmith.cluster.config import AuthConfig, LimitsConfig
 from tinsmith.cluster.futures import FutureResult, FutureStore, failure, interrupted_failure
+from tinsmith.cluster.limits import BodyLimit, check_forward_backward
 from tinsmith.cluster.metrics import ServerMetrics
-from tinsmith.errors import ConflictError, NotFoundError, TinsmithError, UserInputError
+from tinsmith.errors import (
+    ConflictError,
+    NotFoundError,
+    TinsmithError,
+    TooLargeError,
+    TooManyRequestsError,
+    UserInputError,
+)
 from tinsmith.storage.config import StorageConfig
 from tinsmith.store.base import MetadataStore
 from tinsmith.store.records import CheckpointRecord, RunRecord
@@ -128,6 +136,7 @@ class ServerState:
     reaper_seconds: float = 60.0
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
     def __post_init__(self) -> None:
         # Futures live in the metadata store too. Any still pending there belong to a previous
@@ -135,7 +144,7 @@ class ServerState:
         interrupted = self.store.interrupt_pending_futures(interrupted_failure())
         if interrupted:
             log.warning("%d requests were in flight when the server last stopped; they now fail", interrupted)
-        self.futures = FutureStore(self.store)
+        self.futures = FutureStore(self.store, max_pending_per_owner=self.limits.max_pending_per_tenant)
 
     @property
     def store(self) -> MetadataStore:
@@ -281,11 +290,20 @@ def build_app(state: ServerState) -> FastAPI:
 
     app = FastAPI(title="tinsmith", version="0.1.0", lifespan=lifespan)
     KeyRing(state.auth, state.store.tenant_for_key).install(app)
+    app.add_middleware(BodyLimit, max_bytes=state.limits.max_body_bytes)
     state.metrics.install(app)  # added last, so it runs first: refused requests are counted too
 
     @app.exception_handler(UserInputError)
     async def _user_error(_: Request, exc: UserInputError) -> JSONResponse:
         return JSONResponse(status_code=400, content={"detail": str(exc)})
+
+    @app.exception_handler(TooLargeError)
+    async def _too_large(_: Request, exc: TooLargeError) -> JSONResponse:
+        return JSONResponse(status_code=413, content={"detail": str(exc)})
+
+    @app.exception_handler(TooManyRequestsError)
+    async def _too_many(_: Request, exc: TooManyRequestsError) -> JSONResponse:
+        return JSONResponse(status_code=429, content={"detail": str(exc)}, headers={"Retry-After": "1"})
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -306,7 +324,11 @@ def build_app(state: ServerState) -> FastAPI:
     # ----- handshake and sessions ------------------------------------------------------------
     @app.post("/api/v1/client/config")
     async def client_config() -> ClientConfigResponse:
-        return ClientConfigResponse()
+        limits = state.limits
+        return ClientConfigResponse(
+            fwdbwd_max_chunk_len=limits.max_datums_per_request,
+            fwdbwd_max_chunk_bytes_count=min(5_000_000, limits.max_body_bytes // 2),
+        )
 
     @app.post("/api/v1/client/dynamic_config")
     async def dynamic_config() -> ClientDynamicConfigResponse:
@@ -413,6 +435,7 @@ def build_app(state: ServerState) -> FastAPI:
             fb = proto.decode_forward_backward_request(raw)
         except ValueError as exc:
             raise HTTPException(status_code=400, detail=str(exc)) from exc
+        check_forward_backward(fb.forward_backward_input, state.limits)
 
         async def work() -> FutureResult:
             model = state.training_model(fb.model_id)

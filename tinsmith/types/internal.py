@@ -119,6 +119,7 @@ class ModelStatus(InternalModel):
     sampler_alive: list[bool] = Field(default_factory=list, description="Per sampler replica.")
     sampler_requests: list[int] = Field(default_factory=list, description="Sample requests served, per replica.")
     sampler_restarts: list[int] = Field(default_factory=list, description="Times each replica was replaced.")
+    trainer_restarts: int = Field(default=0, description="Times the trainer ranks were restarted after one died.")
 
 
 class CheckpointMeta(InternalModel):
@@ -152,6 +153,15 @@ class LoadCheckpointWork(InternalModel):
     adapter_id: str
     archive: ArchiveRef
     with_optimizer: bool
+
+
+class AdapterSnapshot(InternalModel):
+    """One adapter's full training state in memory (safetensors bytes: ``weights/<param>`` and the
+    AdamW tensors of ``optimizer_state``), taken after every optimizer step. The coordinator keeps
+    the latest per training client and restores it on restarted trainer ranks."""
+
+    step: int
+    tensors: bytes
 
 
 class AdapterBlob(InternalModel):

@@ -33,6 +33,8 @@ class ClientConfigResponse(WireModel):
     sample_use_retrieve_futures: bool = False
     custom_loss_server_side: bool = False
     sample_join_sampling_session: bool = False
+    fwdbwd_max_chunk_len: int = 1024  # datums per forward_backward request (the SDK chunks to it)
+    fwdbwd_max_chunk_bytes_count: int = 5_000_000
 
 
 class ClientDynamicConfigResponse(WireModel):

@@ -1,0 +1,128 @@
+"""The coordinator's trainer-restart logic with in-process fake ranks: a rank that dies fails the
+request in flight at once with a retryable error (no waiting on the survivors), every rank is
+created anew, each client's adapter is re-created and set to its last snapshot, queued requests
+wait for that, and gradients lost with the old ranks are reported once. The real thing (SIGKILL
+of a trainer process under load) is tests/integration/test_sampler_replicas.py."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from ray.exceptions import ActorDiedError
+
+from tests.unit.test_coordinator_ordering import FakeTrainer, _fb
+from tinsmith.actors import trainer_group
+from tinsmith.actors.coordinator import Coordinator
+from tinsmith.errors import WorkerError
+from tinsmith.types import AdamParams, LoraConfig
+
+
+class MortalTrainer(FakeTrainer):
+    """A fake rank that can be told to die: its next call raises what Ray raises for a dead actor."""
+
+    def __init__(self, log: list[str], name: str) -> None:
+        super().__init__(log)
+        self.name = name
+        self.dead = False
+        self.restored: list[tuple[str, object]] = []
+
+    def _check(self) -> None:
+        if self.dead:
+            raise ActorDiedError()
+
+    def _forward_backward(self, work: object) -> object:
+        self._check()
+        return super()._forward_backward(work)  # type: ignore[arg-type]
+
+    def _ping(self) -> str:
+        self._check()
+        return self.name
+
+    def _restore_snapshot(self, adapter_id: str, snap: object) -> int:
+        self.restored.append((adapter_id, snap))
+        return 1
+
+
+class FakeSpawner:
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+        self.generations: list[list[MortalTrainer]] = []
+
+    async def rendezvous(self) -> tuple[str, int]:
+        return "127.0.0.1", 29500 + len(self.generations)
+
+    def spawn(self, master_addr: str, master_port: int) -> list[MortalTrainer]:
+        ranks = [MortalTrainer(self.log, f"gen{len(self.generations) + 1}-rank{i}") for i in range(2)]
+        self.generations.append(ranks)
+        return ranks
+
+
+def test_a_dead_rank_fails_its_request_and_the_ranks_restart_with_every_adapter_restored() -> None:
+    async def main() -> None:
+        log: list[str] = []
+        first = [MortalTrainer(log, "gen0-rank0"), MortalTrainer(log, "gen0-rank1")]
+        spawner = FakeSpawner(log)
+        coord = Coordinator("m", 100, 64, 8, 1.0, first, [], trainer_factory=spawner)  # type: ignore[arg-type]
+        await coord.create_model("s:train:0", LoraConfig(rank=4))
+        await coord.create_model("s:train:1", LoraConfig(rank=8))
+        await coord.forward_backward("s:train:0", 1, _fb(2), False)
+        await coord.optim_step("s:train:0", 2, AdamParams())
+        kept = coord.trainers.snapshots["s:train:0"]
+        assert "s:train:1" not in coord.trainers.snapshots  # never stepped: re-created from its seed
+
+        await coord.forward_backward("s:train:0", 3, _fb(2), False)  # gradients the restart will drop
+        first[1].dead = True
+        with pytest.raises(WorkerError, match=r"trainer rank 1 of m died during forward_backward.*retry"):
+            await asyncio.wait_for(coord.forward_backward("s:train:0", 4, _fb(2), False), timeout=5)
+
+        # The next request waits for the restart, then is told (once) that gradients were lost.
+        with pytest.raises(WorkerError, match=r"gradients .* were lost"):
+            await asyncio.wait_for(coord.optim_step("s:train:0", 5, AdamParams()), timeout=5)
+        assert coord.trainers.restarts == 1 and len(spawner.generations) == 1
+        new = spawner.generations[0]
+        assert coord.trainers.ranks == new
+        assert all(r.restored == [("a_s_train_0", kept)] for r in new)  # both ranks, the kept snapshot
+
+        # Training goes on on the new ranks; the other client, never stepped, works too.
+        await coord.forward_backward("s:train:0", 6, _fb(2), False)
+        assert await coord.optim_step("s:train:0", 7, AdamParams()) == {"grad_norm:mean": 1.0}
+        await coord.forward_backward("s:train:1", 1, _fb(1), False)
+        await coord.optim_step("s:train:1", 2, AdamParams())
+
+    asyncio.run(main())
+
+
+def test_a_rank_that_dies_while_idle_is_found_and_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(trainer_group, "WATCH_SECONDS", 0.01)
+
+    async def main() -> None:
+        log: list[str] = []
+        first = [MortalTrainer(log, "gen0-rank0")]
+        spawner = FakeSpawner(log)
+        coord = Coordinator("m", 100, 64, 8, 1.0, first, [], trainer_factory=spawner)  # type: ignore[arg-type]
+        await coord.ping()  # start-up: begins watching
+        await coord.create_model("s:train:0", LoraConfig(rank=4))
+        first[0].dead = True
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if coord.trainers.restarts:
+                break
+        assert coord.trainers.restarts == 1
+        await coord.forward_backward("s:train:0", 1, _fb(1), False)  # served by the new ranks
+
+    asyncio.run(main())
+
+
+def test_without_a_spawner_a_dead_rank_is_reported_not_hung() -> None:
+    async def main() -> None:
+        ranks = [MortalTrainer([], "only")]
+        coord = Coordinator("m", 100, 64, 8, 1.0, ranks, [])  # type: ignore[arg-type]
+        await coord.create_model("s:train:0", LoraConfig(rank=4))
+        ranks[0].dead = True
+        with pytest.raises(WorkerError, match="died during forward_backward"):
+            await coord.forward_backward("s:train:0", 1, _fb(1), False)
+        with pytest.raises(WorkerError, match="cannot restart trainers: restart the server"):
+            await asyncio.wait_for(coord.forward_backward("s:train:0", 2, _fb(1), False), timeout=5)
+
+    asyncio.run(main())
