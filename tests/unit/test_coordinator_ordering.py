@@ -54,6 +54,8 @@ class FakeTrainer:
         self.log = log
 
     def __getattr__(self, name: str) -> _Method:
+        if name.startswith("_"):
+            raise AttributeError(name)
         return _Method(getattr(self, "_" + name))
 
     def _create_adapter(self, spec: object) -> int:
@@ -71,6 +73,9 @@ class FakeTrainer:
     def _optim_step(self, work: object) -> dict[str, float]:
         self.log.append("step")
         return {"grad_norm:mean": 1.0}
+
+    def _unload_adapter(self, adapter_id: str) -> None:
+        self.log.append("unload")
 
     def _snapshot(self, adapter_id: str) -> tuple[bool, str] | None:
         self.log.append("snapshot")

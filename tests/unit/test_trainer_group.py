@@ -126,3 +126,36 @@ def test_without_a_spawner_a_dead_rank_is_reported_not_hung() -> None:
             await asyncio.wait_for(coord.forward_backward("s:train:0", 2, _fb(1), False), timeout=5)
 
     asyncio.run(main())
+
+
+def test_a_client_whose_snapshot_cannot_be_restored_is_reported_and_the_others_go_on() -> None:
+    async def main() -> None:
+        log: list[str] = []
+        first = [MortalTrainer(log, "gen0-rank0")]
+        spawner = FakeSpawner(log)
+        coord = Coordinator("m", 100, 64, 8, 1.0, first, [], trainer_factory=spawner)  # type: ignore[arg-type]
+        for i in range(2):
+            await coord.create_model(f"s:train:{i}", LoraConfig(rank=4))
+            await coord.forward_backward(f"s:train:{i}", 1, _fb(1), False)
+            await coord.optim_step(f"s:train:{i}", 2, AdamParams())
+
+        def restore(self: MortalTrainer, adapter_id: str, snap: object) -> int:
+            if adapter_id == "a_s_train_0":
+                raise RuntimeError("object lost with its node")
+            return 1
+
+        original = MortalTrainer._restore_snapshot
+        MortalTrainer._restore_snapshot = restore  # type: ignore[method-assign]
+        try:
+            first[0].dead = True
+            with pytest.raises(WorkerError, match="died during"):
+                await coord.forward_backward("s:train:1", 3, _fb(1), False)
+            await coord.trainers.ready()
+        finally:
+            MortalTrainer._restore_snapshot = original  # type: ignore[method-assign]
+        with pytest.raises(WorkerError, match=r"did not survive a trainer restart.*create_training_client_from_state"):
+            await coord.forward_backward("s:train:0", 3, _fb(1), False)
+        await coord.forward_backward("s:train:1", 4, _fb(1), False)  # the other client continues
+        await coord.unload_model("s:train:0")  # and the lost one can still be freed
+
+    asyncio.run(main())

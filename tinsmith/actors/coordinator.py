@@ -107,7 +107,7 @@ class Coordinator:
         self.micro_batch_tokens = micro_batch_tokens
         self.max_padding_fraction = max_padding_fraction
         self.trainers = TrainerGroup(base_model, trainers, trainer_factory, self._specs)
-        self.trainers.on_restart = self._gradients_lost
+        self.trainers.on_restart = self._on_trainer_restart
         self.samplers = samplers
         self.adapters: dict[str, LoraConfig] = {}
         self.sequencers: dict[str, _Sequencer] = {}
@@ -125,8 +125,9 @@ class Coordinator:
         self.sequencers[model_id] = _Sequencer()
 
     async def unload_model(self, model_id: str) -> None:
-        """Free a training client's adapter and optimizer state on every rank."""
-        self._model(model_id)
+        """Free a training client's adapter and optimizer state on every rank (a lost one's too)."""
+        if model_id not in self.sequencers:
+            raise NotFoundError(f"model_id {model_id!r} is not a training model of {self.base_model}")
         del self.adapters[model_id], self.sequencers[model_id]
         self.trainers.forget(model_id)
         await self.trainers.call("unload_model", lambda _, t: t.unload_adapter.remote(_adapter_name(model_id)))
@@ -181,6 +182,12 @@ class Coordinator:
         seq = self.sequencers.get(model_id)
         if seq is None:
             raise NotFoundError(f"model_id {model_id!r} is not a training model of {self.base_model}")
+        lost = self.trainers.lost.get(model_id)
+        if lost is not None:
+            raise WorkerError(
+                f"training client {model_id} did not survive a trainer restart: {lost}; create a training client "
+                "from its last saved state (create_training_client_from_state)"
+            )
         return seq
 
     async def forward_backward(
@@ -340,8 +347,9 @@ class Coordinator:
     def _specs(self) -> dict[str, AdapterSpec]:
         return {m: AdapterSpec(adapter_id=_adapter_name(m), lora=lora) for m, lora in self.adapters.items()}
 
-    def _gradients_lost(self) -> None:
-        """As a trainer restart begins: gradients accumulated since a client's last step are gone."""
+    def _on_trainer_restart(self) -> None:
+        """As a trainer restart begins: gradients accumulated since a client's last step are gone,
+        and rank 0 may come back on another node."""
         self._trainer_node = None
         for seq in self.sequencers.values():
             seq.gradients_lost = seq.gradients_lost or seq.completed_backwards > 0

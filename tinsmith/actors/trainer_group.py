@@ -59,6 +59,7 @@ class TrainerGroup:
         self.spawner = spawner
         self.restarts = 0
         self.snapshots: dict[str, ObjectRef[AdapterSnapshot]] = {}
+        self.lost: dict[str, str] = {}  # model_id -> why its state could not be restored
         self._adapters = adapters
         self._recovery: asyncio.Task[None] | None = None
         self._broken: str | None = None
@@ -117,6 +118,7 @@ class TrainerGroup:
 
     def forget(self, model_id: str) -> None:
         self.snapshots.pop(model_id, None)
+        self.lost.pop(model_id, None)
 
     async def ready(self) -> None:
         """Return once no restart is under way; raise if the last one failed for good."""
@@ -153,8 +155,16 @@ class TrainerGroup:
                 for model_id, spec in self._adapters().items():
                     await asyncio.gather(*[r.create_adapter.remote(spec) for r in self.ranks])
                     snap = self.snapshots.get(model_id)
-                    if snap is not None:
+                    if snap is None:
+                        continue
+                    try:
                         await asyncio.gather(*[r.restore_snapshot.remote(spec.adapter_id, snap) for r in self.ranks])
+                    except Exception as exc:
+                        if actor_died(exc):
+                            raise
+                        # e.g. the snapshot's node went away with the rank: this client alone is lost
+                        self.lost[model_id] = f"its last snapshot could not be restored ({type(exc).__name__})"
+                        log.error("training client %s not restored: %s", model_id, exc)
             except Exception:
                 log.exception("trainer restart attempt %d of %d failed", attempt, RESTART_ATTEMPTS)
                 await asyncio.sleep(2.0 * attempt)
