@@ -15,6 +15,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -42,11 +43,17 @@ EXAMPLES: list[tuple[str, str, list[str]]] = [
 ]
 
 
+# vLLM's and Ray's own log lines ("(EngineCore pid=1) INFO 11-27 08:46:33 [core.py:402] ..."), which the
+# in-process vLLM baseline prints to stdout: not figures, so they stay out of the report.
+LOG_LINE = re.compile(r"(DEBUG|INFO|WARNING) \d\d-\d\d \d\d:\d\d:\d\d \[")
+
+
 def run(cmd: list[str], env: dict[str, str], timeout: float) -> tuple[str, float, int]:
     start = time.perf_counter()
     try:
         done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False)
-        out, rc = done.stdout + (done.stderr[-3000:] if done.returncode else ""), done.returncode
+        figures = "\n".join(line for line in done.stdout.splitlines() if not LOG_LINE.search(line))
+        out, rc = figures + (done.stderr[-3000:] if done.returncode else ""), done.returncode
     except subprocess.TimeoutExpired as exc:
         out, rc = f"{exc.stdout or ''}\n(timed out after {timeout:.0f} s)", 124
     return out.strip(), time.perf_counter() - start, rc

@@ -381,19 +381,19 @@ class TrainerWorker:
     def snapshot(self, adapter_id: str) -> tuple[bool, AdapterSnapshot] | None:
         """The adapter's weights and AdamW state in memory. Every rank must call it (gathering
         ZeRO-partitioned optimizer state is a collective, as in ``save_checkpoint``); rank 0,
-        called with ``num_returns=2``, returns an acknowledgement and the snapshot."""
-        from peft import get_peft_model_state_dict
+        called with ``num_returns=2``, returns an acknowledgement and the snapshot. After a step the
+        fp32 masters are the weights; before any step the parameters themselves are."""
         from safetensors.torch import save
 
         from tinsmith.actors.optimizer_state import export_state
 
         engine = self._engine(adapter_id)
-        _, tensors = export_state(engine, self._named_adapter_params(adapter_id))
+        params = self._named_adapter_params(adapter_id)
+        _, tensors = export_state(engine, params)
         if self.rank != 0:
             return None
-        assert self.peft is not None
-        state = get_peft_model_state_dict(self.peft, adapter_name=adapter_id, save_embedding_layers=False)
-        tensors.update({f"weights/{k}": v.detach().to("cpu").contiguous() for k, v in state.items()})
+        if not tensors:
+            tensors = {f"weights/{n}": p.detach().float().cpu().clone() for n, p in params.items()}
         return True, AdapterSnapshot(step=self.steps[adapter_id], tensors=save(tensors))
 
     def restore_snapshot(self, adapter_id: str, snap: AdapterSnapshot) -> int:
@@ -401,7 +401,7 @@ class TrainerWorker:
         from safetensors.torch import load
 
         tensors = load(snap.tensors)
-        weights = {k.removeprefix("weights/"): v for k, v in tensors.items() if k.startswith("weights/")}
+        weights = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(("weights/", "master/"))}
         optimizer = {k: v for k, v in tensors.items() if not k.startswith("weights/")}
         self._set_state(adapter_id, weights, optimizer, snap.step, with_optimizer=True)
         self.steps[adapter_id] = snap.step
