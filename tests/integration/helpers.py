@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -83,3 +86,76 @@ def model_status(server: object, base_model: str) -> dict[str, object]:
     with urllib.request.urlopen(req, timeout=60) as resp:
         models = json.loads(resp.read())
     return next(m for m in models if m["base_model"] == base_model)  # type: ignore[no-any-return]
+
+
+def check_trainer_restart(target: object, base_model: str, victim_rank: int) -> None:
+    """SIGKILL trainer rank ``victim_rank`` of ``base_model`` while another client's forward_backward
+    requests are in flight. Every request resolves (none hangs); at least one fails with the
+    retryable server error naming the death; the ranks come back with new PIDs; the victim client
+    is exactly at its last optimizer step, and one more step equals a client that never saw a crash
+    (so the AdamW state came back too); the other client continues."""
+    service = tinker.ServiceClient(base_url=target.base_url, api_key="tml-tests")  # type: ignore[attr-defined]
+    probe = [datum(random_tokens(7000, 16))]
+    batches = [[datum(random_tokens(7001 + i, 24))] for i in range(3)]
+    adam = types.AdamParams(learning_rate=1e-3, weight_decay=0.01, grad_clip_norm=1.0)
+
+    def step(tc: tinker.TrainingClient, i: int) -> None:
+        tc.forward_backward(batches[i], "cross_entropy").result()
+        tc.optim_step(adam).result()
+
+    def logprobs(tc: tinker.TrainingClient) -> np.ndarray:
+        out = tc.forward(probe, "cross_entropy").result()
+        return np.array(out.loss_fn_outputs[0]["logprobs"].data)
+
+    def trainer_pids() -> dict[int, int]:
+        workers = model_status(target, base_model)["workers"]
+        return {w["index"]: w["pid"] for w in workers if w["kind"] == "trainer"}  # type: ignore[union-attr, index, misc]
+
+    victim = service.create_lora_training_client(base_model=base_model, rank=8).result()
+    step(victim, 0)
+    step(victim, 1)
+    before = logprobs(victim)
+    restarts = model_status(target, base_model)["trainer_restarts"]
+
+    # Load: another client's forward_backward requests (4 x 128 tokens each) in flight; then SIGKILL.
+    bystander = service.create_lora_training_client(base_model=base_model, rank=4).result()
+    load = [datum(random_tokens(7100 + i, 128)) for i in range(4)]
+    futures = [bystander.forward_backward(load, "cross_entropy") for _ in range(6)]
+    old = trainer_pids()
+    time.sleep(1.0)
+    os.kill(old[victim_rank], signal.SIGKILL)
+    outcomes = []
+    for future in futures:  # none may hang; a failure is the server's, retryable, and says what happened
+        try:
+            future.result(timeout=600)
+            outcomes.append("ok")
+        except tinker.RequestFailedError as exc:
+            assert str(exc.category).lower().endswith("server"), exc.category
+            assert ("died during forward_backward" in str(exc) and "retry" in str(exc)) or "were lost" in str(exc), exc
+            outcomes.append("died" if "died" in str(exc) else "lost")
+    assert "died" in outcomes, outcomes
+
+    deadline = time.monotonic() + 300  # the restart may still be finishing if the last request was the one that died
+    while (status := model_status(target, base_model))["trainer_restarts"] == restarts:
+        assert time.monotonic() < deadline, status
+        time.sleep(2)
+    assert status["trainer_restarts"] == restarts + 1, status  # type: ignore[operator]
+    new = trainer_pids()
+    assert sorted(new) == sorted(old) and not set(new.values()) & set(old.values()), (old, new)
+
+    # The victim is exactly at its last optimizer step, and its AdamW state came back too: one more
+    # step gives what a client that never saw a crash gets from the same three steps.
+    np.testing.assert_allclose(logprobs(victim), before, atol=1e-5)
+    step(victim, 2)
+    reference = service.create_lora_training_client(base_model=base_model, rank=8).result()
+    for i in range(3):
+        step(reference, i)
+    np.testing.assert_allclose(logprobs(victim), logprobs(reference), atol=1e-4)
+
+    # The bystander goes on too (its first call may report, once, the gradients the restart dropped).
+    try:
+        bystander.forward_backward(load, "cross_entropy").result()
+    except tinker.RequestFailedError as exc:
+        assert "were lost" in str(exc), exc
+        bystander.forward_backward(load, "cross_entropy").result()
+    assert "grad_norm:mean" in bystander.optim_step(adam).result().metrics
