@@ -32,13 +32,9 @@ class _Method:
         """``num_returns=2``: the call's result is a pair, handed back as two awaitables."""
         fn = self.fn
 
-        def pair(*args: object) -> tuple[object, object]:
-            first, second = fn(*args)  # type: ignore[misc]
-            return first, second
-
         class _Pair:
             def remote(self, *args: object) -> tuple[Coroutine[object, object, object], object]:
-                first, second = pair(*args)
+                first, second = fn(*args)  # type: ignore[misc]
 
                 async def ack() -> object:
                     await asyncio.sleep(0)

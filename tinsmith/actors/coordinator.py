@@ -126,8 +126,7 @@ class Coordinator:
 
     async def unload_model(self, model_id: str) -> None:
         """Free a training client's adapter and optimizer state on every rank (a lost one's too)."""
-        if model_id not in self.sequencers:
-            raise NotFoundError(f"model_id {model_id!r} is not a training model of {self.base_model}")
+        self._known(model_id)
         del self.adapters[model_id], self.sequencers[model_id]
         self.trainers.forget(model_id)
         await self.trainers.call("unload_model", lambda _, t: t.unload_adapter.remote(_adapter_name(model_id)))
@@ -178,10 +177,15 @@ class Coordinator:
         assert isinstance(saved, SavedCheckpoint)
         return saved
 
-    def _model(self, model_id: str) -> _Sequencer:
+    def _known(self, model_id: str) -> _Sequencer:
         seq = self.sequencers.get(model_id)
         if seq is None:
             raise NotFoundError(f"model_id {model_id!r} is not a training model of {self.base_model}")
+        return seq
+
+    def _model(self, model_id: str) -> _Sequencer:
+        """A training client that can take requests (not one lost in a trainer restart)."""
+        seq = self._known(model_id)
         lost = self.trainers.lost.get(model_id)
         if lost is not None:
             raise WorkerError(

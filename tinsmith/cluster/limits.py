@@ -60,10 +60,7 @@ class BodyLimit:
 
         try:
             await self.app(scope, counted, tracked_send)
-        except _BodyTooLarge:
-            if not started:
-                await self._refuse(send)
-        except Exception:
+        except Exception:  # _BodyTooLarge, possibly wrapped by the framework on its way out
             if not refused:
                 raise
             if not started:
