@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-ZERO2_MODEL = "tinsmith/SmolLM2-135M-zero2x2"
+ZERO3_MODEL = "tinsmith/SmolLM2-135M-zero3x2"
 ONE_BATCH_MODEL = "tinsmith/SmolLM2-135M-onebatch"
 S3_BUCKET = "tinsmith-tests"
 OTHER_TENANT_KEY = "tml-other-tenant"  # a second tenant on the test servers (configs/test.yaml: auth keys)

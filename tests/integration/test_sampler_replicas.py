@@ -2,7 +2,7 @@
 spread over both, a replica SIGKILLed under load loses no request and is replaced with its adapters),
 and trainer ranks SIGKILLed while training requests are in flight (those requests fail with a
 retryable error, every rank restarts by itself, and each training client continues exactly from its
-last optimizer step, AdamW state included) - for one rank and for one of two ZeRO-2 ranks."""
+last optimizer step, AdamW state included) - for one rank and for one of two ZeRO-3 ranks."""
 
 from __future__ import annotations
 
@@ -87,6 +87,6 @@ def test_requests_spread_and_survive_a_killed_replica(two_replica_server: object
 
 
 def test_a_killed_trainer_rank_is_restarted_and_every_client_continues(two_replica_server: object) -> None:
-    """One trainer rank (the default model) SIGKILLed under load; the two-rank ZeRO-2 case is in
+    """One trainer rank (the default model) SIGKILLed under load; the two-rank ZeRO-3 case is in
     test_trainer_restart.py (on the session server: a third server would not fit in CI's memory)."""
     check_trainer_restart(two_replica_server, DEFAULT_MODEL, victim_rank=0)

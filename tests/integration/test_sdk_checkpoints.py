@@ -15,7 +15,7 @@ import pytest
 import tinker
 from tinker import types
 
-from tests.conftest import DEFAULT_MODEL, ZERO2_MODEL
+from tests.conftest import DEFAULT_MODEL, ZERO3_MODEL
 from tests.integration.helpers import checkpoint_dir, datum, expect_user_error, random_tokens, read_adapter
 
 pytestmark = pytest.mark.integration
@@ -188,7 +188,7 @@ def test_bad_checkpoint_requests_are_user_errors(service_client: tinker.ServiceC
     expect_user_error(service_client.create_training_client_from_state("tinker://nope"), "tinker://<run>/<kind>/<name>")
     expect_user_error(service_client.create_training_client_from_state(sampler_path), "sampler checkpoint")
     expect_user_error(
-        service_client.create_training_client_from_state(path, base_model=ZERO2_MODEL), "differs from the checkpoint"
+        service_client.create_training_client_from_state(path, base_model=ZERO3_MODEL), "differs from the checkpoint"
     )
     expect_user_error(service_client.create_training_client_from_state(path + "-missing"), "does not exist")
     expect_user_error(tc.load_state(sampler_path), "sampler checkpoint")

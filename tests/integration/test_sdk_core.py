@@ -13,7 +13,7 @@ import pytest
 import tinker
 from tinker import types
 
-from tests.conftest import DEFAULT_MODEL, ONE_BATCH_MODEL, ZERO2_MODEL
+from tests.conftest import DEFAULT_MODEL, ONE_BATCH_MODEL, ZERO3_MODEL
 from tests.integration.helpers import checkpoint_dir, datum, expect_user_error, random_tokens, read_adapter
 
 pytestmark = pytest.mark.integration
@@ -103,10 +103,10 @@ def _train(tc: tinker.TrainingClient, data: list[types.Datum], steps: int) -> li
     return losses
 
 
-def test_two_zero2_ranks_match_one_rank(service_client: tinker.ServiceClient, server: object) -> None:
+def test_two_zero3_ranks_match_one_rank(service_client: tinker.ServiceClient, server: object) -> None:
     data = [datum(random_tokens(seed, length)) for seed, length in enumerate([40, 64, 33, 57])]
     one = service_client.create_lora_training_client(base_model=ONE_BATCH_MODEL, rank=8).result()
-    two = service_client.create_lora_training_client(base_model=ZERO2_MODEL, rank=8).result()
+    two = service_client.create_lora_training_client(base_model=ZERO3_MODEL, rank=8).result()
     losses_one = _train(one, data, 3)
     losses_two = _train(two, data, 3)
     print("1 rank:", losses_one, "2 ranks:", losses_two)

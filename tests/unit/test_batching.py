@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tinsmith.actors.batching import pack_micro_batches, spread_over_ranks, to_token_datums
+from tinsmith.actors.batching import pack_micro_batches, plan_rank_work, to_token_datums
 from tinsmith.errors import UserInputError
 from tinsmith.types import Datum, ModelInput, TensorData
 from tinsmith.types.internal import TokenDatum
@@ -55,11 +55,23 @@ def test_packing_respects_budget_and_keeps_every_datum() -> None:
         assert batch.padded_tokens <= 256 or len(batch.datums) == 1
 
 
-def test_spread_gives_every_rank_the_same_number_of_micro_batches() -> None:
-    batches = pack_micro_batches([_token_datum(i, 50) for i in range(5)], token_budget=100)
-    per_rank = spread_over_ranks(batches, 2)
+def test_every_rank_gets_the_same_number_of_micro_batches() -> None:
+    per_rank = plan_rank_work([_token_datum(i, 50) for i in range(5)], 2, token_budget=100)
     assert len(per_rank[0]) == len(per_rank[1])
-    assert sum(len(b.datums) for work in per_rank for b in work) == 5
+    assert sorted(d.index for work in per_rank for b in work for d in b.datums) == list(range(5))
+
+
+def test_ranks_get_nearly_equal_tokens() -> None:
+    # the mixed-length batch of benchmarks/train_step.py --scaling
+    lengths = [230, 219, 217, 183, 175, 155, 147, 127, 114, 109, 98, 98, 94, 82, 80, 71]
+    datums = [_token_datum(i, n) for i, n in enumerate(lengths)]
+    per_rank = plan_rank_work(datums, 2, token_budget=4096, max_padding_fraction=0.1)
+    tokens = [sum(d.length for b in work for d in b.datums) for work in per_rank]
+    padded = [sum(b.padded_tokens for b in work) for work in per_rank]
+    assert sum(tokens) == sum(lengths)
+    assert max(tokens) - min(tokens) <= min(lengths)  # less than one datum apart
+    assert max(padded) <= 1.1 * sum(lengths) / 2
+    assert sorted(d.index for work in per_rank for b in work for d in b.datums) == list(range(len(lengths)))
 
 
 def test_packing_caps_padding() -> None:

@@ -1,4 +1,4 @@
-"""Turning a request's Datums into validated token datums, micro-batches and per-rank work.
+"""Turning a request's Datums into validated token datums, per-rank shares and micro-batches.
 
 Pure Python (no torch, no Ray), so the coordinator's packing logic is unit-tested directly.
 """
@@ -109,18 +109,23 @@ def pack_micro_batches(
     return batches
 
 
-def spread_over_ranks(batches: list[MicroBatch], num_ranks: int) -> list[list[MicroBatch]]:
-    """Assign micro-batches to ranks, balancing padded tokens; every rank gets the same count.
+def plan_rank_work(
+    datums: list[TokenDatum], num_ranks: int, token_budget: int, max_padding_fraction: float = 0.1
+) -> list[list[MicroBatch]]:
+    """Each rank's micro-batches: datums are first shared out by tokens, then packed per rank.
 
-    Ranks short of micro-batches get empty ones: a data-parallel backward is a collective, so every
-    rank must run the same number of them.
+    Longest first, each datum goes to the rank with the fewest tokens so far, so rank loads differ
+    by less than one datum (splitting already-packed micro-batches left them a whole micro-batch
+    apart, and the slowest rank sets a step's time). Ranks short of micro-batches get empty ones:
+    a data-parallel backward is a collective, so every rank must run the same number of them.
     """
-    per_rank: list[list[MicroBatch]] = [[] for _ in range(num_ranks)]
+    shares: list[list[TokenDatum]] = [[] for _ in range(num_ranks)]
     load = [0] * num_ranks
-    for batch in sorted(batches, key=lambda b: -b.padded_tokens):
-        rank = min(range(num_ranks), key=lambda r: (len(per_rank[r]), load[r]))
-        per_rank[rank].append(batch)
-        load[rank] += batch.padded_tokens
+    for datum in sorted(datums, key=lambda d: (-d.length, d.index)):
+        rank = min(range(num_ranks), key=lambda r: (load[r], r))
+        shares[rank].append(datum)
+        load[rank] += datum.length
+    per_rank = [pack_micro_batches(share, token_budget, max_padding_fraction) for share in shares]
     most = max(len(work) for work in per_rank)
     for work in per_rank:
         work.extend(MicroBatch(datums=[]) for _ in range(most - len(work)))

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, cast
 
-from tinsmith.actors.batching import pack_micro_batches, spread_over_ranks, to_token_datums
+from tinsmith.actors.batching import plan_rank_work, to_token_datums
 from tinsmith.actors.loss_specs import validate_loss_config
 from tinsmith.actors.sampler_pool import ReplicaHandle as _Handle
 from tinsmith.actors.sampler_pool import SamplerPool
@@ -208,8 +208,8 @@ class Coordinator:
             raise
         await seq.wait_turn(seq_id)
         try:
-            per_rank = spread_over_ranks(
-                pack_micro_batches(datums, self.micro_batch_tokens, self.max_padding_fraction), len(self.trainers.ranks)
+            per_rank = plan_rank_work(
+                datums, len(self.trainers.ranks), self.micro_batch_tokens, self.max_padding_fraction
             )
             works = [
                 RankWork(
@@ -297,10 +297,9 @@ class Coordinator:
         try:
             directory = await self._same_node_dir(key)
             await self.trainers.ready()
-            exported = cast(
-                "ObjectRef[AdapterSource]",
-                self.trainers.ranks[0].export_adapter.remote(_adapter_name(model_id), directory),
-            )
+            # every rank takes part (ZeRO-3 gathers the weights); rank 0's answer is the adapter
+            answers = [t.export_adapter.remote(_adapter_name(model_id), directory) for t in self.trainers.ranks]
+            exported = cast("ObjectRef[AdapterSource]", answers[0])
         finally:
             await seq.done(seq_id)
         if len(self.pool):
@@ -313,9 +312,8 @@ class Coordinator:
         if self._trainer_node is None:
             (node,) = await self.trainers.call("node_id", lambda _, t: t.node_id.remote(), only_rank0=True)
             self._trainer_node = str(node)
-        live = [r for r, ok in zip(self.pool.replicas, self.pool.alive, strict=True) if ok]
         try:
-            nodes = await asyncio.gather(*[r.node_id.remote() for r in live])
+            nodes = await self.pool.live_nodes()
         except Exception:
             return None  # a replica is going away: use the object store this time
         if any(str(n) != self._trainer_node for n in nodes):
@@ -327,11 +325,6 @@ class Coordinator:
         seq = self._model(model_id)
         await seq.wait_turn(seq_id)
         await seq.done(seq_id)
-
-    async def adapter_state(self, model_id: str, rank: int) -> dict[str, list[float]]:
-        self._model(model_id)
-        await self.trainers.ready()
-        return await self.trainers.ranks[rank].adapter_state.remote(_adapter_name(model_id))  # type: ignore[return-value]
 
     # ----- sampling -----------------------------------------------------------------------
     async def sample(self, work: SampleWork, source: AdapterSource | None) -> SampleResponse:

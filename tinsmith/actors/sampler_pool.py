@@ -58,6 +58,7 @@ class SamplerPool:
         self.inflight = [0] * len(replicas)
         self.served = [0] * len(replicas)
         self.restarts = [0] * len(replicas)
+        self._nodes: list[str | None] = [None] * len(replicas)  # a replica's node, asked once
         self.sources: dict[str, AdapterSource] = {}
         self._blobs: OrderedDict[str, ObjectRef[AdapterSource]] = OrderedDict()
         self._loaded: list[set[str]] = [set() for _ in replicas]
@@ -71,6 +72,15 @@ class SamplerPool:
 
     def knows(self, key: str) -> bool:
         return key in self.sources or key in self._blobs or any(key in loaded for loaded in self._loaded)
+
+    async def live_nodes(self) -> list[str]:
+        """The node of every live replica (asked once per replica: a weight sync checks it each time)."""
+        live = [i for i, ok in enumerate(self.alive) if ok]
+        unknown = [i for i in live if self._nodes[i] is None]
+        found = await asyncio.gather(*[self.replicas[i].node_id.remote() for i in unknown])
+        for i, node in zip(unknown, found, strict=True):
+            self._nodes[i] = str(node)
+        return [str(self._nodes[i]) for i in live]
 
     def _reloadable(self, key: str) -> AdapterSource | ObjectRef[AdapterSource] | None:
         return self.sources.get(key) or self._blobs.get(key)
@@ -134,7 +144,7 @@ class SamplerPool:
                     if source is not None:
                         await handle.load_adapter.remote(key, source)
                         loaded.add(key)
-                self.replicas[index], self._loaded[index] = handle, loaded
+                self.replicas[index], self._loaded[index], self._nodes[index] = handle, loaded, None
                 self.alive[index] = True
                 self.restarts[index] += 1
                 self._respawning.discard(index)

@@ -133,6 +133,8 @@ class TrainerWorker:
             p.requires_grad_(True)
         optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), eps=1e-12, weight_decay=0.0)
         view = _AdapterView(self.peft, name)
+        owned = len(list(view.parameters()))  # type: ignore[attr-defined]
+        assert owned == len(params), f"the view holds {owned} parameters, the adapter {len(params)}"
         engine, _, _, _ = deepspeed.initialize(model=view, optimizer=optimizer, config=self._ds_config())
         self.engines[name] = engine
         self.steps[name] = 0
@@ -191,6 +193,8 @@ class TrainerWorker:
         return engine
 
     def _activate(self, adapter_id: str) -> object:
+        """Make the adapter peft's active (and only trainable) one: before its forward, and before
+        reading or setting its optimizer state (ZeRO-3 skips parameters that do not require grad)."""
         engine = self._engine(adapter_id)
         assert self.peft is not None
         if self.peft.active_adapter != adapter_id:
@@ -215,8 +219,7 @@ class TrainerWorker:
         tokens = 0
         for batch in work.micro_batches:
             if not batch.datums:
-                if not work.forward_only:
-                    self._dummy_backward(engine)
+                self._dummy_pass(engine, backward=not work.forward_only)
                 continue
             with torch.set_grad_enabled(not work.forward_only):
                 logprobs_B_T, inputs, mask_B_T = self._forward(engine, batch)
@@ -237,16 +240,21 @@ class TrainerWorker:
                 )
         return RankResult(datums=results, loss_sum=loss_total, tokens=tokens, seconds=time.perf_counter() - started)
 
-    def _dummy_backward(self, engine: object) -> None:
-        """A zero-loss backward through one token, for a rank with fewer micro-batches than its peers.
+    def _dummy_pass(self, engine: object, backward: bool) -> None:
+        """A zero-loss pass over one token, for a rank with fewer micro-batches than its peers.
 
-        Data-parallel backward passes are collectives, so every rank must run as many as the others.
+        Data-parallel backward passes are collectives, and under ZeRO-3 so are forward passes (they
+        gather the adapter's partitioned weights), so every rank must run as many as the others.
         """
         import torch
 
+        if not backward and self.config.zero_stage != 3:
+            return
         input_ids = torch.zeros((1, 1), dtype=torch.long, device=self.device)
-        logits = engine(input_ids=input_ids)  # type: ignore[operator]
-        engine.backward(logits.float().sum() * 0.0, scale_wrt_gas=False)  # type: ignore[attr-defined]
+        with torch.set_grad_enabled(backward):
+            logits = engine(input_ids=input_ids)  # type: ignore[operator]
+            if backward:
+                engine.backward(logits.float().sum() * 0.0, scale_wrt_gas=False)  # type: ignore[attr-defined]
 
     def _forward(self, engine: object, batch: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """Target logprobs ``(B, T)`` in fp32, the padded loss inputs and the padding mask."""
@@ -302,40 +310,52 @@ class TrainerWorker:
     def node_id(self) -> str:
         return node_info()[0]
 
-    def export_adapter(self, adapter_id: str, directory: str | None = None) -> AdapterSource:
+    def export_adapter(self, adapter_id: str, directory: str | None = None) -> AdapterSource | None:
         """The adapter's peft files for the weight sync: written to ``directory`` (a memory-backed
         directory the samplers on this node read) or, without one, as bytes that the coordinator
-        hands, as an object reference, straight to the samplers."""
-        if directory is not None:
-            return AdapterSource(path=self.save_adapter(adapter_id, directory).path)
-        from peft import get_peft_model_state_dict
+        hands, as an object reference, straight to the samplers. Every rank is called (ZeRO-3
+        gathers the weights); rank 0 answers, the others return None."""
         from safetensors.torch import save
 
-        self._engine(adapter_id)
-        assert self.peft is not None
-        state = get_peft_model_state_dict(self.peft, adapter_name=adapter_id, save_embedding_layers=False)
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-        with tempfile.TemporaryDirectory() as tmp:  # peft's own config serialisation
-            self.peft.peft_config[adapter_id].save_pretrained(tmp)
-            config = (Path(tmp) / "adapter_config.json").read_bytes()
-        files = {"adapter_model.safetensors": save(tensors), "adapter_config.json": config}
+        tensors = self._adapter_tensors(adapter_id)
+        if self.rank != 0:
+            return None
+        if directory is not None:
+            return AdapterSource(path=self._write_adapter(adapter_id, tensors, directory).path)
+        files = {"adapter_model.safetensors": save(tensors), "adapter_config.json": self._adapter_config(adapter_id)}
         return AdapterSource(blob=AdapterBlob(files=files))
 
-    def save_adapter(self, adapter_id: str, directory: str) -> SavedAdapter:
-        """Write the adapter as a peft directory that vLLM and ``PeftModel.from_pretrained`` load."""
-        from peft import get_peft_model_state_dict
-        from safetensors.torch import save_file
+    def _adapter_config(self, adapter_id: str) -> bytes:
+        """peft's own ``adapter_config.json`` for the adapter."""
+        assert self.peft is not None
+        with tempfile.TemporaryDirectory() as tmp:
+            self.peft.peft_config[adapter_id].save_pretrained(tmp)
+            return (Path(tmp) / "adapter_config.json").read_bytes()
+
+    def _adapter_tensors(self, adapter_id: str) -> dict[str, torch.Tensor]:
+        """The adapter's weights under peft's saved names, on the CPU. Taken from its parameters
+        directly: peft's ``get_peft_model_state_dict`` walks the whole model's state dict, which
+        cost more than the rest of a weight sync's export. Under ZeRO-3 the parameters are
+        partitioned and gathering them is a collective: every rank must call this together."""
+        import deepspeed
 
         self._engine(adapter_id)
-        assert self.peft is not None
+        params = self._named_adapter_params(adapter_id)
+        zero3 = self.config.zero_stage == 3
+        with deepspeed.zero.GatheredParameters(list(params.values()), enabled=zero3):
+            # a copy under ZeRO-3: the gathered storage is released on leaving the block
+            tensors = {n: p.detach().cpu() for n, p in params.items()}
+            return {n: t.clone() if zero3 else t.contiguous() for n, t in tensors.items()}
+
+    def _write_adapter(self, adapter_id: str, tensors: dict[str, torch.Tensor], directory: str) -> SavedAdapter:
+        """Write the adapter as a peft directory that vLLM and ``PeftModel.from_pretrained`` load."""
+        from safetensors.torch import save_file
+
         out = Path(directory)
         tmp = out.with_name(out.name + ".partial")
         tmp.mkdir(parents=True, exist_ok=True)
-        state = get_peft_model_state_dict(self.peft, adapter_name=adapter_id, save_embedding_layers=False)
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
         save_file(tensors, str(tmp / "adapter_model.safetensors"))
-        cfg = self.peft.peft_config[adapter_id]
-        cfg.save_pretrained(str(tmp))
+        (tmp / "adapter_config.json").write_bytes(self._adapter_config(adapter_id))
         os.replace(tmp, out) if not out.exists() else _replace_dir(tmp, out)
         size = sum(f.stat().st_size for f in out.iterdir())
         return SavedAdapter(path=str(out), size_bytes=size)
@@ -349,7 +369,8 @@ class TrainerWorker:
         from tinsmith.actors.optimizer_state import export_state
         from tinsmith.storage.transfer import staging_dir, upload_dir
 
-        engine = self._engine(work.adapter_id)
+        engine = self._activate(work.adapter_id)
+        weights = self._adapter_tensors(work.adapter_id)
         step, tensors = 0, dict[str, "torch.Tensor"]()
         if work.with_optimizer:
             step, tensors = export_state(engine, self._named_adapter_params(work.adapter_id))
@@ -358,7 +379,7 @@ class TrainerWorker:
         meta = work.meta.model_copy(update={"step": self.steps[work.adapter_id], "has_optimizer": bool(tensors)})
         with tempfile.TemporaryDirectory(dir=staging_dir(work.archive.data_dir)) as tmp:
             out = Path(tmp) / "checkpoint"
-            self.save_adapter(work.adapter_id, str(out))
+            self._write_adapter(work.adapter_id, weights, str(out))
             if tensors:
                 save_file(tensors, str(out / OPTIMIZER_FILE), metadata={"step": str(step)})
             (out / META_FILE).write_text(meta.model_dump_json(indent=1))
@@ -387,13 +408,13 @@ class TrainerWorker:
 
         from tinsmith.actors.optimizer_state import export_state
 
-        engine = self._engine(adapter_id)
+        engine = self._activate(adapter_id)
         params = self._named_adapter_params(adapter_id)
         _, tensors = export_state(engine, params)
+        if not tensors:  # every rank: a gather under ZeRO-3
+            tensors = {f"weights/{n}": t.float() for n, t in self._adapter_tensors(adapter_id).items()}
         if self.rank != 0:
             return None
-        if not tensors:
-            tensors = {f"weights/{n}": p.detach().float().cpu().clone() for n, p in params.items()}
         return True, AdapterSnapshot(step=self.steps[adapter_id], tensors=save(tensors))
 
     def restore_snapshot(self, adapter_id: str, snap: AdapterSnapshot) -> int:
@@ -418,7 +439,7 @@ class TrainerWorker:
         """Weights (the fp32 masters when the optimizer state has them) and, if asked, AdamW state."""
         from tinsmith.actors.optimizer_state import import_state, set_weights
 
-        engine = self._engine(adapter_id)
+        engine = self._activate(adapter_id)
         params = self._named_adapter_params(adapter_id)
         missing = sorted(set(params) - set(weights))
         if missing:
@@ -434,13 +455,8 @@ class TrainerWorker:
         return self.steps[adapter_id]
 
     def adapter_state(self, adapter_id: str) -> dict[str, list[float]]:
-        """The adapter's tensors, flattened (tests compare them across ranks and with references)."""
-        from peft import get_peft_model_state_dict
-
-        self._engine(adapter_id)
-        assert self.peft is not None
-        state = get_peft_model_state_dict(self.peft, adapter_name=adapter_id, save_embedding_layers=False)
-        return {k: v.detach().float().flatten().tolist() for k, v in state.items()}
+        """The adapter's tensors, flattened (tests compare them across ZeRO stages); a collective under ZeRO-3."""
+        return {k: v.float().flatten().tolist() for k, v in self._adapter_tensors(adapter_id).items()}
 
     def ping(self) -> int:
         return self.rank
@@ -450,8 +466,8 @@ class TrainerWorker:
 
         state_bytes = 0
         for name, engine in self.engines.items():
-            params = self._adapter_params(name)
-            state_bytes += sum(p.numel() * p.element_size() for p in params)
+            held = [getattr(p, "ds_tensor", p) for p in self._adapter_params(name)]  # this rank's part under ZeRO-3
+            state_bytes += sum(t.numel() * t.element_size() for t in held)
             optimizer = getattr(engine, "optimizer", None)
             for group_state in getattr(getattr(optimizer, "optimizer", optimizer), "state", {}).values():
                 for value in group_state.values():
@@ -500,15 +516,27 @@ def _make_view_class() -> type:
     import torch
 
     class AdapterView(torch.nn.Module):
-        """Gives each adapter's DeepSpeed engine a module of its own over the shared peft model."""
+        """The module an adapter's DeepSpeed engine wraps: the adapter's own LoRA layers only.
+
+        The shared peft model is held outside the module tree, so each engine sees (broadcasts,
+        all-reduces, and under ZeRO-3 partitions and gathers) its adapter's parameters and never
+        the base weights or another tenant's adapter. ZeRO-3's hooks sit on the LoRA layers and fire
+        when peft calls them inside the shared model's forward.
+        """
 
         def __init__(self, peft_model: torch.nn.Module, adapter_id: str) -> None:
             super().__init__()
-            self.inner = peft_model
+            self.shared = (peft_model,)  # a tuple: not registered as a submodule
             self.adapter_id = adapter_id
+            suffix = f".{adapter_id}"
+            self.lora = torch.nn.ModuleList(
+                m
+                for n, m in peft_model.named_modules()
+                if n.endswith(suffix) and next(m.parameters(recurse=False), None) is not None
+            )
 
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-            out = self.inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            out = self.shared[0](input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
             return out.logits
 
     return AdapterView

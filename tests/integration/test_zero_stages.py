@@ -1,0 +1,197 @@
+"""ZeRO 1, 2 and 3 on two ranks give the losses and adapters of ZeRO 0 on one rank.
+
+The trainer ranks are the real `TrainerWorker` (DeepSpeed, peft, gloo), started here as two plain
+processes that rendezvous through torch.distributed, so every stage runs without a server and
+its Ray cluster beside the session's. Each run trains two tenants interleaved (rank 8 on every
+module; rank 4 on the MLP only) for 3 steps of AdamW with weight decay and clipping active, over
+micro-batches of different lengths that leave rank 1 one short (its dummy backward runs);
+after 2 steps a third adapter is restored from the first one's snapshot and trained alongside.
+Then: forward-only logprobs, one tenant unloaded, and the weight-sync export (a gather under
+ZeRO-3), which must equal the adapter.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import random
+import socket
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+
+STEPS = 3
+MICRO_BATCH_TOKENS = 128
+LENGTHS = (40, 64, 33, 57, 20)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _model_dir() -> str:
+    from tinsmith.cluster.config import load_config
+    from tinsmith.cluster.model_cache import prepare_all
+
+    return str(next(iter(prepare_all(load_config(ROOT / "configs" / "local.yaml")).values())))
+
+
+def _run_rank(rank: int, world: int, port: int, stage: int, model_dir: str, out: multiprocessing.Queue) -> None:
+    """One trainer rank; puts (rank, loss sums per adapter, adapters, exported adapter) on ``out``."""
+    try:
+        out.put((rank, _train(rank, world, port, stage, model_dir)))
+    except BaseException as exc:  # the parent reports it
+        out.put((rank, f"{type(exc).__name__}: {exc}"))
+        raise
+
+
+def _train(rank: int, world: int, port: int, stage: int, model_dir: str) -> dict[str, object]:
+    import torch.distributed as dist
+    from safetensors.torch import load_file
+
+    from tinsmith.actors.batching import plan_rank_work
+    from tinsmith.actors.trainer import TrainerWorker
+    from tinsmith.cluster.config import TrainerConfig
+    from tinsmith.types.internal import AdapterSpec, OptimStepWork, RankWork, TokenDatum
+    from tinsmith.types.training import AdamParams, LoraConfig
+
+    config = TrainerConfig(num_ranks=world, zero_stage=stage, torch_threads=1)
+    worker = TrainerWorker(rank, world, "127.0.0.1", port, model_dir, config)
+    specs = {
+        "a": LoraConfig(rank=8, seed=1),
+        "b": LoraConfig(rank=4, seed=2, train_attn=False, train_unembed=False),
+    }
+    for name, lora in specs.items():
+        worker.create_adapter(AdapterSpec(adapter_id=name, lora=lora))
+    rng = random.Random(0)
+    datums = []
+    for i, n in enumerate(LENGTHS):
+        tokens = [rng.randrange(100, 20000) for _ in range(n + 1)]
+        datums.append(TokenDatum(index=i, input_tokens=tokens[:-1], target_tokens=tokens[1:], weights=[1.0] * n))
+    batches = plan_rank_work(datums, world, MICRO_BATCH_TOKENS)[rank]
+    # eps 1e-6: with a smaller one, AdamW moves an element whose gradient is at fp32 rounding level
+    # by a whole step, in a direction set by the summation order (which differs across ranks).
+    adam = AdamParams(learning_rate=1e-3, eps=1e-6, weight_decay=0.1, grad_clip_norm=0.05)
+    losses: dict[str, list[float]] = {}
+    for step in range(STEPS):
+        if step == 2:  # "c" starts from "a"'s snapshot and from now on trains in step with it
+            snap = [worker.snapshot("a")]
+            dist.broadcast_object_list(snap, src=0)
+            assert snap[0] is not None
+            worker.create_adapter(AdapterSpec(adapter_id="c", lora=specs["a"]))
+            worker.restore_snapshot("c", snap[0][1])
+        for name in worker.engines:
+            work = RankWork(
+                adapter_id=name, loss_fn="cross_entropy", forward_only=False, micro_batches=batches, grad_scale=world
+            )
+            losses.setdefault(name, []).append(worker.forward_backward(work).loss_sum)
+        for name in worker.engines:
+            worker.optim_step(OptimStepWork(adapter_id=name, adam=adam))
+    forward = worker.forward_backward(
+        RankWork(adapter_id="a", loss_fn="cross_entropy", forward_only=True, micro_batches=batches, grad_scale=world)
+    )
+    logprobs = {d.index: d.logprobs for d in forward.datums}
+    # one datum: the other rank has nothing to run, but under ZeRO-3 must still take part in the gathers
+    alone = plan_rank_work(datums[:1], world, MICRO_BATCH_TOKENS)[rank]
+    forward = worker.forward_backward(
+        RankWork(adapter_id="a", loss_fn="cross_entropy", forward_only=True, micro_batches=alone, grad_scale=world)
+    )
+    alone_logprobs = {d.index: d.logprobs for d in forward.datums}
+    params = worker._named_adapter_params("a").values()
+    held = sum(getattr(p, "ds_tensor", p).numel() for p in params) / sum(
+        getattr(p, "ds_numel", p.numel()) for p in params
+    )
+    worker.unload_adapter("b")  # the others keep working
+    adapters = {name: worker.adapter_state(name) for name in worker.engines}
+    with tempfile.TemporaryDirectory() as tmp:
+        exported = worker.export_adapter("a", str(Path(tmp) / "a"))
+        files = load_file(str(Path(exported.path) / "adapter_model.safetensors")) if exported and exported.path else {}
+        export = {k: v.flatten().tolist() for k, v in files.items()}
+    dist.barrier()
+    result = {"losses": losses, "logprobs": logprobs, "alone": alone_logprobs, "held": held, "export": export}
+    return result | {"adapters": adapters if rank == 0 else {}}
+
+
+def _run(stage: int, world: int, model_dir: str) -> dict[str, object]:
+    """Run ``world`` ranks at ``stage``; rank 0's adapters and the loss sums over ranks."""
+    ctx = multiprocessing.get_context("spawn")
+    out: multiprocessing.Queue = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_run_rank, args=(r, world, port, stage, model_dir, out)) for r in range(world)]
+    for p in procs:
+        p.start()
+    results: dict[int, dict[str, object]] = {}
+    try:
+        for _ in range(world):
+            rank, result = out.get(timeout=600)
+            assert isinstance(result, dict), f"ZeRO-{stage} rank {rank} failed: {result}"
+            results[rank] = result
+    except queue.Empty:
+        pytest.fail(f"ZeRO-{stage} with {world} ranks did not finish in 600 s")
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    summed = {
+        name: np.sum([results[r]["losses"][name] for r in results], axis=0)  # type: ignore[index]
+        for name in results[0]["losses"]  # type: ignore[union-attr]
+    }
+    logprobs = {i: lp for r in results.values() for i, lp in r["logprobs"].items()}  # type: ignore[attr-defined]
+    alone = {i: lp for r in results.values() for i, lp in r["alone"].items()}  # type: ignore[attr-defined]
+    held = [results[r]["held"] for r in sorted(results)]
+    merged = {"losses": summed, "logprobs": logprobs, "alone": alone, "held": held}
+    return merged | {k: results[0][k] for k in ("adapters", "export")}
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict[str, object]:
+    return _run(0, 1, _model_dir())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_two_ranks_at_each_zero_stage_match_one_rank_at_zero_0(stage: int, reference: dict[str, object]) -> None:
+    got = _run(stage, 2, _model_dir())
+    ref_losses, got_losses = reference["losses"], got["losses"]
+    assert isinstance(ref_losses, dict) and isinstance(got_losses, dict)
+    print(f"ZeRO-{stage}, 2 ranks:", {k: v.tolist() for k, v in got_losses.items()})
+    print("ZeRO-0, 1 rank:", {k: v.tolist() for k, v in ref_losses.items()})
+    assert sorted(got_losses) == ["a", "b", "c"]
+    # under ZeRO-3 each rank holds half of every adapter parameter, else all of it
+    assert got["held"] == ([0.5, 0.5] if stage == 3 else [1.0, 1.0]), got["held"]
+    # Tolerance: fp32 sums of ~210 token losses, grouped differently across ranks.
+    for name in ref_losses:
+        np.testing.assert_allclose(got_losses[name], ref_losses[name], atol=1e-3, rtol=1e-6, err_msg=name)
+    ref_adapters, got_adapters = reference["adapters"], got["adapters"]
+    assert isinstance(ref_adapters, dict) and isinstance(got_adapters, dict)
+    # Tolerance: 1% of one step (lr 1e-3); gradients differ in fp32 summation order only.
+    worst = 0.0
+    for name, tensors in ref_adapters.items():
+        assert sorted(got_adapters[name]) == sorted(tensors)
+        for key, value in tensors.items():
+            np.testing.assert_allclose(got_adapters[name][key], value, atol=1e-5, rtol=0, err_msg=f"{name} {key}")
+            worst = max(worst, float(np.abs(np.subtract(got_adapters[name][key], value)).max()))
+    print(f"ZeRO-{stage}: largest adapter difference from ZeRO-0 on one rank {worst:.2e}")
+    # "c" (restored from "a"'s snapshot after 2 steps) ends where "a" does
+    for key, value in got_adapters["a"].items():
+        np.testing.assert_allclose(got_adapters["c"][key], value, atol=1e-6, rtol=0, err_msg=f"c {key}")
+    assert sorted(got_adapters) == ["a", "c"]  # "b" was unloaded
+    ref_logprobs, got_logprobs = reference["logprobs"], got["logprobs"]
+    assert isinstance(ref_logprobs, dict) and isinstance(got_logprobs, dict)
+    assert sorted(got_logprobs) == list(range(len(LENGTHS)))
+    for i, lp in ref_logprobs.items():
+        np.testing.assert_allclose(got_logprobs[i], lp, atol=1e-4, rtol=0, err_msg=f"forward logprobs of datum {i}")
+    alone = got["alone"]
+    assert isinstance(alone, dict) and list(alone) == [0]
+    np.testing.assert_allclose(alone[0], got_logprobs[0], atol=1e-5, rtol=0, err_msg="one datum on two ranks")
+    export = got["export"]
+    assert isinstance(export, dict) and sorted(export) == sorted(got_adapters["a"])
+    for key, value in got_adapters["a"].items():
+        np.testing.assert_array_equal(export[key], value, err_msg=key)
