@@ -110,11 +110,17 @@ def test_two_zero3_ranks_match_one_rank(service_client: tinker.ServiceClient, se
     losses_one = _train(one, data, 3)
     losses_two = _train(two, data, 3)
     print("1 rank:", losses_one, "2 ranks:", losses_two)
-    np.testing.assert_allclose(losses_two, losses_one, atol=1e-4, rtol=0)
+    # fp32 sums of ~190 token losses, grouped differently on two ranks: relative 1e-6
+    np.testing.assert_allclose(losses_two, losses_one, atol=0, rtol=1e-6)
     a = read_adapter(checkpoint_dir(server, one.save_weights_for_sampler("z1").result().path))  # type: ignore[attr-defined]
     b = read_adapter(checkpoint_dir(server, two.save_weights_for_sampler("z2").result().path))  # type: ignore[attr-defined]
-    for key in a:
-        np.testing.assert_allclose(b[key], a[key], atol=1e-5, rtol=0, err_msg=key)
+    # AdamW normalises each element's step, so an element whose gradient is at fp32 rounding level
+    # moves by up to a whole step (lr 1e-3) either way, set by the summation order, which two ranks
+    # change: all but 0.1% of the elements agree within 1e-5, none by more than the 3 steps' reach.
+    assert sorted(a) == sorted(b)
+    differences = np.concatenate([np.abs(b[key] - a[key]).ravel() for key in a])
+    assert (differences > 1e-5).mean() <= 1e-3, (differences > 1e-5).mean()
+    assert differences.max() <= 3 * 2 * 1e-3, differences.max()
 
 
 def test_batch_over_token_budget_matches_one_micro_batch(service_client: tinker.ServiceClient, server: object) -> None:
