@@ -17,10 +17,33 @@ if TYPE_CHECKING:
 _MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
-def _plain(optimizer: object) -> bool:
+def _per_param(
+    optimizer: object, params: dict[str, torch.nn.Parameter]
+) -> tuple[torch.optim.Optimizer, dict[str, torch.nn.Parameter]] | None:
+    """(the torch optimizer, the tensor it updates for each parameter) where every parameter has a
+    whole tensor of its own there: the optimizer itself (fp32 ZeRO-0), or DeepSpeed's unfused
+    low-precision optimizer (bf16 ZeRO-0), whose fp32 copies are the masters. None for the
+    flattened, partitioned ZeRO 1-3 optimizers."""
     import torch
 
-    return isinstance(optimizer, torch.optim.Optimizer)
+    if isinstance(optimizer, torch.optim.Optimizer):
+        return optimizer, params
+    lp_groups, fp32_groups = getattr(optimizer, "fp16_groups", None), getattr(optimizer, "fp32_groups", None)
+    if lp_groups is None or fp32_groups is None:
+        return None
+    masters = {
+        id(lp): hp for lps, hps in zip(lp_groups, fp32_groups, strict=True) for lp, hp in zip(lps, hps, strict=True)
+    }
+    return optimizer.optimizer, {name: masters[id(p)] for name, p in params.items()}  # type: ignore[attr-defined]
+
+
+def reset_lazy_state(engine: object) -> None:
+    """Forget the optimizer step DeepSpeed's unfused low-precision optimizer takes at construction
+    (with zero gradients, to create AdamW's state): left in, it would count as the adapter's first
+    step and change AdamW's bias correction from then on."""
+    optimizer = engine.optimizer  # type: ignore[attr-defined]
+    if getattr(optimizer, "fp32_groups", None) is not None and getattr(optimizer, "fp16_groups", None) is not None:
+        optimizer.optimizer.state.clear()
 
 
 def export_state(engine: object, params: dict[str, torch.nn.Parameter]) -> tuple[int, dict[str, torch.Tensor]]:
@@ -30,16 +53,18 @@ def export_state(engine: object, params: dict[str, torch.nn.Parameter]) -> tuple
 
     optimizer = engine.optimizer  # type: ignore[attr-defined]
     tensors: dict[str, torch.Tensor] = {}
-    if _plain(optimizer):
-        first = optimizer.state.get(next(iter(params.values())))
+    per_param = _per_param(optimizer, params)
+    if per_param is not None:
+        torch_optimizer, owners = per_param
+        first = torch_optimizer.state.get(next(iter(owners.values())))
         if not first:
             return 0, {}
-        for name, p in params.items():
-            state = optimizer.state[p]
+        for name, p in owners.items():
+            state = torch_optimizer.state[p]
             for key in _MOMENTS:
                 tensors[f"{key}/{name}"] = state[key].detach().float().cpu().clone()
             tensors[f"master/{name}"] = p.detach().float().cpu().clone()
-        return int(first["step"]), tensors
+        return int(torch.as_tensor(first["step"]).item()), tensors
     base = optimizer.optimizer
     steps = [s["step"] for s in base.state.values() if "step" in s]
     if not steps:
@@ -92,9 +117,11 @@ def import_state(
 
     optimizer = engine.optimizer  # type: ignore[attr-defined]
     step_t = torch.tensor(float(step), dtype=torch.float32)
-    if _plain(optimizer):
-        for name, p in params.items():
-            optimizer.state[p] = {
+    per_param = _per_param(optimizer, params)
+    if per_param is not None:
+        torch_optimizer, owners = per_param
+        for name, p in owners.items():
+            torch_optimizer.state[p] = {
                 "step": step_t.clone(),
                 **{key: tensors[f"{key}/{name}"].to(p.device, p.dtype).clone() for key in _MOMENTS},
             }
@@ -132,6 +159,11 @@ def set_weights(engine: object, params: dict[str, torch.nn.Parameter], weights: 
         with deepspeed.zero.GatheredParameters(zero3, modifier_rank=0, enabled=bool(zero3)):
             for name, p in params.items():
                 p.data.copy_(weights[name].to(p.device, p.dtype))
+        per_param = _per_param(engine.optimizer, params)  # type: ignore[attr-defined]
+        if per_param is not None:  # the masters are separate tensors only under the unfused bf16 optimizer
+            for name, master in per_param[1].items():
+                if master is not params[name]:
+                    master.data.copy_(weights[name].to(master.device, master.dtype))
         for name, p in params.items():
             if hasattr(p, "_hp_mapping") or hasattr(p, "ds_id"):
                 safe_set_full_fp32_param(p, weights[name].to(p.device).float())

@@ -115,6 +115,8 @@ class TrainerWorker:
         from peft import LoraConfig as PeftLoraConfig
         from peft import get_peft_model
 
+        from tinsmith.actors.optimizer_state import reset_lazy_state
+
         lora = spec.lora
         targets = lora_target_modules(lora.train_attn, lora.train_mlp, lora.train_unembed)
         if not targets:
@@ -136,6 +138,7 @@ class TrainerWorker:
         owned = len(list(view.parameters()))  # type: ignore[attr-defined]
         assert owned == len(params), f"the view holds {owned} parameters, the adapter {len(params)}"
         engine, _, _, _ = deepspeed.initialize(model=view, optimizer=optimizer, config=self._ds_config())
+        reset_lazy_state(engine)
         self.engines[name] = engine
         self.steps[name] = 0
         return sum(p.numel() for p in params)
@@ -286,6 +289,8 @@ class TrainerWorker:
     # ----- optimizer ----------------------------------------------------------------------
     def optim_step(self, work: OptimStepWork) -> dict[str, float]:
         """Apply AdamW with this call's hyper-parameters to the accumulated gradients."""
+        import torch
+
         engine = self._activate(work.adapter_id)
         adam = work.adam
         optimizer = engine.optimizer  # type: ignore[attr-defined]
@@ -298,9 +303,17 @@ class TrainerWorker:
             optimizer.clip_grad = adam.grad_clip_norm
         else:
             engine._config.gradient_clipping = adam.grad_clip_norm  # type: ignore[attr-defined]
+        norm = None
+        if isinstance(optimizer, torch.optim.Optimizer):  # fp32 ZeRO-0: DeepSpeed clips but keeps no norm
+            grads = [p.grad for p in self._adapter_params(work.adapter_id) if p.grad is not None]
+            norm = (
+                float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+                if grads
+                else 0.0
+            )
         engine.step()  # type: ignore[attr-defined]
         self.steps[work.adapter_id] += 1
-        norm = engine.get_global_grad_norm()  # type: ignore[attr-defined]
+        norm = engine.get_global_grad_norm() if norm is None else norm  # type: ignore[attr-defined]
         metrics = {"learning_rate:mean": adam.learning_rate}
         if norm is not None:
             metrics["grad_norm:mean"] = float(norm)

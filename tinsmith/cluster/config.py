@@ -26,7 +26,10 @@ class TrainerConfig(_Strict):
 
     num_ranks: int = Field(default=1, ge=1, description="Data-parallel trainer ranks per base model.")
     zero_stage: Literal[0, 1, 2, 3] = Field(default=2, description="DeepSpeed ZeRO stage.")
-    dtype: Literal["float32", "bfloat16"] = Field(default="float32", description="Training dtype.")
+    dtype: Literal["float32", "bfloat16"] = Field(
+        default="float32",
+        description="Training dtype of the base model and adapters; AdamW keeps fp32 master weights either way.",
+    )
     micro_batch_tokens: int = Field(
         default=4096,
         ge=1,
