@@ -53,16 +53,18 @@ def _datums(count: int, lo: int, hi: int, seed: int) -> list[object]:
     return out
 
 
-def _run(dtype: str, stage: int, model_dir: str, steps: int, datums: int, out: multiprocessing.Queue) -> None:
+def _run(
+    dtype: str, stage: int, model_dir: str, steps: int, datums: int, profile: bool, out: multiprocessing.Queue
+) -> None:
     try:
-        out.put(_train(dtype, stage, model_dir, steps, datums))
+        out.put(_train(dtype, stage, model_dir, steps, datums, profile))
     except BaseException as exc:  # reported by the parent
         import traceback
 
         out.put({"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-3000:]})
 
 
-def _train(dtype: str, stage: int, model_dir: str, steps: int, count: int) -> dict[str, object]:
+def _train(dtype: str, stage: int, model_dir: str, steps: int, count: int, profile: bool) -> dict[str, object]:
     import torch
     import torch.distributed as dist
 
@@ -102,6 +104,22 @@ def _train(dtype: str, stage: int, model_dir: str, steps: int, count: int) -> di
         if cuda:
             torch.cuda.synchronize()
         step_s.append((time.perf_counter() - start) / len(specs))
+    table = ""
+    if profile:  # one more step of tenant "a": where its time goes, on the host and on the device
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        work = RankWork(
+            adapter_id="a", loss_fn="cross_entropy", forward_only=False, micro_batches=batches, grad_scale=1
+        )
+        with torch_profile(activities=activities) as prof:
+            worker.forward_backward(work)
+            worker.optim_step(OptimStepWork(adapter_id="a", adam=adam))
+            if cuda:
+                torch.cuda.synchronize()
+        sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+        table = prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60)
     snap = worker.snapshot("a")
     assert snap is not None
     worker.create_adapter(AdapterSpec(adapter_id="c", lora=specs["a"][0]))
@@ -137,6 +155,7 @@ def _train(dtype: str, stage: int, model_dir: str, steps: int, count: int) -> di
         "export_s": export_s,
         "export_mib": export_bytes / 2**20,
         "adapter_a_sum_abs": float(sum(abs(v) for vs in adapter.values() for v in vs)),
+        "profile": table,
     }
 
 
@@ -165,6 +184,7 @@ def main() -> None:
     parser.add_argument("--datums", type=int, default=32)
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
     parser.add_argument("--only", nargs="*", metavar="DTYPE:STAGE", help="e.g. bfloat16:3 (default: all four runs)")
+    parser.add_argument("--profile", action="store_true", help="print torch.profiler's table of one more step")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tmp = tempfile.mkdtemp(prefix="tinsmith-gpu-")
@@ -174,7 +194,7 @@ def main() -> None:
     runs = [(d, int(s)) for d, s in (o.split(":") for o in args.only)] if args.only else RUNS
     for dtype, stage in runs:
         out: multiprocessing.Queue = ctx.Queue()
-        proc = ctx.Process(target=_run, args=(dtype, stage, model_dir, args.steps, args.datums, out))
+        proc = ctx.Process(target=_run, args=(dtype, stage, model_dir, args.steps, args.datums, args.profile, out))
         start = time.perf_counter()
         proc.start()
         result = out.get(timeout=900)
@@ -196,6 +216,8 @@ def main() -> None:
             f"{[round(g, 3) for g in result['grad_norms']]}",
             flush=True,
         )
+        if result["profile"]:
+            print(result["profile"], flush=True)
     ok = [r for r in results if "error" not in r]
     ref = next((r for r in ok if r["dtype"] == "float32"), None)
     if ref is not None:

@@ -28,7 +28,11 @@ OUT = ROOT / "benchmarks" / "report"
 # (title, script and arguments, what the figures mean). Arguments trim repeats to keep the whole report about an hour.
 BENCHMARKS: list[tuple[str, list[str], str]] = [
     ("Training step", ["train_step.py"], "tinsmith through the SDK vs a bare transformers+peft step (ratio)"),
-    ("Rank scaling", ["train_step.py", "--scaling"], "1 vs 2 ZeRO-2 ranks, padding, memory per tenant"),
+    (
+        "Rank scaling",
+        ["train_step.py", "--scaling"],
+        "1 vs 2 ranks (ZeRO-1; ZeRO-2 for comparison), padding, memory per tenant",
+    ),
     ("Weight sync", ["weight_sync.py", "--repeats", "3"], "in-memory and storage sync latency by LoRA rank"),
     ("Sampling", ["sampling.py"], "32 concurrent SDK requests vs in-process vLLM (ratio)"),
     ("Checkpoints", ["checkpoint.py"], "save/load seconds and MB/s, local directory vs S3"),

@@ -120,7 +120,7 @@ def scaling(config: str, steps: int, warmup: int) -> None:
         results: dict[str, float] = {}
         steps_s: dict[str, tuple[float, float]] = {}
         padding: list[float] = []
-        for model in ("bench/one-rank", "bench/two-ranks"):
+        for model in ("bench/one-rank", "bench/two-ranks", "bench/two-ranks-zero2"):
             tc = service.create_lora_training_client(base_model=model, rank=LORA_RANK).result()
             times, trainer = [], []
             for i in range(warmup + steps):
@@ -141,11 +141,20 @@ def scaling(config: str, steps: int, warmup: int) -> None:
         after = memory(server.base_url, "bench/one-rank")
     one, two = results["bench/one-rank"], results["bench/two-ranks"]
     print(f"mixed lengths {int(lengths.min())}..{int(lengths.max())}, {len(lengths)} datums, {tokens} tokens per step")
-    for label, model in (("1 rank: ", "bench/one-rank"), ("2 ranks:", "bench/two-ranks")):
+    setups = (
+        ("1 rank, ZeRO-1: ", "bench/one-rank"),
+        ("2 ranks, ZeRO-1:", "bench/two-ranks"),
+        ("2 ranks, ZeRO-2:", "bench/two-ranks-zero2"),
+    )
+    for label, model in setups:
         step, trainer = steps_s[model]
         busy = f"slowest rank's forward+backward {trainer:.2f} s"
         print(f"{label} {results[model]:8.1f} tokens/s  (median step {step:.2f} s, {busy})")
     print(f"ratio 2 ranks / 1 rank: {two / one:.3f} (target >= 1.0 on this machine)")
+    zero2 = results["bench/two-ranks-zero2"] / one
+    print(
+        f"  (2 ZeRO-2 ranks / 1 rank: {zero2:.3f}; ZeRO-2 reduces gradients after every backward, ZeRO-1 once a step)"
+    )
     print(f"padding fraction of micro-batches: {max(padding):.3f} (target <= 0.10)")
     per_rss = (after[0] - before[0]) / len(extra) / 2**20
     per_state = (after[1] - before[1]) / len(extra) / 2**20

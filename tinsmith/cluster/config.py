@@ -25,7 +25,14 @@ class TrainerConfig(_Strict):
     """DeepSpeed trainer ranks (one Ray actor each) for every base model."""
 
     num_ranks: int = Field(default=1, ge=1, description="Data-parallel trainer ranks per base model.")
-    zero_stage: Literal[0, 1, 2, 3] = Field(default=2, description="DeepSpeed ZeRO stage.")
+    zero_stage: Literal[0, 1, 2, 3] = Field(
+        default=1,
+        description=(
+            "DeepSpeed ZeRO stage. 1 shards AdamW state and reduces gradients once per optim_step; 2 also shards"
+            " gradients but reduces them after every micro-batch's backward, which a LoRA's small gradients do not"
+            " repay; 3 also shards the adapter's weights, gathered for every forward."
+        ),
+    )
     dtype: Literal["float32", "bfloat16"] = Field(
         default="float32",
         description="Training dtype of the base model and adapters; AdamW keeps fp32 master weights either way.",
