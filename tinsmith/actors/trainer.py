@@ -13,6 +13,7 @@ import logging
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -105,6 +106,7 @@ class TrainerWorker:
         self.peft: PeftModel | None = None
         self.engines: dict[str, object] = {}
         self.steps: dict[str, int] = {}
+        self.clips: dict[str, _Clip] = {}
         log.info("trainer rank %d/%d ready (%s, %d threads)", rank, world_size, backend, threads)
 
     # ----- adapters -------------------------------------------------------------------------
@@ -139,6 +141,8 @@ class TrainerWorker:
         assert owned == len(params), f"the view holds {owned} parameters, the adapter {len(params)}"
         engine, _, _, _ = deepspeed.initialize(model=view, optimizer=optimizer, config=self._ds_config())
         reset_lazy_state(engine)
+        if engine.optimizer is optimizer:  # fp32 ZeRO-0: DeepSpeed hands the plain AdamW back
+            self.clips[name] = _clip_in_step(optimizer)
         self.engines[name] = engine
         self.steps[name] = 0
         return sum(p.numel() for p in params)
@@ -149,6 +153,7 @@ class TrainerWorker:
 
         engine = self.engines.pop(adapter_id, None)
         self.steps.pop(adapter_id, None)
+        self.clips.pop(adapter_id, None)
         if engine is None or self.peft is None:
             return
         destroy = getattr(engine, "destroy", None)
@@ -289,8 +294,6 @@ class TrainerWorker:
     # ----- optimizer ----------------------------------------------------------------------
     def optim_step(self, work: OptimStepWork) -> dict[str, float]:
         """Apply AdamW with this call's hyper-parameters to the accumulated gradients."""
-        import torch
-
         engine = self._activate(work.adapter_id)
         adam = work.adam
         optimizer = engine.optimizer  # type: ignore[attr-defined]
@@ -299,21 +302,14 @@ class TrainerWorker:
             group["betas"] = (adam.beta1, adam.beta2)
             group["eps"] = adam.eps
             group["weight_decay"] = adam.weight_decay
-        if hasattr(optimizer, "clip_grad"):
+        clip = self.clips.get(work.adapter_id)
+        if clip is not None:
+            clip.max_norm = adam.grad_clip_norm
+        else:  # DeepSpeed's ZeRO and low-precision optimizers clip by their global norm
             optimizer.clip_grad = adam.grad_clip_norm
-        else:
-            engine._config.gradient_clipping = adam.grad_clip_norm  # type: ignore[attr-defined]
-        norm = None
-        if isinstance(optimizer, torch.optim.Optimizer):  # fp32 ZeRO-0: DeepSpeed clips but keeps no norm
-            grads = [p.grad for p in self._adapter_params(work.adapter_id) if p.grad is not None]
-            norm = (
-                float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
-                if grads
-                else 0.0
-            )
         engine.step()  # type: ignore[attr-defined]
         self.steps[work.adapter_id] += 1
-        norm = engine.get_global_grad_norm() if norm is None else norm  # type: ignore[attr-defined]
+        norm = clip.norm if clip is not None else engine.get_global_grad_norm()  # type: ignore[attr-defined]
         metrics = {"learning_rate:mean": adam.learning_rate}
         if norm is not None:
             metrics["grad_norm:mean"] = float(norm)
@@ -514,6 +510,30 @@ def target_logprobs(logits_B_T_V: torch.Tensor, targets_B_T: torch.Tensor) -> to
         logits_B_T_V.float().reshape(B * T, V), targets_B_T.reshape(B * T), reduction="none"
     )
     return -nll.reshape(B, T)
+
+
+@dataclass
+class _Clip:
+    """The clipping threshold for an adapter's next step (0: off) and the norm measured in its last one."""
+
+    max_norm: float = 0.0
+    norm: float | None = None
+
+
+def _clip_in_step(optimizer: torch.optim.Optimizer) -> _Clip:
+    """Measure and clip a plain optimizer's gradients (fp32 ZeRO-0) in a step pre-hook: by then
+    ``engine.step()`` has all-reduced them. DeepSpeed's own ZeRO-0 clipping keeps no norm, and one
+    taken before ``engine.step()`` would see only this rank's gradients."""
+    import torch
+
+    clip = _Clip()
+
+    def measure_and_clip(opt: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+        params = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
+        clip.norm = float(torch.nn.utils.clip_grad_norm_(params, clip.max_norm or float("inf")))
+
+    optimizer.register_step_pre_hook(measure_and_clip)
+    return clip
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
