@@ -19,7 +19,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -28,12 +27,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 RUNS = (("float32", 0), ("bfloat16", 0), ("bfloat16", 1), ("bfloat16", 2), ("bfloat16", 3))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _datums(count: int, lo: int, hi: int, seed: int) -> list[object]:
@@ -71,12 +64,13 @@ def _train(dtype: str, stage: int, model_dir: str, steps: int, count: int, profi
     from tinsmith.actors.batching import plan_rank_work
     from tinsmith.actors.trainer import TrainerWorker
     from tinsmith.cluster.config import TrainerConfig
+    from tinsmith.cluster.launcher import free_port
     from tinsmith.types.internal import AdapterSpec, OptimStepWork, RankWork
     from tinsmith.types.training import AdamParams, LoraConfig
 
     cuda = torch.cuda.is_available()
     config = TrainerConfig(num_ranks=1, zero_stage=stage, dtype=dtype, micro_batch_tokens=8192)  # type: ignore[arg-type]
-    worker = TrainerWorker(0, 1, "127.0.0.1", _free_port(), model_dir, config)
+    worker = TrainerWorker(0, 1, "127.0.0.1", free_port(), model_dir, config)
     backend = dist.get_backend()
     specs = {
         "a": (LoraConfig(rank=16, seed=1), "cross_entropy"),

@@ -15,7 +15,6 @@ from __future__ import annotations
 import multiprocessing
 import queue
 import random
-import socket
 import tempfile
 from pathlib import Path
 
@@ -23,16 +22,11 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT
+from tinsmith.cluster.launcher import free_port
 
 STEPS = 3
 MICRO_BATCH_TOKENS = 128
 LENGTHS = (40, 64, 33, 57, 20)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _model_dir() -> str:
@@ -127,7 +121,7 @@ def _run(stage: int, world: int, model_dir: str, dtype: str = "float32") -> dict
     """Run ``world`` ranks at ``stage``; rank 0's adapters and the loss sums over ranks."""
     ctx = multiprocessing.get_context("spawn")
     out: multiprocessing.Queue = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_run_rank, args=(r, world, port, stage, model_dir, dtype, out)) for r in range(world)]
     for p in procs:
         p.start()
