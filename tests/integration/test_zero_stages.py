@@ -112,9 +112,15 @@ def _train(rank: int, world: int, port: int, stage: int, model_dir: str, dtype: 
         files = load_file(str(Path(exported.path) / "adapter_model.safetensors")) if exported and exported.path else {}
         export = {k: v.flatten().tolist() for k, v in files.items()}
     dist.barrier()
-    result = {"losses": losses, "norms": norms, "logprobs": logprobs, "alone": alone_logprobs, "held": held}
-    result["export"] = export
-    return result | {"adapters": adapters if rank == 0 else {}}
+    return {
+        "losses": losses,
+        "norms": norms,
+        "logprobs": logprobs,
+        "alone": alone_logprobs,
+        "held": held,
+        "export": export,
+        "adapters": adapters if rank == 0 else {},
+    }
 
 
 def _run(stage: int, world: int, model_dir: str, dtype: str = "float32") -> dict[str, object]:

@@ -28,13 +28,16 @@ def _per_param(
 
     if isinstance(optimizer, torch.optim.Optimizer):
         return optimizer, params
-    lp_groups, fp32_groups = getattr(optimizer, "fp16_groups", None), getattr(optimizer, "fp32_groups", None)
-    if lp_groups is None or fp32_groups is None:
+    if not _unfused(optimizer):
         return None
-    masters = {
-        id(lp): hp for lps, hps in zip(lp_groups, fp32_groups, strict=True) for lp, hp in zip(lps, hps, strict=True)
-    }
+    groups = zip(optimizer.fp16_groups, optimizer.fp32_groups, strict=True)  # type: ignore[attr-defined]
+    masters = {id(lp): hp for lps, hps in groups for lp, hp in zip(lps, hps, strict=True)}
     return optimizer.optimizer, {name: masters[id(p)] for name, p in params.items()}  # type: ignore[attr-defined]
+
+
+def _unfused(optimizer: object) -> bool:
+    """DeepSpeed's unfused low-precision optimizer: whole fp32 copies of the low-precision parameters."""
+    return getattr(optimizer, "fp16_groups", None) is not None and getattr(optimizer, "fp32_groups", None) is not None
 
 
 def reset_lazy_state(engine: object) -> None:
@@ -42,7 +45,7 @@ def reset_lazy_state(engine: object) -> None:
     (with zero gradients, to create AdamW's state): left in, it would count as the adapter's first
     step and change AdamW's bias correction from then on."""
     optimizer = engine.optimizer  # type: ignore[attr-defined]
-    if getattr(optimizer, "fp32_groups", None) is not None and getattr(optimizer, "fp16_groups", None) is not None:
+    if _unfused(optimizer):
         optimizer.optimizer.state.clear()
 
 
