@@ -29,6 +29,7 @@ run: install
 lint: install
 	$(BIN)/ruff check tinsmith tests benchmarks examples
 	$(BIN)/ruff format --check tinsmith tests benchmarks examples
+	$(BIN)/lint-imports
 
 typecheck: install
 	$(BIN)/mypy

@@ -57,7 +57,10 @@ def _measure(base_url: str, rank: int, repeats: int) -> dict[str, float]:
         loaded = service.create_training_client_from_state_with_optimizer(path).result()
         loads.append(time.perf_counter() - start)
         loaded.get_info()
-    sizes = {c.tinker_path: c.size_bytes or 0 for c in rest.list_checkpoints(tc.model_id).result().checkpoints}
+    sizes = {
+        c.tinker_path: c.size_bytes or 0
+        for c in rest.list_checkpoints(tc.model_id).result().checkpoints
+    }
     mb = sizes[path] / 1e6
     return {"mb": mb, "save_s": median(saves), "load_s": median(loads)}
 
@@ -69,7 +72,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--ranks", type=int, nargs="+", default=[8, 64])
     args = parser.parse_args()
-    os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1", "localhost"]))
+    os.environ["NO_PROXY"] = ",".join(
+        filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1", "localhost"])
+    )
     from tests.swift_server import SwiftServer
 
     rows: list[tuple[str, int, dict[str, float]]] = []
@@ -89,8 +94,12 @@ def main() -> None:
             with ServerProcess(_config(Path(tmp) / f"{name}.yaml", storage)) as server:
                 for rank in args.ranks:
                     rows.append((name, rank, _measure(server.base_url, rank, args.repeats)))
-    print(f"\ncheckpoint save/load through the SDK (median of {args.repeats}; save_state with AdamW state)")
-    print(f"{'backend':8} {'rank':>5} {'size MB':>8} {'save s':>8} {'save MB/s':>10} {'load s':>8} {'load MB/s':>10}")
+    print(
+        f"\ncheckpoint save/load through the SDK (median of {args.repeats}; save_state with AdamW state)"
+    )
+    print(
+        f"{'backend':8} {'rank':>5} {'size MB':>8} {'save s':>8} {'save MB/s':>10} {'load s':>8} {'load MB/s':>10}"
+    )
     for name, rank, r in rows:
         print(
             f"{name:8} {rank:5d} {r['mb']:8.1f} {r['save_s']:8.2f} {r['mb'] / r['save_s']:10.1f}"

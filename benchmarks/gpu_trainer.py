@@ -45,13 +45,25 @@ def _datums(count: int, lo: int, hi: int, seed: int) -> list[TokenDatum]:
         tokens = [int(t) for t in rng.integers(100, 20000, size=n + 1)]
         extra = {"logprobs": [-2.0] * n, "advantages": [float(a) for a in rng.normal(size=n)]}
         out.append(
-            TokenDatum(index=i, input_tokens=tokens[:-1], target_tokens=tokens[1:], weights=[1.0] * n, extra=extra)
+            TokenDatum(
+                index=i,
+                input_tokens=tokens[:-1],
+                target_tokens=tokens[1:],
+                weights=[1.0] * n,
+                extra=extra,
+            )
         )
     return out
 
 
 def _run(
-    dtype: str, stage: int, model_dir: str, steps: int, datums: int, profile: bool, out: multiprocessing.Queue
+    dtype: str,
+    stage: int,
+    model_dir: str,
+    steps: int,
+    datums: int,
+    profile: bool,
+    out: multiprocessing.Queue,
 ) -> None:
     try:
         out.put(_train(dtype, stage, model_dir, steps, datums, profile))
@@ -61,20 +73,24 @@ def _run(
         out.put({"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-3000:]})
 
 
-def _train(dtype: str, stage: int, model_dir: str, steps: int, count: int, profile: bool) -> dict[str, object]:
+def _train(
+    dtype: str, stage: int, model_dir: str, steps: int, count: int, profile: bool
+) -> dict[str, object]:
     import torch
     import torch.distributed as dist
 
     from tinsmith.actors.batching import plan_rank_work
     from tinsmith.actors.trainer import TrainerWorker
-    from tinsmith.cluster.config import TrainerConfig
     from tinsmith.cluster.launcher import free_port
+    from tinsmith.storage.transfer import StorageSite
     from tinsmith.types.internal import AdapterSpec, OptimStepWork, RankWork
+    from tinsmith.types.settings import TrainerConfig
     from tinsmith.types.training import AdamParams, LoraConfig
 
     cuda = torch.cuda.is_available()
     config = TrainerConfig(num_ranks=1, zero_stage=stage, dtype=dtype, micro_batch_tokens=8192)  # type: ignore[arg-type]
-    worker = TrainerWorker(0, 1, "127.0.0.1", free_port(), model_dir, config)
+    site = StorageSite(data_dir=tempfile.mkdtemp(prefix="tinsmith-gpu-"))
+    worker = TrainerWorker(0, 1, "127.0.0.1", free_port(), model_dir, config, site)
     backend = dist.get_backend()
     specs = {
         "a": (LoraConfig(rank=16, seed=1), "cross_entropy"),
@@ -94,7 +110,13 @@ def _train(dtype: str, stage: int, model_dir: str, steps: int, count: int, profi
             torch.cuda.synchronize()
         start = time.perf_counter()
         for name, (_, loss_fn) in specs.items():
-            work = RankWork(adapter_id=name, loss_fn=loss_fn, forward_only=False, micro_batches=batches, grad_scale=1)
+            work = RankWork(
+                adapter_id=name,
+                loss_fn=loss_fn,
+                forward_only=False,
+                micro_batches=batches,
+                grad_scale=1,
+            )
             losses[name].append(worker.forward_backward(work).loss_sum)
             metrics = worker.optim_step(OptimStepWork(adapter_id=name, adam=adam))
             if name == "a":
@@ -109,7 +131,11 @@ def _train(dtype: str, stage: int, model_dir: str, steps: int, count: int, profi
 
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
         work = RankWork(
-            adapter_id="a", loss_fn="cross_entropy", forward_only=False, micro_batches=batches, grad_scale=1
+            adapter_id="a",
+            loss_fn="cross_entropy",
+            forward_only=False,
+            micro_batches=batches,
+            grad_scale=1,
         )
         with torch_profile(activities=activities) as prof:
             worker.forward_backward(work)
@@ -117,19 +143,32 @@ def _train(dtype: str, stage: int, model_dir: str, steps: int, count: int, profi
             if cuda:
                 torch.cuda.synchronize()
         averages = prof.key_averages()
-        table = averages.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60)
+        table = averages.table(
+            sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60
+        )
         if cuda:
-            table += "\n" + averages.table(sort_by="self_device_time_total", row_limit=15, max_name_column_width=60)
+            table += "\n" + averages.table(
+                sort_by="self_device_time_total", row_limit=15, max_name_column_width=60
+            )
     snap = worker.snapshot("a")
     assert snap is not None
     worker.create_adapter(AdapterSpec(adapter_id="c", lora=specs["a"][0]))
     worker.restore_snapshot("c", snap[1])
     probe = RankWork(
-        adapter_id="a", loss_fn="cross_entropy", forward_only=True, micro_batches=batches[:1], grad_scale=1
+        adapter_id="a",
+        loss_fn="cross_entropy",
+        forward_only=True,
+        micro_batches=batches[:1],
+        grad_scale=1,
     )
     lp_a = [d.logprobs for d in worker.forward_backward(probe).datums]
-    lp_c = [d.logprobs for d in worker.forward_backward(probe.model_copy(update={"adapter_id": "c"})).datums]
-    restored_diff = max(abs(x - y) for ra, rc in zip(lp_a, lp_c, strict=True) for x, y in zip(ra, rc, strict=True))
+    lp_c = [
+        d.logprobs
+        for d in worker.forward_backward(probe.model_copy(update={"adapter_id": "c"})).datums
+    ]
+    restored_diff = max(
+        abs(x - y) for ra, rc in zip(lp_a, lp_c, strict=True) for x, y in zip(ra, rc, strict=True)
+    )
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         exported = worker.export_adapter("a", str(Path(tmp) / "a"))
@@ -162,7 +201,9 @@ def _random_model(config_dir: str, out_dir: str) -> str:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(config_dir), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(
+        AutoConfig.from_pretrained(config_dir), dtype=torch.float32
+    )
     model.save_pretrained(out_dir)
     return out_dir
 
@@ -176,13 +217,21 @@ def _local_model() -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--random-init", metavar="CONFIG_DIR", help="random weights from this model config")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--random-init", metavar="CONFIG_DIR", help="random weights from this model config"
+    )
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--datums", type=int, default=32)
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
-    parser.add_argument("--only", nargs="*", metavar="DTYPE:STAGE", help="e.g. bfloat16:3 (default: all five runs)")
-    parser.add_argument("--profile", action="store_true", help="print torch.profiler's table of one more step")
+    parser.add_argument(
+        "--only", nargs="*", metavar="DTYPE:STAGE", help="e.g. bfloat16:3 (default: all five runs)"
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="print torch.profiler's table of one more step"
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tmp = tempfile.mkdtemp(prefix="tinsmith-gpu-")
@@ -192,7 +241,9 @@ def main() -> None:
     runs = [(d, int(s)) for d, s in (o.split(":") for o in args.only)] if args.only else RUNS
     for dtype, stage in runs:
         out: multiprocessing.Queue = ctx.Queue()
-        proc = ctx.Process(target=_run, args=(dtype, stage, model_dir, args.steps, args.datums, args.profile, out))
+        proc = ctx.Process(
+            target=_run, args=(dtype, stage, model_dir, args.steps, args.datums, args.profile, out)
+        )
         start = time.perf_counter()
         proc.start()
         result = out.get(timeout=900)
@@ -223,10 +274,15 @@ def main() -> None:
             if r is ref:
                 continue
             diffs = {
-                name: max(abs(x - y) / abs(y) for x, y in zip(r["losses"][name], ref["losses"][name], strict=True))
+                name: max(
+                    abs(x - y) / abs(y)
+                    for x, y in zip(r["losses"][name], ref["losses"][name], strict=True)
+                )
                 for name in ref["losses"]
             }
-            print(f"bf16 ZeRO-{r['stage']} vs fp32 ZeRO-0: largest relative loss difference {diffs}")
+            print(
+                f"bf16 ZeRO-{r['stage']} vs fp32 ZeRO-0: largest relative loss difference {diffs}"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     sys.exit(0 if len(ok) == len(results) else 1)

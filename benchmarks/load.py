@@ -98,7 +98,10 @@ def main() -> None:
                 if step % 3 == 0:
                     sampler = timed("weight_sync", tc.save_weights_and_get_sampling_client())  # type: ignore[attr-defined]
                     params = types.SamplingParams(max_tokens=8, temperature=1.0, seed=step)
-                    timed("sample_adapter", sampler.sample(types.ModelInput.from_ints(seq[:8]), 1, params))  # type: ignore[attr-defined]
+                    timed(
+                        "sample_adapter",
+                        sampler.sample(types.ModelInput.from_ints(seq[:8]), 1, params),
+                    )  # type: ignore[attr-defined]
 
         def sampler_client(i: int) -> None:
             service = tinker.ServiceClient(base_url=server.base_url, api_key="tml-bench")
@@ -126,12 +129,18 @@ def main() -> None:
 
     total = sum(len(v) for v in latencies.values())
     n_train = (args.clients + 1) // 2
-    print(f"\n{args.clients} clients ({n_train} training, {args.clients - n_train} sampling), {elapsed:.0f} s")
-    print(f"completed requests: {total}   errors: {len(errors)}   ({total / elapsed:.2f} requests/s)")
+    print(
+        f"\n{args.clients} clients ({n_train} training, {args.clients - n_train} sampling), {elapsed:.0f} s"
+    )
+    print(
+        f"completed requests: {total}   errors: {len(errors)}   ({total / elapsed:.2f} requests/s)"
+    )
     print(f"{'kind':18} {'count':>6} {'p50 s':>8} {'p99 s':>8}")
     for kind in sorted(latencies):
         values = latencies[kind]
-        print(f"{kind:18} {len(values):6d} {_percentile(values, 0.5):8.3f} {_percentile(values, 0.99):8.3f}")
+        print(
+            f"{kind:18} {len(values):6d} {_percentile(values, 0.5):8.3f} {_percentile(values, 0.99):8.3f}"
+        )
     print(f"server peak memory (whole process tree): {peak[0] / 2**30:.2f} GiB")
     for error in errors[:3]:
         print(error)

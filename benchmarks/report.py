@@ -27,16 +27,28 @@ OUT = ROOT / "benchmarks" / "report"
 
 # (title, script and arguments, what the figures mean). Arguments trim repeats to keep the whole report about an hour.
 BENCHMARKS: list[tuple[str, list[str], str]] = [
-    ("Training step", ["train_step.py"], "tinsmith through the SDK vs a bare transformers+peft step (ratio)"),
+    (
+        "Training step",
+        ["train_step.py"],
+        "tinsmith through the SDK vs a bare transformers+peft step (ratio)",
+    ),
     (
         "Rank scaling",
         ["train_step.py", "--scaling"],
         "1 vs 2 ranks (ZeRO-1; ZeRO-2 for comparison), padding, memory per tenant",
     ),
-    ("Weight sync", ["weight_sync.py", "--repeats", "3"], "in-memory and storage sync latency by LoRA rank"),
+    (
+        "Weight sync",
+        ["weight_sync.py", "--repeats", "3"],
+        "in-memory and storage sync latency by LoRA rank",
+    ),
     ("Sampling", ["sampling.py"], "32 concurrent SDK requests vs in-process vLLM (ratio)"),
     ("Checkpoints", ["checkpoint.py"], "save/load seconds and MB/s, local directory vs S3"),
-    ("Load", ["load.py", "--seconds", "60"], "32 concurrent SDK clients: requests, errors, p50/p99, peak memory"),
+    (
+        "Load",
+        ["load.py", "--seconds", "60"],
+        "32 concurrent SDK clients: requests, errors, p50/p99, peak memory",
+    ),
 ]
 # (name, script, arguments, metrics it is plotted from)
 EXAMPLES: list[tuple[str, str, list[str]]] = [
@@ -55,7 +67,9 @@ LOG_LINE = re.compile(r"(DEBUG|INFO|WARNING) \d\d-\d\d \d\d:\d\d:\d\d \[")
 def run(cmd: list[str], env: dict[str, str], timeout: float) -> tuple[str, float, int]:
     start = time.perf_counter()
     try:
-        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+        done = subprocess.run(
+            cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
+        )
         figures = "\n".join(line for line in done.stdout.splitlines() if not LOG_LINE.search(line))
         out, rc = figures + (done.stderr[-3000:] if done.returncode else ""), done.returncode
     except subprocess.TimeoutExpired as exc:
@@ -87,17 +101,26 @@ def plots(runs: dict[str, list[dict[str, float]]]) -> list[str]:
     for key, label in (("train_mean_nll", "train NLL"), ("test/nll", "eval NLL (held-out)")):
         x, y = series(runs.get("sl", []), key)
         ax.plot(x, y, marker="o", label=label)
-    ax.set(xlabel="step", ylabel="mean NLL per token", title="SL (cookbook supervised.train, conversations.jsonl)")
+    ax.set(
+        xlabel="step",
+        ylabel="mean NLL per token",
+        title="SL (cookbook supervised.train, conversations.jsonl)",
+    )
     ax.legend()
     fig.tight_layout()
     fig.savefig(OUT / "sl_loss.png", dpi=100)
     made.append("sl_loss.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, label in (("rl", "sync, importance_sampling"), ("rl_async", "async off-policy (2), importance_sampling")):
+    for name, label in (
+        ("rl", "sync, importance_sampling"),
+        ("rl_async", "async off-policy (2), importance_sampling"),
+    ):
         x, y = series(runs.get(name, []), "env/all/reward/total")
         ax.plot(x, y, marker="o", label=label)
-    ax.set(xlabel="step", ylabel="mean reward", title="RL (cookbook rl.train, single-digit addition)")
+    ax.set(
+        xlabel="step", ylabel="mean reward", title="RL (cookbook rl.train, single-digit addition)"
+    )
     ax.legend()
     fig.tight_layout()
     fig.savefig(OUT / "rl_reward.png", dpi=100)
@@ -109,12 +132,21 @@ def plots(runs: dict[str, list[dict[str, float]]]) -> list[str]:
         rows = [r for r in runs.get(name, []) if r.get("time/train_step") and "tokens/trained" in r]
         speed = [r["tokens/trained"] / r["time/train_step"] for r in rows]
         left.plot([int(r["step"]) for r in rows], speed, "o-", label=label)
-    left.set(xlabel="step", ylabel="tokens/s", title="RL training: trained tokens per second of train step")
+    left.set(
+        xlabel="step",
+        ylabel="tokens/s",
+        title="RL training: trained tokens per second of train step",
+    )
     left.legend()
     rows = [r for r in runs.get("rl", []) if r.get("time/sampling") and "tokens/sampled" in r]
-    rollout = [(r["tokens/sampled"] + r.get("tokens/prefill_uncached", 0)) / r["time/sampling"] for r in rows]
+    rollout = [
+        (r["tokens/sampled"] + r.get("tokens/prefill_uncached", 0)) / r["time/sampling"]
+        for r in rows
+    ]
     right.plot([int(r["step"]) for r in rows], rollout, "o-")
-    right.set(xlabel="step", ylabel="tokens/s", title="RL rollouts: prompt + sampled tokens per second")
+    right.set(
+        xlabel="step", ylabel="tokens/s", title="RL rollouts: prompt + sampled tokens per second"
+    )
     fig.tight_layout()
     fig.savefig(OUT / "throughput.png", dpi=100)
     made.append("throughput.png")
@@ -128,7 +160,9 @@ def example_summary(name: str, rows: list[dict[str, float]]) -> str:
 
     if name == "sl":
         _, ev = series(rows, "test/nll")
-        return f"eval NLL {ev[0]:.3f} → {ev[-1]:.3f} over {len(rows)} steps" if ev else "no eval rows"
+        return (
+            f"eval NLL {ev[0]:.3f} → {ev[-1]:.3f} over {len(rows)} steps" if ev else "no eval rows"
+        )
     if name.startswith("rl"):
         _, reward = series(rows, "env/all/reward/total")
         text = f"mean reward first 4 steps {mean(reward[:4]):+.3f}, last 4 steps {mean(reward[-4:]):+.3f}"
@@ -146,8 +180,12 @@ def example_summary(name: str, rows: list[dict[str, float]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--skip-benchmarks", action="store_true", help="only the examples (keeps the figures out)")
-    parser.add_argument("--timeout", type=float, default=1800, help="seconds per benchmark or example")
+    parser.add_argument(
+        "--skip-benchmarks", action="store_true", help="only the examples (keeps the figures out)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=1800, help="seconds per benchmark or example"
+    )
     args = parser.parse_args()
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     OUT.mkdir(parents=True, exist_ok=True)
@@ -174,7 +212,9 @@ def main() -> None:
     if not args.skip_benchmarks:
         for title, cmd, what in BENCHMARKS:
             print(f"== {title}: {' '.join(cmd)}", flush=True)
-            out, seconds, rc = run([sys.executable, str(ROOT / "benchmarks" / cmd[0]), *cmd[1:]], env, args.timeout)
+            out, seconds, rc = run(
+                [sys.executable, str(ROOT / "benchmarks" / cmd[0]), *cmd[1:]], env, args.timeout
+            )
             print(out, flush=True)
             status = "" if rc == 0 else f" — **exit {rc}**"
             command = f"`python benchmarks/{' '.join(cmd)}` ({seconds:.0f} s)"

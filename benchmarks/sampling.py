@@ -71,7 +71,10 @@ def main() -> None:
         for r in range(args.rounds):
             tokens, seconds = requests_round(one)
             sdk_rates.append(tokens / seconds)
-            print(f"round {r} sdk : {tokens} tokens in {seconds:.2f} s = {tokens / seconds:.1f} tok/s", flush=True)
+            print(
+                f"round {r} sdk : {tokens} tokens in {seconds:.2f} s = {tokens / seconds:.1f} tok/s",
+                flush=True,
+            )
 
     configure_process(sampler_cfg)
     from vllm import LLM, SamplingParams
@@ -79,17 +82,28 @@ def main() -> None:
 
     llm = LLM(**engine_args(model_dir, sampler_cfg))  # type: ignore[arg-type]
     vllm_prompts = [TokensPrompt(prompt_token_ids=p) for p in prompts]
-    vllm_params = [SamplingParams(max_tokens=args.max_tokens, temperature=1.0, seed=i) for i in range(len(prompts))]
+    vllm_params = [
+        SamplingParams(max_tokens=args.max_tokens, temperature=1.0, seed=i)
+        for i in range(len(prompts))
+    ]
     llm.generate(vllm_prompts, vllm_params, use_tqdm=False)  # warm-up
     vllm_rates: list[float] = []
     for r in range(args.rounds):
         start = time.perf_counter()
         outs = llm.generate(vllm_prompts, vllm_params, use_tqdm=False)
-        tokens, seconds = sum(len(o.outputs[0].token_ids) for o in outs), time.perf_counter() - start
+        tokens, seconds = (
+            sum(len(o.outputs[0].token_ids) for o in outs),
+            time.perf_counter() - start,
+        )
         vllm_rates.append(tokens / seconds)
-        print(f"round {r} vllm: {tokens} tokens in {seconds:.2f} s = {tokens / seconds:.1f} tok/s", flush=True)
+        print(
+            f"round {r} vllm: {tokens} tokens in {seconds:.2f} s = {tokens / seconds:.1f} tok/s",
+            flush=True,
+        )
     sdk, base = median(sdk_rates), median(vllm_rates)
-    print(f"\n{args.requests} concurrent requests, {args.prompt_tokens}-token prompts, max_tokens {args.max_tokens}")
+    print(
+        f"\n{args.requests} concurrent requests, {args.prompt_tokens}-token prompts, max_tokens {args.max_tokens}"
+    )
     print(f"vLLM LLM.generate in-process: {base:8.1f} sampled tok/s")
     print(f"tinsmith through the SDK:     {sdk:8.1f} sampled tok/s")
     print(f"ratio SDK / vLLM:             {sdk / base:8.2f}   (target >= 0.85)")

@@ -29,7 +29,16 @@ def bare_step(model_dir: str, batch: list[list[int]]) -> Callable[[], None]:
     torch.set_num_threads(os.cpu_count() or 1)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.requires_grad_(False)
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
+    targets = [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+        "lm_head",
+    ]
     model = get_peft_model(model, LoraConfig(r=LORA_RANK, lora_alpha=32, target_modules=targets))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), eps=1e-12, weight_decay=0.0)
@@ -38,7 +47,9 @@ def bare_step(model_dir: str, batch: list[list[int]]) -> Callable[[], None]:
 
     def step() -> None:
         logits = model(input_ids=ids, use_cache=False).logits.float()
-        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="none")
+        nll = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="none"
+        )
         nll.sum().backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -100,8 +111,13 @@ def scaling(config: str, steps: int, warmup: int) -> None:
     lengths = rng.integers(SEQ_LEN // 2, SEQ_LEN * 2, size=2 * BATCH)
     data = [
         types.Datum(
-            model_input=types.ModelInput.from_ints([int(t) for t in rng.integers(100, 49152, size=n)]),
-            loss_fn_inputs={"target_tokens": [int(t) for t in rng.integers(100, 49152, size=n)], "weights": [1.0] * n},
+            model_input=types.ModelInput.from_ints(
+                [int(t) for t in rng.integers(100, 49152, size=n)]
+            ),
+            loss_fn_inputs={
+                "target_tokens": [int(t) for t in rng.integers(100, 49152, size=n)],
+                "weights": [1.0] * n,
+            },
         )
         for n in lengths
     ]
@@ -109,7 +125,9 @@ def scaling(config: str, steps: int, warmup: int) -> None:
 
     def memory(base_url: str, model: str) -> tuple[int, int]:
         """(RSS, adapter weights + optimizer state) of the model's first trainer rank, in bytes."""
-        request = urllib.request.Request(f"{base_url}/api/v1/tinsmith/status", headers={"X-API-Key": "tml-bench"})
+        request = urllib.request.Request(
+            f"{base_url}/api/v1/tinsmith/status", headers={"X-API-Key": "tml-bench"}
+        )
         with urllib.request.urlopen(request) as resp:
             status = json.loads(resp.read())
         worker = next(m for m in status if m["base_model"] == model)["workers"][0]
@@ -130,17 +148,24 @@ def scaling(config: str, steps: int, warmup: int) -> None:
                 if i >= warmup:
                     times.append(time.perf_counter() - start)
                     trainer.append(metrics["trainer_seconds:max"])
-                padding.append(metrics["padding_tokens:sum"] / (metrics["padding_tokens:sum"] + tokens))
+                padding.append(
+                    metrics["padding_tokens:sum"] / (metrics["padding_tokens:sum"] + tokens)
+                )
             results[model] = tokens / median(times)
             steps_s[model] = (median(times), median(trainer))
         before = memory(server.base_url, "bench/one-rank")
-        extra = [service.create_lora_training_client(base_model="bench/one-rank", rank=32).result() for _ in range(4)]
+        extra = [
+            service.create_lora_training_client(base_model="bench/one-rank", rank=32).result()
+            for _ in range(4)
+        ]
         for tc in extra:
             tc.forward_backward(data[:2], "cross_entropy").result()
             tc.optim_step(types.AdamParams()).result()
         after = memory(server.base_url, "bench/one-rank")
     one, two = results["bench/one-rank"], results["bench/two-ranks"]
-    print(f"mixed lengths {int(lengths.min())}..{int(lengths.max())}, {len(lengths)} datums, {tokens} tokens per step")
+    print(
+        f"mixed lengths {int(lengths.min())}..{int(lengths.max())}, {len(lengths)} datums, {tokens} tokens per step"
+    )
     setups = (
         ("1 rank, ZeRO-1: ", "bench/one-rank"),
         ("2 ranks, ZeRO-1:", "bench/two-ranks"),
@@ -158,7 +183,9 @@ def scaling(config: str, steps: int, warmup: int) -> None:
     print(f"padding fraction of micro-batches: {max(padding):.3f} (target <= 0.10)")
     per_rss = (after[0] - before[0]) / len(extra) / 2**20
     per_state = (after[1] - before[1]) / len(extra) / 2**20
-    print(f"per added rank-32 tenant: adapter + optimizer state {per_state:.1f} MiB, trainer RSS {per_rss:+.1f} MiB")
+    print(
+        f"per added rank-32 tenant: adapter + optimizer state {per_state:.1f} MiB, trainer RSS {per_rss:+.1f} MiB"
+    )
     print("  (RSS can grow less: the allocator reuses memory freed by earlier steps' activations)")
 
 
@@ -174,7 +201,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--bare-worker", metavar="MODEL_DIR", help=argparse.SUPPRESS)
     parser.add_argument(
-        "--scaling", action="store_true", help="1 vs 2 ranks, padding and memory per tenant (configs/bench-ranks.yaml)"
+        "--scaling",
+        action="store_true",
+        help="1 vs 2 ranks, padding and memory per tenant (configs/bench-ranks.yaml)",
     )
     args = parser.parse_args()
     if args.bare_worker:
@@ -211,9 +240,15 @@ def main() -> None:
         bare.close()
     tokens = BATCH * SEQ_LEN
     sdk_tps, bare_tps = tokens / median(sdk_times), tokens / median(bare_times)
-    print(f"batch: {BATCH} x {SEQ_LEN} tokens, LoRA rank {LORA_RANK}, model {MODEL}, {os.cpu_count()} CPUs")
-    print(f"bare transformers+peft step: {bare_tps:8.1f} tokens/s  (median step {median(bare_times):.3f} s)")
-    print(f"tinsmith via tinker SDK:     {sdk_tps:8.1f} tokens/s  (median step {median(sdk_times):.3f} s)")
+    print(
+        f"batch: {BATCH} x {SEQ_LEN} tokens, LoRA rank {LORA_RANK}, model {MODEL}, {os.cpu_count()} CPUs"
+    )
+    print(
+        f"bare transformers+peft step: {bare_tps:8.1f} tokens/s  (median step {median(bare_times):.3f} s)"
+    )
+    print(
+        f"tinsmith via tinker SDK:     {sdk_tps:8.1f} tokens/s  (median step {median(sdk_times):.3f} s)"
+    )
     print(f"  of which trainer forward+backward: {median(trainer_times):.3f} s")
     print(f"ratio (target >= 0.90):      {sdk_tps / bare_tps:8.3f}")
 

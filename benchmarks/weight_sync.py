@@ -40,7 +40,13 @@ def _measure(base_url: str, rank: int, repeats: int) -> dict[str, float]:
     one_token = types.SamplingParams(max_tokens=1, temperature=0.0)
     service = tinker.ServiceClient(base_url=base_url, api_key="tml-bench")
     tc = service.create_lora_training_client(base_model=MODEL, rank=rank).result()
-    rows: dict[str, list[float]] = {"sync": [], "sync_sample": [], "sample": [], "storage": [], "storage_sample": []}
+    rows: dict[str, list[float]] = {
+        "sync": [],
+        "sync_sample": [],
+        "sample": [],
+        "storage": [],
+        "storage_sample": [],
+    }
     for i in range(repeats + 1):
         tc.forward_backward([datum], "cross_entropy").result()
         tc.optim_step(types.AdamParams(learning_rate=1e-4)).result()

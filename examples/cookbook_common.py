@@ -32,19 +32,34 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("TINKER_BASE_URL"),
         help="a running tinsmith (default: $TINKER_BASE_URL, else start one on --config)",
     )
-    parser.add_argument("--config", default=str(ROOT / "configs" / "local.yaml"), help="config of the server to start")
-    parser.add_argument("--log-path", default=None, help="where the cookbook writes metrics.jsonl (default: temp dir)")
+    parser.add_argument(
+        "--config",
+        default=str(ROOT / "configs" / "local.yaml"),
+        help="config of the server to start",
+    )
+    parser.add_argument(
+        "--log-path",
+        default=None,
+        help="where the cookbook writes metrics.jsonl (default: temp dir)",
+    )
 
 
 @contextmanager
 def tinsmith(base_url: str | None, config: str) -> Iterator[str]:
     """Yield the base URL of a tinsmith server: the given one, or a local one started (and stopped) here."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tokenizer comes from the local cache, never the hub
+    os.environ.setdefault(
+        "HF_HUB_OFFLINE", "1"
+    )  # the tokenizer comes from the local cache, never the hub
     if base_url:
         yield base_url
         return
-    os.environ.setdefault("TINKER_API_KEY", "tml-local-examples")  # the local preset accepts any tml- key
-    print(f"starting tinsmith serve --config {config} (the first start takes a minute or two) ...", flush=True)
+    os.environ.setdefault(
+        "TINKER_API_KEY", "tml-local-examples"
+    )  # the local preset accepts any tml- key
+    print(
+        f"starting tinsmith serve --config {config} (the first start takes a minute or two) ...",
+        flush=True,
+    )
     with ServerProcess(config) as server:
         print(f"server up at {server.base_url} (log: {server.log_path})", flush=True)
         yield server.base_url

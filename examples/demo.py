@@ -18,7 +18,10 @@ from tinsmith.cluster.launcher import ServerProcess
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 CHATS = [
     ("What is tinsmith?", "tinsmith is a self-hosted Tinker server that runs on Ray."),
-    ("Where does tinsmith train?", "tinsmith trains LoRA adapters with DeepSpeed on your own machines."),
+    (
+        "Where does tinsmith train?",
+        "tinsmith trains LoRA adapters with DeepSpeed on your own machines.",
+    ),
     ("How does tinsmith sample?", "tinsmith samples with vLLM from the weights you just trained."),
     ("Who can use tinsmith?", "Anyone with Tinker code can point it at tinsmith unchanged."),
 ]
@@ -50,12 +53,16 @@ def greedy(sampler: tinker.SamplingClient, tokenizer: object, question: str) -> 
     )
     ids = tokenizer.encode(prompt)  # type: ignore[attr-defined]
     params = types.SamplingParams(max_tokens=32, temperature=0.0, stop=["<|im_end|>"])
-    out = sampler.sample(types.ModelInput.from_ints(ids), num_samples=1, sampling_params=params).result()
+    out = sampler.sample(
+        types.ModelInput.from_ints(ids), num_samples=1, sampling_params=params
+    ).result()
     return tokenizer.decode(out.sequences[0].tokens, skip_special_tokens=True)  # type: ignore[attr-defined]
 
 
 def run(base_url: str, steps: int) -> None:
-    service = tinker.ServiceClient(base_url=base_url, api_key=os.environ.get("TINKER_API_KEY", "tml-local-demo"))
+    service = tinker.ServiceClient(
+        base_url=base_url, api_key=os.environ.get("TINKER_API_KEY", "tml-local-demo")
+    )
     training = service.create_lora_training_client(base_model=MODEL, rank=8).result()
     tokenizer = training.get_tokenizer()
     datums = build_datums(tokenizer)
@@ -78,7 +85,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default="configs/local.yaml")
     parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--base-url", default=None, help="use a running server instead of starting one")
+    parser.add_argument(
+        "--base-url", default=None, help="use a running server instead of starting one"
+    )
     args = parser.parse_args()
     if args.base_url:
         run(args.base_url, args.steps)

@@ -20,7 +20,15 @@ import json
 import random
 from pathlib import Path
 
-from cookbook_common import MODEL, RENDERER, add_server_args, log_dir, quiet_logs, read_metrics, tinsmith
+from cookbook_common import (
+    MODEL,
+    RENDERER,
+    add_server_args,
+    log_dir,
+    quiet_logs,
+    read_metrics,
+    tinsmith,
+)
 from tinker_cookbook.preference import train_dpo
 from tinker_cookbook.preference.dpo_datasets import DPODatasetBuilderFromComparisons
 from tinker_cookbook.preference.preference_datasets import ComparisonBuilderFromJsonl
@@ -52,7 +60,10 @@ def preference_pairs(count: int, seed: int) -> list[dict[str, object]]:
             question, answer = f"What is {x} + {y}?", f"{x} + {y} = {x + y}."
         else:
             country = rng.choice(sorted(CAPITALS))
-            question, answer = f"What is the capital of {country}?", f"The capital of {country} is {CAPITALS[country]}."
+            question, answer = (
+                f"What is the capital of {country}?",
+                f"The capital of {country} is {CAPITALS[country]}.",
+            )
         helpful = [{"role": "assistant", "content": answer}]
         dismissive = [{"role": "assistant", "content": rng.choice(DISMISSIVE)}]
         helpful_first = rng.random() < 0.5
@@ -73,7 +84,10 @@ def build_config(args: argparse.Namespace, base_url: str, log_path: str) -> trai
     data = Path(log_path) / "preferences.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in preference_pairs(args.pairs, seed=0)))
     common = ChatDatasetBuilderCommonConfig(
-        model_name_for_tokenizer=MODEL, renderer_name=RENDERER, max_length=256, batch_size=args.batch_size
+        model_name_for_tokenizer=MODEL,
+        renderer_name=RENDERER,
+        max_length=256,
+        batch_size=args.batch_size,
     )
     dataset = DPODatasetBuilderFromComparisons(
         common_config=common, comparison_builder=ComparisonBuilderFromJsonl(train_path=str(data))
@@ -111,7 +125,9 @@ def summarize(log_path: str) -> list[float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_server_args(parser)
     parser.add_argument("--pairs", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=8, help="comparisons per step")
@@ -128,7 +144,9 @@ def main() -> None:
     accuracy = summarize(log_path)
     if len(accuracy) > 3:
         last = sum(accuracy[-3:]) / 3
-        print(f"preference accuracy: {accuracy[0]:.3f} at step 0 (policy = reference), {last:.3f} in the last 3 steps")
+        print(
+            f"preference accuracy: {accuracy[0]:.3f} at step 0 (policy = reference), {last:.3f} in the last 3 steps"
+        )
     print(f"metrics: {log_path}/metrics.jsonl")
 
 

@@ -27,7 +27,15 @@ from functools import partial
 
 import chz
 import numpy as np
-from cookbook_common import MODEL, RENDERER, add_server_args, log_dir, quiet_logs, read_metrics, tinsmith
+from cookbook_common import (
+    MODEL,
+    RENDERER,
+    add_server_args,
+    log_dir,
+    quiet_logs,
+    read_metrics,
+    tinsmith,
+)
 from tinker_cookbook import renderers
 from tinker_cookbook.recipes.math_rl.arithmetic_env import ArithmeticEnv
 from tinker_cookbook.rl import train
@@ -40,7 +48,12 @@ class AdditionProblems(RLDataset):
     """`n_batches` batches of `groups_per_batch` problems "x + y" with 0 <= x, y <= max_operand."""
 
     def __init__(
-        self, renderer: renderers.Renderer, groups_per_batch: int, group_size: int, n_batches: int, max_operand: int
+        self,
+        renderer: renderers.Renderer,
+        groups_per_batch: int,
+        group_size: int,
+        n_batches: int,
+        max_operand: int,
     ) -> None:
         self.renderer = renderer
         self.groups_per_batch = groups_per_batch
@@ -54,9 +67,17 @@ class AdditionProblems(RLDataset):
         for _ in range(self.groups_per_batch):
             x, y = (int(v) for v in rng.integers(0, self.max_operand + 1, size=2))
             env = partial(
-                ArithmeticEnv, x, y, renderer=self.renderer, convo_prefix=ArithmeticEnv.standard_fewshot_prefix()
+                ArithmeticEnv,
+                x,
+                y,
+                renderer=self.renderer,
+                convo_prefix=ArithmeticEnv.standard_fewshot_prefix(),
             )
-            builders.append(ProblemGroupBuilder(env_thunk=env, num_envs=self.group_size, dataset_name="addition"))
+            builders.append(
+                ProblemGroupBuilder(
+                    env_thunk=env, num_envs=self.group_size, dataset_name="addition"
+                )
+            )
         return builders
 
     def __len__(self) -> int:
@@ -72,7 +93,9 @@ class AdditionProblemsBuilder(RLDatasetBuilder):
 
     async def __call__(self) -> tuple[RLDataset, RLDataset | None]:
         renderer = renderers.get_renderer(RENDERER, tokenizer=get_tokenizer(MODEL))
-        problems = AdditionProblems(renderer, self.groups_per_batch, self.group_size, self.n_batches, self.max_operand)
+        problems = AdditionProblems(
+            renderer, self.groups_per_batch, self.group_size, self.n_batches, self.max_operand
+        )
         return problems, None
 
 
@@ -80,7 +103,9 @@ def build_config(args: argparse.Namespace, base_url: str, log_path: str) -> trai
     async_config = None
     if args.max_steps_off_policy > 0:
         async_config = train.AsyncConfig(
-            max_steps_off_policy=args.max_steps_off_policy, groups_per_batch=args.groups_per_batch, loss_fn=args.loss_fn
+            max_steps_off_policy=args.max_steps_off_policy,
+            groups_per_batch=args.groups_per_batch,
+            loss_fn=args.loss_fn,
         )
     return train.Config(
         learning_rate=args.learning_rate,
@@ -124,7 +149,9 @@ def summarize(log_path: str, window: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_server_args(parser)
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--groups-per-batch", type=int, default=8)
@@ -134,9 +161,15 @@ def main() -> None:
     # 4e-4 learnt faster when it worked but sometimes collapsed onto one wrong answer (entropy 2.1 -> 0.3, reward flat)
     parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--lora-rank", type=int, default=16)
-    parser.add_argument("--max-steps-off-policy", type=int, default=0, help="0: sync on-policy; N>0: async")
-    parser.add_argument("--loss-fn", default="importance_sampling", choices=["importance_sampling", "ppo", "cispo"])
-    parser.add_argument("--window", type=int, default=4, help="steps averaged at the start and the end")
+    parser.add_argument(
+        "--max-steps-off-policy", type=int, default=0, help="0: sync on-policy; N>0: async"
+    )
+    parser.add_argument(
+        "--loss-fn", default="importance_sampling", choices=["importance_sampling", "ppo", "cispo"]
+    )
+    parser.add_argument(
+        "--window", type=int, default=4, help="steps averaged at the start and the end"
+    )
     args = parser.parse_args()
     quiet_logs()
     log_path = log_dir(args.log_path, "rl")

@@ -16,7 +16,15 @@ import argparse
 import asyncio
 from importlib import resources
 
-from cookbook_common import MODEL, RENDERER, add_server_args, log_dir, quiet_logs, read_metrics, tinsmith
+from cookbook_common import (
+    MODEL,
+    RENDERER,
+    add_server_args,
+    log_dir,
+    quiet_logs,
+    read_metrics,
+    tinsmith,
+)
 from tinker_cookbook.renderers import TrainOnWhat
 from tinker_cookbook.supervised import train
 from tinker_cookbook.supervised.data import FromConversationFileBuilder
@@ -60,7 +68,9 @@ def summarize(log_path: str) -> dict[str, list[float]]:
     """Print train and eval loss per step; return the eval curve (test/nll at the steps it ran)."""
     evals: list[float] = []
     for row in read_metrics(log_path):
-        line = f"step {int(row['step']):3d}: train nll {row.get('train_mean_nll', float('nan')):.3f}"
+        line = (
+            f"step {int(row['step']):3d}: train nll {row.get('train_mean_nll', float('nan')):.3f}"
+        )
         if "test/nll" in row:
             evals.append(float(row["test/nll"]))
             line += f"  eval nll {row['test/nll']:.3f}"
@@ -71,7 +81,9 @@ def summarize(log_path: str) -> dict[str, list[float]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_server_args(parser)
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--epochs", type=int, default=2)

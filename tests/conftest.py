@@ -17,7 +17,9 @@ DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 ZERO3_MODEL = "tinsmith/SmolLM2-135M-zero3x2"
 ONE_BATCH_MODEL = "tinsmith/SmolLM2-135M-onebatch"
 S3_BUCKET = "tinsmith-tests"
-OTHER_TENANT_KEY = "tml-other-tenant"  # a second tenant on the test servers (configs/test.yaml: auth keys)
+OTHER_TENANT_KEY = (
+    "tml-other-tenant"  # a second tenant on the test servers (configs/test.yaml: auth keys)
+)
 # Every server the tests start from configs/test.yaml requires API keys: these two tenants'.
 os.environ["TINSMITH_API_KEYS"] = f"tests:tml-tests,other:{OTHER_TENANT_KEY}"
 
@@ -52,6 +54,8 @@ def swift() -> Iterator[SwiftServer]:
     with pytest.MonkeyPatch.context() as env, SwiftServer() as server:
         # boto3 and urllib honour HTTP(S)_PROXY; a CI proxy must not see loopback requests.
         for name in ("NO_PROXY", "no_proxy"):
-            env.setenv(name, ",".join(filter(None, [os.environ.get(name), "127.0.0.1", "localhost"])))
+            env.setenv(
+                name, ",".join(filter(None, [os.environ.get(name), "127.0.0.1", "localhost"]))
+            )
         server.create_bucket(S3_BUCKET)
         yield server

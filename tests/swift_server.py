@@ -75,7 +75,9 @@ def _entry_point(script: str) -> str:
     try:
         points = distribution("swift").entry_points
     except PackageNotFoundError as exc:
-        raise RuntimeError(f"the 'swift' package is not installed for {sys.executable}; pip install swift") from exc
+        raise RuntimeError(
+            f"the 'swift' package is not installed for {sys.executable}; pip install swift"
+        ) from exc
     for point in points:
         if point.group == "console_scripts" and point.name == script:
             return point.value
@@ -100,7 +102,9 @@ def _base_dir() -> Path:
     for candidate in candidates:
         if candidate.is_dir() and _supports_user_xattrs(candidate):
             return candidate
-    raise RuntimeError(f"no directory with user xattr support for Swift's object server among {candidates}")
+    raise RuntimeError(
+        f"no directory with user xattr support for Swift's object server among {candidates}"
+    )
 
 
 class SwiftServer:
@@ -131,7 +135,10 @@ class SwiftServer:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()
 
@@ -217,7 +224,9 @@ class SwiftServer:
         try:
             user = pwd.getpwuid(os.getuid()).pw_name
         except KeyError as exc:
-            raise RuntimeError(f"uid {os.getuid()} has no passwd entry; Swift servers need a user name") from exc
+            raise RuntimeError(
+                f"uid {os.getuid()} has no passwd entry; Swift servers need a user name"
+            ) from exc
         (root / "swift.conf").write_text(
             textwrap.dedent(
                 """\
@@ -268,7 +277,16 @@ class SwiftServer:
             "catch_errors gatekeeper healthcheck proxy-logging listing_formats bulk s3api tempauth copy slo dlo"
             " proxy-logging proxy-server"
         )
-        filters = ["catch_errors", "gatekeeper", "healthcheck", "listing_formats", "bulk", "copy", "slo", "dlo"]
+        filters = [
+            "catch_errors",
+            "gatekeeper",
+            "healthcheck",
+            "listing_formats",
+            "bulk",
+            "copy",
+            "slo",
+            "dlo",
+        ]
         (root / "proxy-server.conf").write_text(
             common
             + textwrap.dedent(
@@ -369,7 +387,9 @@ class SwiftServer:
 
     @staticmethod
     def _healthy(port: int) -> bool:
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via an HTTP(S)_PROXY
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({})
+        )  # never via an HTTP(S)_PROXY
         try:
             with opener.open(f"http://127.0.0.1:{port}/healthcheck", timeout=2) as resp:
                 return bool(resp.status == 200)
@@ -381,7 +401,9 @@ def _main() -> None:
     """Run a server in the foreground for manual poking: ``python -m tests.swift_server``."""
     with SwiftServer() as server:
         server.create_bucket("tinsmith")
-        print(f"endpoint {server.endpoint_url}  access key {server.access_key}  secret {server.secret_key}")
+        print(
+            f"endpoint {server.endpoint_url}  access key {server.access_key}  secret {server.secret_key}"
+        )
         print("bucket 'tinsmith' created; Ctrl-C stops")
         try:
             signal.pause()

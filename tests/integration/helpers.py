@@ -18,7 +18,10 @@ def datum(tokens: list[int], weights: list[float] | None = None) -> types.Datum:
     n = len(tokens) - 1
     return types.Datum(
         model_input=types.ModelInput.from_ints(tokens[:-1]),
-        loss_fn_inputs={"target_tokens": tokens[1:], "weights": weights if weights is not None else [1.0] * n},
+        loss_fn_inputs={
+            "target_tokens": tokens[1:],
+            "weights": weights if weights is not None else [1.0] * n,
+        },
     )
 
 
@@ -125,17 +128,23 @@ def check_trainer_restart(target: object, base_model: str, victim_rank: int) -> 
     time.sleep(1.0)
     os.kill(old[victim_rank], signal.SIGKILL)
     outcomes = []
-    for future in futures:  # none may hang; a failure is the server's, retryable, and says what happened
+    for (
+        future
+    ) in futures:  # none may hang; a failure is the server's, retryable, and says what happened
         try:
             future.result(timeout=600)
             outcomes.append("ok")
         except tinker.RequestFailedError as exc:
             assert str(exc.category).lower().endswith("server"), exc.category
-            assert ("died during forward_backward" in str(exc) and "retry" in str(exc)) or "were lost" in str(exc), exc
+            assert (
+                "died during forward_backward" in str(exc) and "retry" in str(exc)
+            ) or "were lost" in str(exc), exc
             outcomes.append("died" if "died" in str(exc) else "lost")
     assert "died" in outcomes, outcomes
 
-    deadline = time.monotonic() + 300  # the restart may still be finishing if the last request was the one that died
+    deadline = (
+        time.monotonic() + 300
+    )  # the restart may still be finishing if the last request was the one that died
     while (status := model_status(target, base_model))["trainer_restarts"] == restarts:
         assert time.monotonic() < deadline, status
         time.sleep(2)

@@ -80,11 +80,15 @@ def _s3_client(swift: SwiftServer) -> Any:
 
 
 def _s3_keys(swift: SwiftServer, prefix: str) -> list[str]:
-    pages = _s3_client(swift).get_paginator("list_objects_v2").paginate(Bucket=S3_BUCKET, Prefix=prefix)
+    pages = (
+        _s3_client(swift).get_paginator("list_objects_v2").paginate(Bucket=S3_BUCKET, Prefix=prefix)
+    )
     return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
-def test_resume_and_sampling_through_s3(s3_client: tinker.ServiceClient, s3_server: object, swift: SwiftServer) -> None:
+def test_resume_and_sampling_through_s3(
+    s3_client: tinker.ServiceClient, s3_server: object, swift: SwiftServer
+) -> None:
     tc = s3_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=8).result()
     for i in range(2):
         _step(tc, 4000 + i)
@@ -96,13 +100,17 @@ def test_resume_and_sampling_through_s3(s3_client: tinker.ServiceClient, s3_serv
     assert _step(resumed, 4100) == pytest.approx(_step(tc, 4100), rel=1e-6)
     # The archive URL of an S3 checkpoint is presigned: this download goes straight to S3.
     a = read_adapter(checkpoint_dir(s3_server, tc.save_weights_for_sampler("s3-a").result().path))
-    b = read_adapter(checkpoint_dir(s3_server, resumed.save_weights_for_sampler("s3-b").result().path))
+    b = read_adapter(
+        checkpoint_dir(s3_server, resumed.save_weights_for_sampler("s3-b").result().path)
+    )
     for key, value in a.items():
         np.testing.assert_allclose(b[key], value, rtol=0, atol=1e-6, err_msg=key)
 
     prompt = types.ModelInput.from_ints(random_tokens(4200, 8))
     greedy = types.SamplingParams(max_tokens=6, temperature=0.0)
-    from_s3 = s3_client.create_sampling_client(model_path=f"tinker://{tc.model_id}/sampler_weights/s3-a").result()
+    from_s3 = s3_client.create_sampling_client(
+        model_path=f"tinker://{tc.model_id}/sampler_weights/s3-a"
+    ).result()
     in_memory = tc.save_weights_and_get_sampling_client().result()
     got = from_s3.sample(prompt, 1, greedy).result().sequences[0].tokens
     assert got == in_memory.sample(prompt, 1, greedy).result().sequences[0].tokens
@@ -145,7 +153,9 @@ def test_upload_cut_off_leaves_no_checkpoint(
     # The same name is free: nothing of the failed save is left, and the client trains on.
     _step(tc, 4301)
     path = tc.save_state("cut-off").result().path
-    assert [c.tinker_path for c in rest.list_checkpoints(tc.model_id).result().checkpoints] == [path]
+    assert [c.tinker_path for c in rest.list_checkpoints(tc.model_id).result().checkpoints] == [
+        path
+    ]
 
 
 @pytest.mark.parametrize(
@@ -162,7 +172,16 @@ def test_server_refuses_to_start_on_bad_s3_settings(
     config = _config(swift, tmp_path / "bad.yaml", **storage)
     env = dict(os.environ, TINSMITH_DATA_DIR=str(tmp_path / "data"), HF_HUB_OFFLINE="1")
     env.pop("RAY_ADDRESS", None)
-    cmd = [sys.executable, "-m", "tinsmith.cluster.cli", "serve", "--config", str(config), "--port", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tinsmith.cluster.cli",
+        "serve",
+        "--config",
+        str(config),
+        "--port",
+        "1",
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 2, done.stderr[-2000:]
     assert needle in done.stderr, done.stderr[-2000:]

@@ -26,9 +26,13 @@ from tinsmith.types.requests import ForwardBackwardRequest
 pytestmark = pytest.mark.integration
 
 
-def _post(base_url: str, path: str, body: bytes | dict[str, object], key: str | None = None) -> dict[str, object]:
+def _post(
+    base_url: str, path: str, body: bytes | dict[str, object], key: str | None = None
+) -> dict[str, object]:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    headers = {"Content-Type": "application/x-protobuf" if isinstance(body, bytes) else "application/json"}
+    headers = {
+        "Content-Type": "application/x-protobuf" if isinstance(body, bytes) else "application/json"
+    }
     headers["X-API-Key"] = "tml-tests"
     if key:
         headers["X-Idempotency-Key"] = key
@@ -82,7 +86,9 @@ def test_restart_keeps_sessions_runs_checkpoints_and_results(tmp_path: Path) -> 
         for batch in batches[1:]:
             tc.forward_backward(batch, "cross_entropy").result()
             tc.optim_step(adam).result()
-        expected = read_adapter(checkpoint_dir(first, tc.save_weights_for_sampler("reference").result().path))
+        expected = read_adapter(
+            checkpoint_dir(first, tc.save_weights_for_sampler("reference").result().path)
+        )
 
     with ServerProcess(config, data_dir=data_dir) as second:
         # A finished request's result, and its idempotency key, outlive the process.
@@ -92,9 +98,14 @@ def test_restart_keeps_sessions_runs_checkpoints_and_results(tmp_path: Path) -> 
             "lora_config": {"rank": 2}, "optimizer_config": {"type": "adamw"},
         }, key="create-99")  # fmt: skip
         assert again["request_id"] == created["request_id"]
-        assert _post(second.base_url, "/api/v1/session_heartbeat", {"session_id": session_id}) is not None
+        assert (
+            _post(second.base_url, "/api/v1/session_heartbeat", {"session_id": session_id})
+            is not None
+        )
         rest = tinker.RestClient(base_url=second.base_url, api_key="tml-tests")
-        assert path in {c.tinker_path for c in rest.list_checkpoints(tc.model_id).result().checkpoints}
+        assert path in {
+            c.tinker_path for c in rest.list_checkpoints(tc.model_id).result().checkpoints
+        }
         assert rest.get_training_run(tc.model_id).result().lora_rank == 4
         # The client resumes from its last save_state, exactly.
         service2 = tinker.ServiceClient(base_url=second.base_url, api_key="tml-tests")
@@ -102,7 +113,9 @@ def test_restart_keeps_sessions_runs_checkpoints_and_results(tmp_path: Path) -> 
         for batch in batches[1:]:
             resumed.forward_backward(batch, "cross_entropy").result()
             resumed.optim_step(adam).result()
-        got = read_adapter(checkpoint_dir(second, resumed.save_weights_for_sampler("resumed").result().path))
+        got = read_adapter(
+            checkpoint_dir(second, resumed.save_weights_for_sampler("resumed").result().path)
+        )
     for key, value in expected.items():
         np.testing.assert_allclose(got[key], value, rtol=0, atol=1e-6, err_msg=key)
 
@@ -112,7 +125,9 @@ def _fb_body(model_id: str, seq_id: int, tokens: list[int]) -> bytes:
         model_input=ModelInput.from_ints(tokens[:-1]),
         loss_fn_inputs={
             "target_tokens": TensorData(data=tokens[1:], dtype="int64", shape=[len(tokens) - 1]),
-            "weights": TensorData(data=[1.0] * (len(tokens) - 1), dtype="float32", shape=[len(tokens) - 1]),
+            "weights": TensorData(
+                data=[1.0] * (len(tokens) - 1), dtype="float32", shape=[len(tokens) - 1]
+            ),
         },
     )
     fb = ForwardBackwardInput(data=[d], loss_fn="cross_entropy")
@@ -132,28 +147,49 @@ def test_replayed_requests_apply_once(service_client: tinker.ServiceClient, serv
         "weight_decay": 0.0,
         "grad_clip_norm": 0.0,
     }
-    reference = service_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=4).result()
+    reference = service_client.create_lora_training_client(
+        base_model=DEFAULT_MODEL, rank=4
+    ).result()
     reference.forward_backward([datum(tokens)], "cross_entropy").result()
     reference.optim_step(types.AdamParams(**adam)).result()  # type: ignore[arg-type]
-    expected = read_adapter(checkpoint_dir(server, reference.save_weights_for_sampler("once").result().path))
+    expected = read_adapter(
+        checkpoint_dir(server, reference.save_weights_for_sampler("once").result().path)
+    )
 
     replayed = service_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=4).result()
     model_id = replayed.model_id
     first = _post(base_url, "/api/v1/forward_backward", _fb_body(model_id, 1, tokens), key="fb-1")
-    assert _post(base_url, "/api/v1/forward_backward", _fb_body(model_id, 1, tokens), key="fb-1") == first
-    replay_seq = _post(base_url, "/api/v1/forward_backward", _fb_body(model_id, 1, tokens), key="fb-1-again")
+    assert (
+        _post(base_url, "/api/v1/forward_backward", _fb_body(model_id, 1, tokens), key="fb-1")
+        == first
+    )
+    replay_seq = _post(
+        base_url, "/api/v1/forward_backward", _fb_body(model_id, 1, tokens), key="fb-1-again"
+    )
     step = {"model_id": model_id, "seq_id": 2, "adam_params": adam, "type": "optim_step"}
     stepped = _post(base_url, "/api/v1/optim_step", step, key="step-2")
     assert _post(base_url, "/api/v1/optim_step", step, key="step-2") == stepped
     replay_step = _post(base_url, "/api/v1/optim_step", step, key="step-2-again")
     _result(base_url, str(first["request_id"]))
     _result(base_url, str(stepped["request_id"]))
-    for resp in (replay_seq, replay_step):  # the same seq_id under a new key: refused, nothing applied
+    for resp in (
+        replay_seq,
+        replay_step,
+    ):  # the same seq_id under a new key: refused, nothing applied
         failed = json.loads(_result(base_url, str(resp["request_id"])))
         assert failed["category"] == "user" and "already used" in failed["error"], failed
 
-    save = {"model_id": model_id, "seq_id": 3, "path": "replayed", "type": "save_weights_for_sampler"}
-    saved = json.loads(_result(base_url, str(_post(base_url, "/api/v1/save_weights_for_sampler", save)["request_id"])))
+    save = {
+        "model_id": model_id,
+        "seq_id": 3,
+        "path": "replayed",
+        "type": "save_weights_for_sampler",
+    }
+    saved = json.loads(
+        _result(
+            base_url, str(_post(base_url, "/api/v1/save_weights_for_sampler", save)["request_id"])
+        )
+    )
     got = read_adapter(checkpoint_dir(server, saved["path"]))
     for key, value in expected.items():
         np.testing.assert_array_equal(got[key], value, err_msg=key)

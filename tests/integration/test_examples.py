@@ -21,16 +21,26 @@ from tests.conftest import ROOT
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def run_example(server: object, script: str, *args: str, timeout: float = 1500) -> list[dict[str, float]]:
+def run_example(
+    server: object, script: str, *args: str, timeout: float = 1500
+) -> list[dict[str, float]]:
     """Run examples/<script> on the session server; return its metrics rows in step order."""
     log_path = Path(tempfile.mkdtemp(prefix=f"tinsmith-example-{Path(script).stem}-"))
     env = dict(os.environ, TINKER_API_KEY="tml-tests", HF_HUB_OFFLINE="1")
     cmd = [sys.executable, str(ROOT / "examples" / script), "--base-url", server.base_url]  # type: ignore[attr-defined]
     done = subprocess.run(
-        [*cmd, "--log-path", str(log_path), *args], env=env, capture_output=True, text=True, timeout=timeout
+        [*cmd, "--log-path", str(log_path), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
-    rows = [json.loads(line) for line in (log_path / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = [
+        json.loads(line)
+        for line in (log_path / "metrics.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
     return sorted(rows, key=lambda row: row["step"])
 
 
@@ -50,7 +60,9 @@ def test_rl_example_reward_rises(server: object) -> None:
     """Cookbook RL (sync, importance_sampling) on single-digit addition: the mean reward of the last
     4 of 16 steps is at least 0.15 above that of the first 4 (the base model starts near 0.1)."""
     rows = run_example(server, "rl_arithmetic.py", "--steps", "16")
-    rewards = [row["env/all/reward/total"] for row in rows if "env/all/reward/total" in row]  # not the final save's
+    rewards = [
+        row["env/all/reward/total"] for row in rows if "env/all/reward/total" in row
+    ]  # not the final save's
     assert len(rewards) == 16, rows
     assert mean(rewards[-4:]) >= mean(rewards[:4]) + 0.15, rewards
 
@@ -59,10 +71,14 @@ def test_async_rl_example_trains_on_stale_rollouts(server: object) -> None:
     """Cookbook async RL (importance_sampling, max_steps_off_policy=2): every batch reports its staleness, and some
     batch mixes rollouts of at least 2 sampler versions (max staleness >= 1)."""
     rows = run_example(server, "rl_arithmetic.py", "--steps", "8", "--max-steps-off-policy", "2")
-    rows = [row for row in rows if "env/all/reward/total" in row]  # training steps, not the final save's row
+    rows = [
+        row for row in rows if "env/all/reward/total" in row
+    ]  # training steps, not the final save's row
     assert len(rows) == 8, rows
     assert all("async/staleness_max" in row and "async/staleness_mean" in row for row in rows), rows
-    assert max(row["async/staleness_max"] for row in rows) >= 1, [row["async/staleness_max"] for row in rows]
+    assert max(row["async/staleness_max"] for row in rows) >= 1, [
+        row["async/staleness_max"] for row in rows
+    ]
     assert all(row["env/all/reward/total"] == row["env/all/reward/total"] for row in rows)  # no NaN
 
 

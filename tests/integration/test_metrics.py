@@ -26,8 +26,12 @@ def _scrape(server: object) -> dict[tuple[str, tuple[tuple[str, str], ...]], flo
     }
 
 
-def _value(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
-    return sum(v for (n, ls), v in metrics.items() if n == name and labels.items() <= dict(ls).items())
+def _value(
+    metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    return sum(
+        v for (n, ls), v in metrics.items() if n == name and labels.items() <= dict(ls).items()
+    )
 
 
 def test_metrics_count_the_traffic(service_client: tinker.ServiceClient, server: object) -> None:
@@ -35,10 +39,17 @@ def test_metrics_count_the_traffic(service_client: tinker.ServiceClient, server:
     tc.forward_backward([datum(random_tokens(7000, 20))], "cross_entropy").result()
     tc.optim_step(types.AdamParams()).result()
     sampler = tc.save_weights_and_get_sampling_client().result()
-    sampler.sample(types.ModelInput.from_ints([1, 2, 3]), 1, types.SamplingParams(max_tokens=5)).result()
+    sampler.sample(
+        types.ModelInput.from_ints([1, 2, 3]), 1, types.SamplingParams(max_tokens=5)
+    ).result()
 
     metrics = _scrape(server)
-    for route in ("/api/v1/forward_backward", "/api/v1/optim_step", "/api/v1/asample", "/api/v1/retrieve_future"):
+    for route in (
+        "/api/v1/forward_backward",
+        "/api/v1/optim_step",
+        "/api/v1/asample",
+        "/api/v1/retrieve_future",
+    ):
         assert _value(metrics, "tinsmith_requests_total", route=route, status="200") > 0, route
     assert _value(metrics, "tinsmith_request_seconds_count", route="/api/v1/asample") > 0
     assert _value(metrics, "tinsmith_train_tokens_total", base_model=DEFAULT_MODEL) >= 19
@@ -48,6 +59,8 @@ def test_metrics_count_the_traffic(service_client: tinker.ServiceClient, server:
     assert _value(metrics, "tinsmith_training_clients", base_model=DEFAULT_MODEL) >= 1
     assert _value(metrics, "tinsmith_queue_depth", base_model=DEFAULT_MODEL) >= 0
 
-    req = urllib.request.Request(f"{server.base_url}/api/v1/healthz", headers={"X-Request-Id": "trace-me-42"})  # type: ignore[attr-defined]
+    req = urllib.request.Request(
+        f"{server.base_url}/api/v1/healthz", headers={"X-Request-Id": "trace-me-42"}
+    )  # type: ignore[attr-defined]
     with urllib.request.urlopen(req, timeout=10) as resp:
         assert resp.headers["x-request-id"] == "trace-me-42"

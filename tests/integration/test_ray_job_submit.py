@@ -124,7 +124,9 @@ def two_node_cluster() -> Iterator[dict[str, object]]:
             _stop_group(proc)
 
 
-def test_ray_job_submit_places_trainers_on_the_labelled_node(two_node_cluster: dict[str, object]) -> None:
+def test_ray_job_submit_places_trainers_on_the_labelled_node(
+    two_node_cluster: dict[str, object],
+) -> None:
     raw = yaml.safe_load((ROOT / "configs" / "test.yaml").read_text())
     raw["models"] = raw["models"][:1]
     raw["trainer"]["resources"] = {"tinsmith_trainer": 1}
@@ -147,25 +149,35 @@ def test_ray_job_submit_places_trainers_on_the_labelled_node(two_node_cluster: d
         "--submission-id", job_id, "--runtime-env-json", json.dumps(runtime_env), "--",
         sys.executable, "-m", "tinsmith.cluster.cli", "serve", "--config", str(config), "--port", str(port),
     ]  # fmt: skip
-    done = subprocess.run(submit, env=_ray_env(), capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(
+        submit, env=_ray_env(), capture_output=True, text=True, timeout=300, check=False
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     try:
         base_url = f"http://127.0.0.1:{port}"
         try:
             _wait(f"{base_url}/api/v1/healthz", 600)
         except TimeoutError:
-            logs = subprocess.run([RAY, "job", "logs", "--address", dashboard, job_id], capture_output=True, text=True)
-            raise AssertionError(f"the submitted server never answered; job logs:\n{logs.stdout[-4000:]}") from None
+            logs = subprocess.run(
+                [RAY, "job", "logs", "--address", dashboard, job_id], capture_output=True, text=True
+            )
+            raise AssertionError(
+                f"the submitted server never answered; job logs:\n{logs.stdout[-4000:]}"
+            ) from None
         service = tinker.ServiceClient(base_url=base_url, api_key="tml-tests")
         tc = service.create_lora_training_client(base_model=DEFAULT_MODEL, rank=4).result()
         out = tc.forward_backward([datum(random_tokens(9500, 16))], "cross_entropy").result()
         assert out.metrics["loss:sum"] > 0
         tc.optim_step(types.AdamParams()).result()
         sampler = tc.save_weights_and_get_sampling_client().result()
-        seq = sampler.sample(types.ModelInput.from_ints([1, 2, 3]), 1, types.SamplingParams(max_tokens=4)).result()
+        seq = sampler.sample(
+            types.ModelInput.from_ints([1, 2, 3]), 1, types.SamplingParams(max_tokens=4)
+        ).result()
         assert len(seq.sequences[0].tokens) == 4
 
-        req = urllib.request.Request(f"{base_url}/api/v1/tinsmith/status", headers={"X-API-Key": "tml-tests"})
+        req = urllib.request.Request(
+            f"{base_url}/api/v1/tinsmith/status", headers={"X-API-Key": "tml-tests"}
+        )
         with urllib.request.urlopen(req, timeout=60) as resp:
             workers = json.loads(resp.read())[0]["workers"]
         trainer = next(w for w in workers if w["kind"] == "trainer")
@@ -176,5 +188,8 @@ def test_ray_job_submit_places_trainers_on_the_labelled_node(two_node_cluster: d
         assert trainer["node_id"] != sampler_worker["node_id"]
     finally:
         subprocess.run(
-            [RAY, "job", "stop", "--address", dashboard, job_id], env=_ray_env(), capture_output=True, timeout=120
+            [RAY, "job", "stop", "--address", dashboard, job_id],
+            env=_ray_env(),
+            capture_output=True,
+            timeout=120,
         )

@@ -57,7 +57,11 @@ def test_requests_spread_and_survive_a_killed_replica(two_replica_server: object
     served = _status(two_replica_server)["sampler_requests"]
     assert len(served) == 2 and min(served) > 0, served  # type: ignore[arg-type]
 
-    victim = next(w for w in _status(two_replica_server)["workers"] if w["kind"] == "sampler" and w["index"] == 1)  # type: ignore[union-attr, index]
+    victim = next(
+        w
+        for w in _status(two_replica_server)["workers"]
+        if w["kind"] == "sampler" and w["index"] == 1
+    )  # type: ignore[union-attr, index]
     with concurrent.futures.ThreadPoolExecutor(24) as pool:
         futures = [pool.submit(sample, 48, 100 + i) for i in range(24)]
         time.sleep(1.0)
@@ -69,7 +73,12 @@ def test_requests_spread_and_survive_a_killed_replica(two_replica_server: object
     tc.forward_backward([datum(random_tokens(6002, 24))], "cross_entropy").result()
     tc.optim_step(types.AdamParams(learning_rate=1e-3)).result()
     newer = tc.save_weights_and_get_sampling_client().result()
-    assert len(newer.sample(prompt, 1, types.SamplingParams(max_tokens=4)).result().sequences[0].tokens) == 4
+    assert (
+        len(
+            newer.sample(prompt, 1, types.SamplingParams(max_tokens=4)).result().sequences[0].tokens
+        )
+        == 4
+    )
 
     # The dead replica is replaced without a manual step, with the adapters it had.
     deadline = time.monotonic() + 300
@@ -86,7 +95,9 @@ def test_requests_spread_and_survive_a_killed_replica(two_replica_server: object
     assert after[1] > before[1], (before, after)  # type: ignore[index]
 
 
-def test_a_killed_trainer_rank_is_restarted_and_every_client_continues(two_replica_server: object) -> None:
+def test_a_killed_trainer_rank_is_restarted_and_every_client_continues(
+    two_replica_server: object,
+) -> None:
     """One trainer rank (the default model) SIGKILLed under load; the two-rank ZeRO-3 case is in
     test_trainer_restart.py (on the session server: a third server would not fit in CI's memory)."""
     check_trainer_restart(two_replica_server, DEFAULT_MODEL, victim_rank=0)

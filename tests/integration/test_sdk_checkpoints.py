@@ -16,15 +16,25 @@ import tinker
 from tinker import types
 
 from tests.conftest import DEFAULT_MODEL, ZERO3_MODEL
-from tests.integration.helpers import checkpoint_dir, datum, expect_user_error, random_tokens, read_adapter
+from tests.integration.helpers import (
+    checkpoint_dir,
+    datum,
+    expect_user_error,
+    random_tokens,
+    read_adapter,
+)
 
 pytestmark = pytest.mark.integration
 
-ADAM = types.AdamParams(learning_rate=3e-3, beta1=0.8, beta2=0.98, eps=1e-8, weight_decay=0.05, grad_clip_norm=2.0)
+ADAM = types.AdamParams(
+    learning_rate=3e-3, beta1=0.8, beta2=0.98, eps=1e-8, weight_decay=0.05, grad_clip_norm=2.0
+)
 
 
 def _batches(seed: int, n: int) -> list[list[types.Datum]]:
-    return [[datum(random_tokens(seed + 10 * i + j, 12 + 5 * j)) for j in range(3)] for i in range(n)]
+    return [
+        [datum(random_tokens(seed + 10 * i + j, 12 + 5 * j)) for j in range(3)] for i in range(n)
+    ]
 
 
 def _train(tc: tinker.TrainingClient, batches: list[list[types.Datum]]) -> list[float]:
@@ -40,7 +50,9 @@ def _adapter(server: object, tc: tinker.TrainingClient, name: str) -> dict[str, 
     return read_adapter(checkpoint_dir(server, tc.save_weights_for_sampler(name).result().path))
 
 
-def test_resume_from_save_state_is_exact(service_client: tinker.ServiceClient, server: object) -> None:
+def test_resume_from_save_state_is_exact(
+    service_client: tinker.ServiceClient, server: object
+) -> None:
     batches = _batches(3000, 6)
     tc = service_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=8).result()
     _train(tc, batches[:3])
@@ -75,8 +87,12 @@ def test_resume_from_save_state_is_exact(service_client: tinker.ServiceClient, s
     np.testing.assert_allclose(np.median(moved), lr, rtol=1e-3)
 
 
-def test_listings_publish_ttl_delete_and_weights_info(service_client: tinker.ServiceClient, server: object) -> None:
-    tc = service_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=4, train_mlp=False).result()
+def test_listings_publish_ttl_delete_and_weights_info(
+    service_client: tinker.ServiceClient, server: object
+) -> None:
+    tc = service_client.create_lora_training_client(
+        base_model=DEFAULT_MODEL, rank=4, train_mlp=False
+    ).result()
     _train(tc, _batches(3100, 1))
     paths = {name: tc.save_state(name).result().path for name in ("a", "b", "c")}
     sampler_path = tc.save_weights_for_sampler("s").result().path
@@ -91,24 +107,36 @@ def test_listings_publish_ttl_delete_and_weights_info(service_client: tinker.Ser
     run = rest.get_training_run(tc.model_id).result()
     assert run.base_model == DEFAULT_MODEL and run.lora_rank == 4 and run.is_lora
     assert run.last_checkpoint is not None and run.last_checkpoint.tinker_path == paths["c"]
-    assert run.last_sampler_checkpoint is not None and run.last_sampler_checkpoint.tinker_path == sampler_path
+    assert (
+        run.last_sampler_checkpoint is not None
+        and run.last_sampler_checkpoint.tinker_path == sampler_path
+    )
     runs = rest.list_training_runs(limit=1000).result()
     assert tc.model_id in {r.training_run_id for r in runs.training_runs}
 
     # Pagination: pages of 2 cover every checkpoint exactly once.
     first = rest.list_user_checkpoints(limit=2, offset=0).result()
-    assert first.cursor is not None and first.cursor.total_count >= 4 and len(first.checkpoints) == 2
+    assert (
+        first.cursor is not None and first.cursor.total_count >= 4 and len(first.checkpoints) == 2
+    )
     seen: list[str] = []
     for offset in range(0, first.cursor.total_count, 2):
-        seen += [c.tinker_path for c in rest.list_user_checkpoints(limit=2, offset=offset).result().checkpoints]
+        seen += [
+            c.tinker_path
+            for c in rest.list_user_checkpoints(limit=2, offset=offset).result().checkpoints
+        ]
     assert len(seen) == len(set(seen)) == first.cursor.total_count
     assert set(paths.values()) <= set(seen)
 
     rest.publish_checkpoint_from_tinker_path(paths["a"]).result()
-    public = {c.tinker_path: c.public for c in rest.list_checkpoints(tc.model_id).result().checkpoints}
+    public = {
+        c.tinker_path: c.public for c in rest.list_checkpoints(tc.model_id).result().checkpoints
+    }
     assert public[paths["a"]] and not public[paths["b"]]
     rest.unpublish_checkpoint_from_tinker_path(paths["a"]).result()
-    public = {c.tinker_path: c.public for c in rest.list_checkpoints(tc.model_id).result().checkpoints}
+    public = {
+        c.tinker_path: c.public for c in rest.list_checkpoints(tc.model_id).result().checkpoints
+    }
     assert not public[paths["a"]]
 
     info = rest.get_weights_info_by_tinker_path(paths["a"]).result()
@@ -116,12 +144,16 @@ def test_listings_publish_ttl_delete_and_weights_info(service_client: tinker.Ser
     assert info.train_mlp is False and info.train_attn is True
 
     rest.set_checkpoint_ttl_from_tinker_path(paths["c"], 1).result()
-    expires = {c.tinker_path: c.expires_at for c in rest.list_checkpoints(tc.model_id).result().checkpoints}
+    expires = {
+        c.tinker_path: c.expires_at for c in rest.list_checkpoints(tc.model_id).result().checkpoints
+    }
     assert expires[paths["c"]] is not None
     time.sleep(1.5)
     remaining = {c.tinker_path for c in rest.list_checkpoints(tc.model_id).result().checkpoints}
     assert paths["c"] not in remaining and paths["a"] in remaining
-    expect_user_error(service_client.create_training_client_from_state(paths["c"]), "does not exist")
+    expect_user_error(
+        service_client.create_training_client_from_state(paths["c"]), "does not exist"
+    )
 
     rest.delete_checkpoint_from_tinker_path(paths["b"]).result()
     remaining = {c.tinker_path for c in rest.list_checkpoints(tc.model_id).result().checkpoints}
@@ -137,7 +169,15 @@ def _cli(server: object, *args: str, cwd: Path) -> subprocess.CompletedProcess[s
         TINKER_API_KEY="tml-tests",
     )
     cli = Path(sys.executable).with_name("tinker")
-    return subprocess.run([str(cli), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=300, check=False)
+    return subprocess.run(
+        [str(cli), *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def test_cli_lists_and_downloads_a_checkpoint_peft_loads(
@@ -152,25 +192,45 @@ def test_cli_lists_and_downloads_a_checkpoint_peft_loads(
     path = tc.save_state("for-download").result().path
     sampler = tc.save_weights_and_get_sampling_client().result()
 
-    listing = _cli(server, "-f", "json", "checkpoint", "list", "--run-id", tc.model_id, cwd=tmp_path)
+    listing = _cli(
+        server, "-f", "json", "checkpoint", "list", "--run-id", tc.model_id, cwd=tmp_path
+    )
     assert listing.returncode == 0, listing.stderr
     assert path in listing.stdout
 
-    done = _cli(server, "-f", "json", "checkpoint", "download", path, "--output", str(tmp_path), cwd=tmp_path)
+    done = _cli(
+        server,
+        "-f",
+        "json",
+        "checkpoint",
+        "download",
+        path,
+        "--output",
+        str(tmp_path),
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr + done.stdout
     target = Path(json.loads(done.stdout)["destination"])
-    assert (target / "adapter_config.json").is_file() and (target / "adapter_model.safetensors").is_file()
+    assert (target / "adapter_config.json").is_file() and (
+        target / "adapter_model.safetensors"
+    ).is_file()
     # The temporary export the CLI made is deleted again.
     rest = tinker.RestClient(base_url=server.base_url, api_key="tml-tests")  # type: ignore[attr-defined]
-    kinds = {c.checkpoint_type for c in rest.list_user_checkpoints(limit=10000).result().checkpoints}
+    kinds = {
+        c.checkpoint_type for c in rest.list_user_checkpoints(limit=10000).result().checkpoints
+    }
     assert "external" not in kinds
 
     tokens = random_tokens(3300, 24)
-    base = AutoModelForCausalLM.from_pretrained(tc.get_info().model_data.tokenizer_id, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(
+        tc.get_info().model_data.tokenizer_id, dtype=torch.float32
+    )
     model = PeftModel.from_pretrained(base, str(target))
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([tokens[:-1]])).logits.float()
-    peft_logprobs = torch.log_softmax(logits, -1)[0].gather(-1, torch.tensor(tokens[1:])[:, None])[:, 0].numpy()
+    peft_logprobs = (
+        torch.log_softmax(logits, -1)[0].gather(-1, torch.tensor(tokens[1:])[:, None])[:, 0].numpy()
+    )
     sampled = sampler.compute_logprobs(types.ModelInput.from_ints(tokens)).result()
     np.testing.assert_allclose(np.array(sampled[1:], dtype=np.float64), peft_logprobs, atol=1e-3)
 
@@ -185,12 +245,20 @@ def test_bad_checkpoint_requests_are_user_errors(service_client: tinker.ServiceC
     expect_user_error(tc.save_state("bad", ttl_seconds=0), "ttl_seconds")
     sampler_path = tc.save_weights_for_sampler("only-for-sampling").result().path
 
-    expect_user_error(service_client.create_training_client_from_state("tinker://nope"), "tinker://<run>/<kind>/<name>")
-    expect_user_error(service_client.create_training_client_from_state(sampler_path), "sampler checkpoint")
     expect_user_error(
-        service_client.create_training_client_from_state(path, base_model=ZERO3_MODEL), "differs from the checkpoint"
+        service_client.create_training_client_from_state("tinker://nope"),
+        "tinker://<run>/<kind>/<name>",
     )
-    expect_user_error(service_client.create_training_client_from_state(path + "-missing"), "does not exist")
+    expect_user_error(
+        service_client.create_training_client_from_state(sampler_path), "sampler checkpoint"
+    )
+    expect_user_error(
+        service_client.create_training_client_from_state(path, base_model=ZERO3_MODEL),
+        "differs from the checkpoint",
+    )
+    expect_user_error(
+        service_client.create_training_client_from_state(path + "-missing"), "does not exist"
+    )
     expect_user_error(tc.load_state(sampler_path), "sampler checkpoint")
     # The client keeps working after every refusal, and load_state restores the saved weights in place.
     _train(tc, _batches(3500, 1))

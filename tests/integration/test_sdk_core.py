@@ -14,7 +14,13 @@ import tinker
 from tinker import types
 
 from tests.conftest import DEFAULT_MODEL, ONE_BATCH_MODEL, ZERO3_MODEL
-from tests.integration.helpers import checkpoint_dir, datum, expect_user_error, random_tokens, read_adapter
+from tests.integration.helpers import (
+    checkpoint_dir,
+    datum,
+    expect_user_error,
+    random_tokens,
+    read_adapter,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +35,9 @@ def _tokenizer(tc: tinker.TrainingClient) -> object:
     return tc.get_tokenizer()
 
 
-def test_training_lowers_loss_and_first_logprobs_match_reference(service_client: tinker.ServiceClient) -> None:
+def test_training_lowers_loss_and_first_logprobs_match_reference(
+    service_client: tinker.ServiceClient,
+) -> None:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -38,7 +46,9 @@ def test_training_lowers_loss_and_first_logprobs_match_reference(service_client:
     tok = _tokenizer(tc)
     data = [datum(tok.encode(s)) for s in SENTENCES]  # type: ignore[attr-defined]
     # forward (forward_only) gives the same logprobs as forward_backward and changes nothing.
-    forward_logprobs = [o["logprobs"].tolist() for o in tc.forward(data, "cross_entropy").result().loss_fn_outputs]
+    forward_logprobs = [
+        o["logprobs"].tolist() for o in tc.forward(data, "cross_entropy").result().loss_fn_outputs
+    ]
     losses: list[float] = []
     first_logprobs: list[list[float]] = []
     for step in range(5):
@@ -57,7 +67,9 @@ def test_training_lowers_loss_and_first_logprobs_match_reference(service_client:
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model = get_peft_model(
         model,
-        LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "lm_head"]),
+        LoraConfig(
+            r=8, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "lm_head"]
+        ),
     )
     with torch.no_grad():
         for d, got in zip(data, first_logprobs, strict=True):
@@ -103,7 +115,9 @@ def _train(tc: tinker.TrainingClient, data: list[types.Datum], steps: int) -> li
     return losses
 
 
-def test_two_zero3_ranks_match_one_rank(service_client: tinker.ServiceClient, server: object) -> None:
+def test_two_zero3_ranks_match_one_rank(
+    service_client: tinker.ServiceClient, server: object
+) -> None:
     data = [datum(random_tokens(seed, length)) for seed, length in enumerate([40, 64, 33, 57])]
     one = service_client.create_lora_training_client(base_model=ONE_BATCH_MODEL, rank=8).result()
     two = service_client.create_lora_training_client(base_model=ZERO3_MODEL, rank=8).result()
@@ -123,7 +137,9 @@ def test_two_zero3_ranks_match_one_rank(service_client: tinker.ServiceClient, se
     assert differences.max() <= 3 * 2 * 1e-3, differences.max()
 
 
-def test_batch_over_token_budget_matches_one_micro_batch(service_client: tinker.ServiceClient, server: object) -> None:
+def test_batch_over_token_budget_matches_one_micro_batch(
+    service_client: tinker.ServiceClient, server: object
+) -> None:
     # 6 datums of ~300 tokens: ~1800 padded tokens against the default model's 1024-token budget.
     data = [datum(random_tokens(100 + i, 280 + 9 * i)) for i in range(6)]
     split = service_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=8).result()
@@ -140,16 +156,22 @@ def test_batch_over_token_budget_matches_one_micro_batch(service_client: tinker.
         np.testing.assert_allclose(a[key], b[key], atol=1e-5, rtol=0, err_msg=key)
 
 
-def test_bad_input_fails_with_user_error_and_server_keeps_serving(service_client: tinker.ServiceClient) -> None:
+def test_bad_input_fails_with_user_error_and_server_keeps_serving(
+    service_client: tinker.ServiceClient,
+) -> None:
     tc = service_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=4).result()
     good = datum([1, 2, 3, 4, 5, 6])
     out_of_vocab = datum([1, 2, 49152 + 7, 4])
-    expect_user_error(tc.forward_backward([out_of_vocab], "cross_entropy"), "outside the vocabulary", "49159")
+    expect_user_error(
+        tc.forward_backward([out_of_vocab], "cross_entropy"), "outside the vocabulary", "49159"
+    )
     short_targets = types.Datum(
         model_input=types.ModelInput.from_ints([1, 2, 3, 4]),
         loss_fn_inputs={"target_tokens": [2, 3, 4], "weights": [1.0, 1.0, 1.0, 1.0]},
     )
-    expect_user_error(tc.forward_backward([short_targets], "cross_entropy"), "target_tokens", "length 3")
+    expect_user_error(
+        tc.forward_backward([short_targets], "cross_entropy"), "target_tokens", "length 3"
+    )
     short_weights = types.Datum(
         model_input=types.ModelInput.from_ints([1, 2, 3, 4]),
         loss_fn_inputs={"target_tokens": [2, 3, 4, 5], "weights": [1.0, 1.0]},
@@ -157,7 +179,9 @@ def test_bad_input_fails_with_user_error_and_server_keeps_serving(service_client
     expect_user_error(tc.forward_backward([short_weights], "cross_entropy"), "weights", "length 2")
     expect_user_error(tc.forward_backward([good], "not_a_loss"), "not_a_loss")  # type: ignore[arg-type]
     with pytest.raises(tinker.RequestFailedError) as info:
-        service_client.create_lora_training_client(base_model="nobody/no-such-model", rank=4).result()
+        service_client.create_lora_training_client(
+            base_model="nobody/no-such-model", rank=4
+        ).result()
     assert "nobody/no-such-model" in info.value.message
     with pytest.raises(tinker.RequestFailedError) as info:
         service_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=128).result()

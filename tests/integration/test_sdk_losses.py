@@ -21,14 +21,22 @@ from tests.integration.helpers import (
 pytestmark = pytest.mark.integration
 
 
-def _rl_datum(tokens: list[int], sampler_logprobs: list[float], advantages: list[float]) -> types.Datum:
+def _rl_datum(
+    tokens: list[int], sampler_logprobs: list[float], advantages: list[float]
+) -> types.Datum:
     return types.Datum(
         model_input=types.ModelInput.from_ints(tokens[:-1]),
-        loss_fn_inputs={"target_tokens": tokens[1:], "logprobs": sampler_logprobs, "advantages": advantages},
+        loss_fn_inputs={
+            "target_tokens": tokens[1:],
+            "logprobs": sampler_logprobs,
+            "advantages": advantages,
+        },
     )
 
 
-def _formula(name: str, tp: np.ndarray, sp: np.ndarray, adv: np.ndarray, cfg: dict[str, float]) -> float:
+def _formula(
+    name: str, tp: np.ndarray, sp: np.ndarray, adv: np.ndarray, cfg: dict[str, float]
+) -> float:
     r = np.exp(tp - sp)
     if name == "importance_sampling":
         return float(-(r * adv).sum())
@@ -54,16 +62,25 @@ def test_rl_loss_sum_matches_formula(
     tc = service_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=4).result()
     tokens = random_tokens(7, 33)
     probe = datum(tokens)
-    tp = np.array(tc.forward([probe], "cross_entropy").result().loss_fn_outputs[0]["logprobs"].tolist())
+    tp = np.array(
+        tc.forward([probe], "cross_entropy").result().loss_fn_outputs[0]["logprobs"].tolist()
+    )
     rng = np.random.default_rng(1)
-    sp = (tp + rng.uniform(-0.4, 0.4, size=tp.shape)).astype(np.float32)  # ratios ~0.67..1.5: clipping both ways
+    sp = (tp + rng.uniform(-0.4, 0.4, size=tp.shape)).astype(
+        np.float32
+    )  # ratios ~0.67..1.5: clipping both ways
     adv = rng.normal(size=tp.shape).astype(np.float32)
-    out = tc.forward_backward([_rl_datum(tokens, sp.tolist(), adv.tolist())], loss_fn, config).result()  # type: ignore[arg-type]
+    out = tc.forward_backward(
+        [_rl_datum(tokens, sp.tolist(), adv.tolist())], loss_fn, config
+    ).result()  # type: ignore[arg-type]
     got_tp = np.array(out.loss_fn_outputs[0]["logprobs"].tolist())
     np.testing.assert_allclose(got_tp, tp, atol=1e-5)
     cfg = {"lo": 0.9, "hi": 1.1, "beta": 0.2}
     expected = _formula(loss_fn, got_tp, sp.astype(np.float64), adv.astype(np.float64), cfg)
-    assert abs(out.metrics["loss:sum"] - expected) <= 1e-4 * max(1.0, abs(expected)), (out.metrics, expected)
+    assert abs(out.metrics["loss:sum"] - expected) <= 1e-4 * max(1.0, abs(expected)), (
+        out.metrics,
+        expected,
+    )
 
 
 def test_forward_backward_custom_dpo(service_client: tinker.ServiceClient) -> None:
@@ -79,12 +96,17 @@ def test_forward_backward_custom_dpo(service_client: tinker.ServiceClient) -> No
         return datum(tokens, weights)
 
     data = [completion_datum(chosen), completion_datum(rejected)]
-    ref = [np.array(o["logprobs"].tolist()) for o in tc.forward(data, "cross_entropy").result().loss_fn_outputs]
+    ref = [
+        np.array(o["logprobs"].tolist())
+        for o in tc.forward(data, "cross_entropy").result().loss_fn_outputs
+    ]
     masks = [np.array(d.loss_fn_inputs["weights"].tolist()) for d in data]
     ref_c, ref_r = (float((lp * m).sum()) for lp, m in zip(ref, masks, strict=True))
     beta = 0.1
 
-    def dpo(batch: list[types.Datum], logprobs: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def dpo(
+        batch: list[types.Datum], logprobs: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         w = [torch.tensor(d.loss_fn_inputs["weights"].tolist()) for d in batch]
         chosen_lp, rejected_lp = (lp @ wi for lp, wi in zip(logprobs, w, strict=True))
         margin = beta * ((chosen_lp - ref_c) - (rejected_lp - ref_r))
@@ -100,13 +122,18 @@ def test_forward_backward_custom_dpo(service_client: tinker.ServiceClient) -> No
     assert margins[-1] > margins[0] + 0.05, margins
 
 
-def test_interleaved_tenants_match_training_alone(service_client: tinker.ServiceClient, server: object) -> None:
+def test_interleaved_tenants_match_training_alone(
+    service_client: tinker.ServiceClient, server: object
+) -> None:
     specs = [
         {"rank": 4},
         {"rank": 8},
         {"rank": 16, "train_attn": False, "train_unembed": False},  # MLP only
     ]
-    data = [[datum(random_tokens(50 + 10 * i + j, 24 + 8 * j)) for j in range(2)] for i in range(len(specs))]
+    data = [
+        [datum(random_tokens(50 + 10 * i + j, 24 + 8 * j)) for j in range(2)]
+        for i in range(len(specs))
+    ]
 
     def make(spec: dict[str, object]) -> tinker.TrainingClient:
         return service_client.create_lora_training_client(base_model=DEFAULT_MODEL, **spec).result()  # type: ignore[arg-type]
@@ -127,15 +154,21 @@ def test_interleaved_tenants_match_training_alone(service_client: tinker.Service
     after = _trainer_status(server)
     grown = after["rss_bytes"] - before["rss_bytes"]
     state = after["adapter_param_bytes"] - before["adapter_param_bytes"]
-    print(f"trainer rank RSS grew {grown / 2**20:.1f} MiB for 3 tenants (adapters+optimizer {state / 2**20:.1f} MiB)")
+    print(
+        f"trainer rank RSS grew {grown / 2**20:.1f} MiB for 3 tenants (adapters+optimizer {state / 2**20:.1f} MiB)"
+    )
     # far less than one more copy of the 135M-parameter base model (~540 MB in fp32)
     assert grown < 300 * 2**20, grown
     for i, (spec, batch) in enumerate(zip(specs, data, strict=True)):
         alone = make(spec)
         for _ in range(5):
             step(alone, batch)
-        a = read_adapter(checkpoint_dir(server, together[i].save_weights_for_sampler(f"mt{i}").result().path))
-        b = read_adapter(checkpoint_dir(server, alone.save_weights_for_sampler(f"alone{i}").result().path))
+        a = read_adapter(
+            checkpoint_dir(server, together[i].save_weights_for_sampler(f"mt{i}").result().path)
+        )
+        b = read_adapter(
+            checkpoint_dir(server, alone.save_weights_for_sampler(f"alone{i}").result().path)
+        )
         assert a.keys() == b.keys()
         if spec.get("train_attn") is False:
             assert not any("q_proj" in k or "lm_head" in k for k in a)
@@ -163,15 +196,23 @@ def test_bad_loss_inputs_are_user_errors(service_client: tinker.ServiceClient) -
     expect_user_error(tc.forward_backward([missing], "ppo"), "missing 'logprobs'")
     float_targets = types.Datum(
         model_input=types.ModelInput.from_ints(tokens[:-1]),
-        loss_fn_inputs={"target_tokens": types.TensorData(data=[6.0, 7.0, 8.0, 9.0], dtype="float32", shape=[4])},
+        loss_fn_inputs={
+            "target_tokens": types.TensorData(data=[6.0, 7.0, 8.0, 9.0], dtype="float32", shape=[4])
+        },
     )
-    expect_user_error(tc.forward_backward([float_targets], "cross_entropy"), "target_tokens", "dtype float32")
+    expect_user_error(
+        tc.forward_backward([float_targets], "cross_entropy"), "target_tokens", "dtype float32"
+    )
     two_d = datum(tokens)
-    two_d.loss_fn_inputs["weights"] = types.TensorData(data=[1.0] * 4, dtype="float32", shape=[2, 2])
+    two_d.loss_fn_inputs["weights"] = types.TensorData(
+        data=[1.0] * 4, dtype="float32", shape=[2, 2]
+    )
     expect_user_error(tc.forward_backward([two_d], "cross_entropy"), "shape [2, 2]")
     expect_user_error(tc.forward_backward([datum(tokens)], "gspo"), "'gspo' is not implemented")
     rl = _rl_datum(tokens, [-1.0] * 4, [1.0] * 4)
-    expect_user_error(tc.forward_backward([rl], "ppo", {"clip_low_threshold": 2.0}), "clip thresholds")
+    expect_user_error(
+        tc.forward_backward([rl], "ppo", {"clip_low_threshold": 2.0}), "clip thresholds"
+    )
     expect_user_error(tc.forward_backward([rl], "ppo", {"epsilon": 0.2}), "'epsilon'")
     # nothing above touched the adapter: the next valid step works and is the first one
     fb = tc.forward_backward([datum(tokens)], "cross_entropy").result()

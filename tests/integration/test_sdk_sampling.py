@@ -24,16 +24,24 @@ def _tokenizer(service_client: tinker.ServiceClient) -> object:
 
 
 def _tokens(client: tinker.SamplingClient, prompt: types.ModelInput, **params: object) -> list[int]:
-    return list(client.sample(prompt, 1, types.SamplingParams(**params)).result().sequences[0].tokens)  # type: ignore[arg-type]
+    return list(
+        client.sample(prompt, 1, types.SamplingParams(**params)).result().sequences[0].tokens
+    )  # type: ignore[arg-type]
 
 
 def test_every_sampling_param_has_its_effect(service_client: tinker.ServiceClient) -> None:
     tok = _tokenizer(service_client)
     base = service_client.create_sampling_client(base_model=DEFAULT_MODEL).result()
-    prompt = types.ModelInput.from_ints(tok.encode("Once upon a time, in a small village by the sea,"))  # type: ignore[attr-defined]
+    prompt = types.ModelInput.from_ints(
+        tok.encode("Once upon a time, in a small village by the sea,")
+    )  # type: ignore[attr-defined]
 
     # max_tokens: exactly that many, stop_reason "length"; temperature 0 is greedy (repeatable).
-    greedy = base.sample(prompt, 1, types.SamplingParams(max_tokens=24, temperature=0.0)).result().sequences[0]
+    greedy = (
+        base.sample(prompt, 1, types.SamplingParams(max_tokens=24, temperature=0.0))
+        .result()
+        .sequences[0]
+    )
     assert len(greedy.tokens) == 24 and greedy.stop_reason == "length"
     assert _tokens(base, prompt, max_tokens=24, temperature=0.0) == list(greedy.tokens)
 
@@ -41,14 +49,18 @@ def test_every_sampling_param_has_its_effect(service_client: tinker.ServiceClien
     text = tok.decode(greedy.tokens)  # type: ignore[attr-defined]
     stop_text = tok.decode(greedy.tokens[8:10]).strip()  # type: ignore[attr-defined]
     assert stop_text and stop_text in text
-    stopped = base.sample(prompt, 1, types.SamplingParams(max_tokens=24, temperature=0.0, stop=[stop_text])).result()
+    stopped = base.sample(
+        prompt, 1, types.SamplingParams(max_tokens=24, temperature=0.0, stop=[stop_text])
+    ).result()
     seq = stopped.sequences[0]
     assert seq.stop_reason == "stop" and len(seq.tokens) <= 10
     assert stop_text not in tok.decode(seq.tokens[: max(0, len(seq.tokens) - 2)])  # type: ignore[attr-defined]
     # A stop token id ends the completion with that token.
     stop_id = greedy.tokens[5]
     first = list(greedy.tokens).index(stop_id)
-    by_id = base.sample(prompt, 1, types.SamplingParams(max_tokens=24, temperature=0.0, stop=[stop_id])).result()
+    by_id = base.sample(
+        prompt, 1, types.SamplingParams(max_tokens=24, temperature=0.0, stop=[stop_id])
+    ).result()
     assert by_id.sequences[0].stop_reason == "stop"
     assert list(by_id.sequences[0].tokens) == list(greedy.tokens[: first + 1])
 
@@ -57,16 +69,30 @@ def test_every_sampling_param_has_its_effect(service_client: tinker.ServiceClien
     assert a == _tokens(base, prompt, max_tokens=16, temperature=1.0, seed=123)
     assert a != _tokens(base, prompt, max_tokens=16, temperature=1.0, seed=124)
     # top_k=1 and a tiny top_p both reduce sampling at temperature 1 to greedy.
-    assert _tokens(base, prompt, max_tokens=24, temperature=1.0, top_k=1, seed=7) == list(greedy.tokens)
-    assert _tokens(base, prompt, max_tokens=24, temperature=1.0, top_p=1e-6, seed=7) == list(greedy.tokens)
+    assert _tokens(base, prompt, max_tokens=24, temperature=1.0, top_k=1, seed=7) == list(
+        greedy.tokens
+    )
+    assert _tokens(base, prompt, max_tokens=24, temperature=1.0, top_p=1e-6, seed=7) == list(
+        greedy.tokens
+    )
     # num_samples: that many sequences; greedy ones are identical, sampled ones differ.
-    many = base.sample(prompt, 4, types.SamplingParams(max_tokens=12, temperature=1.0, seed=5)).result().sequences
+    many = (
+        base.sample(prompt, 4, types.SamplingParams(max_tokens=12, temperature=1.0, seed=5))
+        .result()
+        .sequences
+    )
     assert len(many) == 4 and len({tuple(s.tokens) for s in many}) > 1
-    twins = base.sample(prompt, 2, types.SamplingParams(max_tokens=12, temperature=0.0)).result().sequences
+    twins = (
+        base.sample(prompt, 2, types.SamplingParams(max_tokens=12, temperature=0.0))
+        .result()
+        .sequences
+    )
     assert len(twins) == 2 and twins[0].tokens == twins[1].tokens == greedy.tokens[:12]
 
 
-def test_logprobs_agree_with_compute_logprobs_and_the_trainer(service_client: tinker.ServiceClient) -> None:
+def test_logprobs_agree_with_compute_logprobs_and_the_trainer(
+    service_client: tinker.ServiceClient,
+) -> None:
     tc = service_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=8).result()
     for i in range(2):
         tc.forward_backward([datum(random_tokens(5000 + i, 30))], "cross_entropy").result()
@@ -75,14 +101,19 @@ def test_logprobs_agree_with_compute_logprobs_and_the_trainer(service_client: ti
     prompt_tokens = random_tokens(5100, 10)
     prompt = types.ModelInput.from_ints(prompt_tokens)
     out = sampler.sample(
-        prompt, 1, types.SamplingParams(max_tokens=12, temperature=1.0, seed=3), topk_sample_logprobs=20
+        prompt,
+        1,
+        types.SamplingParams(max_tokens=12, temperature=1.0, seed=3),
+        topk_sample_logprobs=20,
     ).result()
     seq = out.sequences[0]
     assert seq.logprobs is not None and len(seq.logprobs) == len(seq.tokens)
     full = prompt_tokens + list(seq.tokens)
     scored = sampler.compute_logprobs(types.ModelInput.from_ints(full)).result()
     assert scored[0] is None and len(scored) == len(full)
-    np.testing.assert_allclose(seq.logprobs, np.array(scored[len(prompt_tokens) :], dtype=float), atol=1e-3)
+    np.testing.assert_allclose(
+        seq.logprobs, np.array(scored[len(prompt_tokens) :], dtype=float), atol=1e-3
+    )
 
     # The trainer's forward (same weights) scores the same sequence the same way.
     fwd = tc.forward([datum(full)], "cross_entropy").result()
@@ -91,14 +122,20 @@ def test_logprobs_agree_with_compute_logprobs_and_the_trainer(service_client: ti
 
     # Top-k logprobs: k=20 per sampled token, sorted, and the sampled token's logprob among them when ranked.
     assert seq.topk_logprobs is not None and len(seq.topk_logprobs) == len(seq.tokens)
-    for row, (token, lp) in zip(seq.topk_logprobs, zip(seq.tokens, seq.logprobs, strict=True), strict=True):
+    for row, (token, lp) in zip(
+        seq.topk_logprobs, zip(seq.tokens, seq.logprobs, strict=True), strict=True
+    ):
         assert len(row) == 20
         values = [v for _, v in row]
         assert values == sorted(values, reverse=True) and lp <= values[0] + 1e-4
         if token in dict(row):
             assert dict(row)[token] == pytest.approx(lp, abs=1e-4)
     prompt_side = sampler.sample(
-        prompt, 1, types.SamplingParams(max_tokens=1), include_prompt_logprobs=True, topk_prompt_logprobs=5
+        prompt,
+        1,
+        types.SamplingParams(max_tokens=1),
+        include_prompt_logprobs=True,
+        topk_prompt_logprobs=5,
     ).result()
     assert prompt_side.prompt_logprobs is not None and prompt_side.prompt_logprobs[0] is None
     np.testing.assert_allclose(
@@ -110,13 +147,16 @@ def test_logprobs_agree_with_compute_logprobs_and_the_trainer(service_client: ti
     assert all(len(row) == 5 for row in prompt_side.topk_prompt_logprobs[1:] if row)
 
 
-def test_snapshots_are_immutable_and_many_adapters_sample_concurrently(service_client: tinker.ServiceClient) -> None:
+def test_snapshots_are_immutable_and_many_adapters_sample_concurrently(
+    service_client: tinker.ServiceClient,
+) -> None:
     prompt = types.ModelInput.from_ints(random_tokens(5200, 6))
     greedy = types.SamplingParams(max_tokens=8, temperature=0.0)
     clients: dict[tuple[int, int], tinker.SamplingClient] = {}
     expected: dict[tuple[int, int], list[int]] = {}
     tenants = [
-        service_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=r).result() for r in (4, 8, 16, 8)
+        service_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=r).result()
+        for r in (4, 8, 16, 8)
     ]
     for t, tc in enumerate(tenants):
         target = random_tokens(5300 + t, 14)
@@ -131,7 +171,9 @@ def test_snapshots_are_immutable_and_many_adapters_sample_concurrently(service_c
                 path = tc.save_weights_for_sampler(f"snap-{t}").result().path
                 client = service_client.create_sampling_client(model_path=path).result()
             clients[(t, version)] = client
-            expected[(t, version)] = list(client.sample(prompt, 1, greedy).result().sequences[0].tokens)
+            expected[(t, version)] = list(
+                client.sample(prompt, 1, greedy).result().sequences[0].tokens
+            )
     # The versions really differ (training moved the weights between them).
     assert sum(expected[(t, 0)] != expected[(t, 1)] for t in range(4)) >= 3
     # More training after the snapshots does not change what they sample.
@@ -139,29 +181,47 @@ def test_snapshots_are_immutable_and_many_adapters_sample_concurrently(service_c
         tc.forward_backward([datum(random_tokens(5400, 20))], "cross_entropy").result()
         tc.optim_step(types.AdamParams(learning_rate=1e-2)).result()
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        futures = {key: pool.submit(lambda c=c: c.sample(prompt, 1, greedy).result()) for key, c in clients.items()}
+        futures = {
+            key: pool.submit(lambda c=c: c.sample(prompt, 1, greedy).result())
+            for key, c in clients.items()
+        }
         got = {key: list(f.result().sequences[0].tokens) for key, f in futures.items()}
     assert got == expected
 
 
-def test_bad_sampling_requests_are_user_errors(service_client: tinker.ServiceClient, server: object) -> None:
+def test_bad_sampling_requests_are_user_errors(
+    service_client: tinker.ServiceClient, server: object
+) -> None:
     base = service_client.create_sampling_client(base_model=DEFAULT_MODEL).result()
     prompt = types.ModelInput.from_ints([1, 2, 3])
     too_long = types.ModelInput.from_ints([5] * 5000)
     expect_user_error(base.sample(too_long, 1, types.SamplingParams(max_tokens=4)), "context")
     expect_user_error(base.sample(prompt, 1, types.SamplingParams(max_tokens=0)), "max_tokens")
-    expect_user_error(base.sample(prompt, 1, types.SamplingParams(max_tokens=4, top_p=1.5)), "top_p")
-    expect_user_error(base.sample(prompt, 1, types.SamplingParams(max_tokens=4, top_p=0.0)), "top_p")
-    expect_user_error(base.sample(prompt, 1, types.SamplingParams(max_tokens=4, temperature=-1.0)), "temperature")
+    expect_user_error(
+        base.sample(prompt, 1, types.SamplingParams(max_tokens=4, top_p=1.5)), "top_p"
+    )
+    expect_user_error(
+        base.sample(prompt, 1, types.SamplingParams(max_tokens=4, top_p=0.0)), "top_p"
+    )
+    expect_user_error(
+        base.sample(prompt, 1, types.SamplingParams(max_tokens=4, temperature=-1.0)), "temperature"
+    )
     with pytest.raises(Exception, match="tinker://"):
         service_client.create_sampling_client(model_path="tinker://only-two/parts").result()
     with pytest.raises(Exception, match="does not exist"):
-        service_client.create_sampling_client(model_path="tinker://no-run/sampler_weights/none").result()
+        service_client.create_sampling_client(
+            model_path="tinker://no-run/sampler_weights/none"
+        ).result()
     rest = tinker.RestClient(base_url=server.base_url, api_key="tml-tests")  # type: ignore[attr-defined]
     with pytest.raises(tinker.NotFoundError):
         rest.get_sampler("no-such-session:sample:0").result()
     # The sampler keeps serving.
     assert (
-        len(base.sample(prompt, 1, types.SamplingParams(max_tokens=3, temperature=0.0)).result().sequences[0].tokens)
+        len(
+            base.sample(prompt, 1, types.SamplingParams(max_tokens=3, temperature=0.0))
+            .result()
+            .sequences[0]
+            .tokens
+        )
         == 3
     )

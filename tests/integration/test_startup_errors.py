@@ -23,7 +23,16 @@ def _serve(config: dict[str, object], tmp_path: Path) -> subprocess.CompletedPro
     env = dict(os.environ, TINSMITH_DATA_DIR=str(tmp_path / "data"), HF_HUB_OFFLINE="1")
     env["TINSMITH_RAY_TEMP_DIR"] = str(Path("/tmp") / f"tsr-bad-{os.getpid()}")
     env.pop("RAY_ADDRESS", None)
-    cmd = [sys.executable, "-m", "tinsmith.cluster.cli", "serve", "--config", str(path), "--port", str(free_port())]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tinsmith.cluster.cli",
+        "serve",
+        "--config",
+        str(path),
+        "--port",
+        str(free_port()),
+    ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, check=False)
 
 

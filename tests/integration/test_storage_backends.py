@@ -71,7 +71,9 @@ def checkpoint_dir(path: Path) -> Path:
 
 
 def s3_head(storage: S3Storage, key: str) -> dict[str, Any]:
-    head: dict[str, Any] = storage._client().head_object(Bucket=storage.bucket, Key=storage._name(key))
+    head: dict[str, Any] = storage._client().head_object(
+        Bucket=storage.bucket, Key=storage._name(key)
+    )
     return head
 
 
@@ -147,7 +149,9 @@ def test_tampered_archive_is_rejected(storage: CheckpointStorage, tmp_path: Path
     pack(checkpoint_dir(tmp_path / "ckpt"), archive)
     with tarfile.open(archive) as tar:
         member = tar.getmember("adapter_model.safetensors")
-    with archive.open("r+b") as f:  # flip one byte inside the file's data; the tar itself stays valid
+    with archive.open(
+        "r+b"
+    ) as f:  # flip one byte inside the file's data; the tar itself stays valid
         f.seek(member.offset_data + 1000)
         byte = f.read(1)[0]
         f.seek(member.offset_data + 1000)
@@ -193,7 +197,9 @@ def test_s3_wrong_secret(swift: SwiftServer, tmp_path: Path) -> None:
         storage.put("run-1/weights/x.tar", random_file(tmp_path / "x.tar", 1000))
     assert "not-the-secret" not in str(info.value)
     with pytest.raises(StorageError, match="credentials were refused"):
-        storage.put("run-1/weights/big.tar", random_file(tmp_path / "big.tar", 6 * MB))  # multipart path
+        storage.put(
+            "run-1/weights/big.tar", random_file(tmp_path / "big.tar", 6 * MB)
+        )  # multipart path
 
 
 def test_s3_missing_bucket(swift: SwiftServer, tmp_path: Path) -> None:
@@ -203,7 +209,9 @@ def test_s3_missing_bucket(swift: SwiftServer, tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="bucket 'no-such-bucket' does not exist"):
         storage.put("run-1/weights/x.tar", random_file(tmp_path / "x.tar", 1000))
     with pytest.raises(StorageError, match="bucket 'no-such-bucket' does not exist"):
-        storage.get("run-1/weights/x.tar", tmp_path / "out.tar")  # not NotFoundError: the operator must act
+        storage.get(
+            "run-1/weights/x.tar", tmp_path / "out.tar"
+        )  # not NotFoundError: the operator must act
     with pytest.raises(StorageError, match="bucket 'no-such-bucket' does not exist"):
         storage.list_keys("")
 
@@ -254,7 +262,12 @@ def test_s3_interrupted_multipart_upload_leaves_nothing(s3: S3Storage, tmp_path:
     assert interrupted_put("run-1/weights/fresh.tar") >= 2
     assert not s3.exists("run-1/weights/fresh.tar")
     assert s3.list_keys("run-1/") == [key]
-    assert s3._client().list_multipart_uploads(Bucket=s3.bucket, Prefix=f"{s3.prefix}/run-1/").get("Uploads", []) == []
+    assert (
+        s3._client()
+        .list_multipart_uploads(Bucket=s3.bucket, Prefix=f"{s3.prefix}/run-1/")
+        .get("Uploads", [])
+        == []
+    )
 
     # And the next put works.
     stored = s3.put(key, replacement)
@@ -266,4 +279,6 @@ def test_s3_storage_pickles(s3: S3Storage, tmp_path: Path) -> None:
     s3.put("run-1/weights/p.tar", random_file(tmp_path / "p.tar", 10))
     clone = pickle.loads(pickle.dumps(s3))
     assert clone.exists("run-1/weights/p.tar")
-    assert "secret" not in clone.description and s3.config.secret_access_key not in clone.description
+    assert (
+        "secret" not in clone.description and s3.config.secret_access_key not in clone.description
+    )

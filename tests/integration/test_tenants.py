@@ -19,7 +19,9 @@ from tests.integration.helpers import datum, expect_user_error, random_tokens
 pytestmark = pytest.mark.integration
 
 
-def _http(base_url: str, method: str, path: str, key: str | None, body: object = None) -> tuple[int, object]:
+def _http(
+    base_url: str, method: str, path: str, key: str | None, body: object = None
+) -> tuple[int, object]:
     headers = {"Content-Type": "application/json"}
     if key is not None:
         headers["X-API-Key"] = key
@@ -50,8 +52,12 @@ def test_tenants_are_isolated(service_client: tinker.ServiceClient, server: obje
     bob_service = tinker.ServiceClient(base_url=base_url, api_key=OTHER_TENANT_KEY)
     bob = tinker.RestClient(base_url=base_url, api_key=OTHER_TENANT_KEY)
     # Listing and reading
-    assert run_id not in {r.training_run_id for r in bob.list_training_runs(limit=1000).result().training_runs}
-    assert not {private, shared} & {c.tinker_path for c in bob.list_user_checkpoints(limit=10000).result().checkpoints}
+    assert run_id not in {
+        r.training_run_id for r in bob.list_training_runs(limit=1000).result().training_runs
+    }
+    assert not {private, shared} & {
+        c.tinker_path for c in bob.list_user_checkpoints(limit=10000).result().checkpoints
+    }
     with pytest.raises(tinker.NotFoundError):
         bob.get_training_run(run_id).result()
     with pytest.raises(tinker.NotFoundError):
@@ -89,7 +95,9 @@ def test_tenants_are_isolated(service_client: tinker.ServiceClient, server: obje
         with pytest.raises(tinker.NotFoundError):
             call()
     # Training requests, futures and sessions
-    status, future = _http(base_url, "POST", "/api/v1/optim_step", OTHER_TENANT_KEY, {"model_id": run_id, "seq_id": 99})
+    status, future = _http(
+        base_url, "POST", "/api/v1/optim_step", OTHER_TENANT_KEY, {"model_id": run_id, "seq_id": 99}
+    )
     assert status == 200
     status, failed = _http(base_url, "POST", "/api/v1/retrieve_future", OTHER_TENANT_KEY, future)
     assert failed["category"] == "user" and "unknown" in failed["error"], failed  # type: ignore[index]
@@ -100,22 +108,39 @@ def test_tenants_are_isolated(service_client: tinker.ServiceClient, server: obje
         "lora_config": {"rank": 2},
     }
     _, alice_future = _http(base_url, "POST", "/api/v1/create_model", "tml-tests", alice_create)
-    assert _http(base_url, "POST", "/api/v1/retrieve_future", OTHER_TENANT_KEY, alice_future)[0] == 404
+    assert (
+        _http(base_url, "POST", "/api/v1/retrieve_future", OTHER_TENANT_KEY, alice_future)[0] == 404
+    )
     assert _http(base_url, "POST", "/api/v1/retrieve_future", "tml-tests", alice_future)[0] == 200
-    status, _ = _http(base_url, "POST", "/api/v1/session_heartbeat", OTHER_TENANT_KEY, {"session_id": session_id})
+    status, _ = _http(
+        base_url, "POST", "/api/v1/session_heartbeat", OTHER_TENANT_KEY, {"session_id": session_id}
+    )
     assert status == 404
-    create = {"session_id": session_id, "model_seq_id": 77, "base_model": DEFAULT_MODEL, "lora_config": {"rank": 2}}
+    create = {
+        "session_id": session_id,
+        "model_seq_id": 77,
+        "base_model": DEFAULT_MODEL,
+        "lora_config": {"rank": 2},
+    }
     status, _ = _http(base_url, "POST", "/api/v1/create_model", OTHER_TENANT_KEY, create)
     assert status == 404
     status, _ = _http(
-        base_url, "GET", f"/api/v1/training_runs/{run}/checkpoints/weights/{name}/archive", OTHER_TENANT_KEY
+        base_url,
+        "GET",
+        f"/api/v1/training_runs/{run}/checkpoints/weights/{name}/archive",
+        OTHER_TENANT_KEY,
     )
     assert status == 404
 
     # A published checkpoint: readable and loadable by the other tenant, still not deletable (above).
     assert bob.get_weights_info_by_tinker_path(shared).result().lora_rank == 4
     loaded = bob_service.create_training_client_from_state(shared).result()
-    assert loaded.forward_backward([datum(random_tokens(9001, 12))], "cross_entropy").result().metrics["loss:sum"] > 0
+    assert (
+        loaded.forward_backward([datum(random_tokens(9001, 12))], "cross_entropy")
+        .result()
+        .metrics["loss:sum"]
+        > 0
+    )
     # The owner still has everything.
     assert {private, shared, sampler_path} <= {
         c.tinker_path for c in alice.list_checkpoints(run_id).result().checkpoints
@@ -138,7 +163,17 @@ def test_keys_create_makes_a_key_the_server_accepts(server: object) -> None:
 
     env = dict(__import__("os").environ, TINSMITH_DATA_DIR=str(server.data_dir))  # type: ignore[attr-defined]
     config = str(ROOT / "configs" / "test.yaml")
-    cmd = [sys.executable, "-m", "tinsmith.cluster.cli", "keys", "create", "--config", config, "--tenant", "carol"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tinsmith.cluster.cli",
+        "keys",
+        "create",
+        "--config",
+        config,
+        "--tenant",
+        "carol",
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=True)
     key = done.stdout.strip()
     assert key.startswith("tml-") and len(key) > 30

@@ -37,7 +37,13 @@ def _model_dir() -> str:
 
 
 def _run_rank(
-    rank: int, world: int, port: int, stage: int, model_dir: str, dtype: str, out: multiprocessing.Queue
+    rank: int,
+    world: int,
+    port: int,
+    stage: int,
+    model_dir: str,
+    dtype: str,
+    out: multiprocessing.Queue,
 ) -> None:
     """One trainer rank; puts (rank, loss sums per adapter, adapters, exported adapter) on ``out``."""
     try:
@@ -47,18 +53,22 @@ def _run_rank(
         raise
 
 
-def _train(rank: int, world: int, port: int, stage: int, model_dir: str, dtype: str) -> dict[str, object]:
+def _train(
+    rank: int, world: int, port: int, stage: int, model_dir: str, dtype: str
+) -> dict[str, object]:
     import torch.distributed as dist
     from safetensors.torch import load_file
 
     from tinsmith.actors.batching import plan_rank_work
     from tinsmith.actors.trainer import TrainerWorker
-    from tinsmith.cluster.config import TrainerConfig
+    from tinsmith.storage.transfer import StorageSite
     from tinsmith.types.internal import AdapterSpec, OptimStepWork, RankWork, TokenDatum
+    from tinsmith.types.settings import TrainerConfig
     from tinsmith.types.training import AdamParams, LoraConfig
 
     config = TrainerConfig(num_ranks=world, zero_stage=stage, torch_threads=1, dtype=dtype)  # type: ignore[arg-type]
-    worker = TrainerWorker(rank, world, "127.0.0.1", port, model_dir, config)
+    site = StorageSite(data_dir=tempfile.mkdtemp(prefix="tinsmith-zero-"))
+    worker = TrainerWorker(rank, world, "127.0.0.1", port, model_dir, config, site)
     specs = {
         "a": LoraConfig(rank=8, seed=1),
         "b": LoraConfig(rank=4, seed=2, train_attn=False, train_unembed=False),
@@ -69,7 +79,11 @@ def _train(rank: int, world: int, port: int, stage: int, model_dir: str, dtype: 
     datums = []
     for i, n in enumerate(LENGTHS):
         tokens = [rng.randrange(100, 20000) for _ in range(n + 1)]
-        datums.append(TokenDatum(index=i, input_tokens=tokens[:-1], target_tokens=tokens[1:], weights=[1.0] * n))
+        datums.append(
+            TokenDatum(
+                index=i, input_tokens=tokens[:-1], target_tokens=tokens[1:], weights=[1.0] * n
+            )
+        )
     batches = plan_rank_work(datums, world, MICRO_BATCH_TOKENS)[rank]
     # eps 1e-6: with a smaller one, AdamW moves an element whose gradient is at fp32 rounding level
     # by a whole step, in a direction set by the summation order (which differs across ranks).
@@ -85,20 +99,36 @@ def _train(rank: int, world: int, port: int, stage: int, model_dir: str, dtype: 
             worker.restore_snapshot("c", snap[0][1])
         for name in worker.engines:
             work = RankWork(
-                adapter_id=name, loss_fn="cross_entropy", forward_only=False, micro_batches=batches, grad_scale=world
+                adapter_id=name,
+                loss_fn="cross_entropy",
+                forward_only=False,
+                micro_batches=batches,
+                grad_scale=world,
             )
             losses.setdefault(name, []).append(worker.forward_backward(work).loss_sum)
         for name in worker.engines:
             metrics = worker.optim_step(OptimStepWork(adapter_id=name, adam=adam))
             norms.setdefault(name, []).append(metrics["grad_norm:mean"])
     forward = worker.forward_backward(
-        RankWork(adapter_id="a", loss_fn="cross_entropy", forward_only=True, micro_batches=batches, grad_scale=world)
+        RankWork(
+            adapter_id="a",
+            loss_fn="cross_entropy",
+            forward_only=True,
+            micro_batches=batches,
+            grad_scale=world,
+        )
     )
     logprobs = {d.index: d.logprobs for d in forward.datums}
     # one datum: the other rank has nothing to run, but under ZeRO-3 must still take part in the gathers
     alone = plan_rank_work(datums[:1], world, MICRO_BATCH_TOKENS)[rank]
     forward = worker.forward_backward(
-        RankWork(adapter_id="a", loss_fn="cross_entropy", forward_only=True, micro_batches=alone, grad_scale=world)
+        RankWork(
+            adapter_id="a",
+            loss_fn="cross_entropy",
+            forward_only=True,
+            micro_batches=alone,
+            grad_scale=world,
+        )
     )
     alone_logprobs = {d.index: d.logprobs for d in forward.datums}
     params = worker._named_adapter_params("a").values()
@@ -109,7 +139,11 @@ def _train(rank: int, world: int, port: int, stage: int, model_dir: str, dtype: 
     adapters = {name: worker.adapter_state(name) for name in worker.engines}
     with tempfile.TemporaryDirectory() as tmp:
         exported = worker.export_adapter("a", str(Path(tmp) / "a"))
-        files = load_file(str(Path(exported.path) / "adapter_model.safetensors")) if exported and exported.path else {}
+        files = (
+            load_file(str(Path(exported.path) / "adapter_model.safetensors"))
+            if exported and exported.path
+            else {}
+        )
         export = {k: v.flatten().tolist() for k, v in files.items()}
     dist.barrier()
     return {
@@ -128,7 +162,10 @@ def _run(stage: int, world: int, model_dir: str, dtype: str = "float32") -> dict
     ctx = multiprocessing.get_context("spawn")
     out: multiprocessing.Queue = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_run_rank, args=(r, world, port, stage, model_dir, dtype, out)) for r in range(world)]
+    procs = [
+        ctx.Process(target=_run_rank, args=(r, world, port, stage, model_dir, dtype, out))
+        for r in range(world)
+    ]
     for p in procs:
         p.start()
     results: dict[int, dict[str, object]] = {}
@@ -162,7 +199,9 @@ def reference() -> dict[str, object]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
-def test_two_ranks_at_each_zero_stage_match_one_rank_at_zero_0(stage: int, reference: dict[str, object]) -> None:
+def test_two_ranks_at_each_zero_stage_match_one_rank_at_zero_0(
+    stage: int, reference: dict[str, object]
+) -> None:
     got = _run(stage, 2, _model_dir())
     ref_losses, got_losses = reference["losses"], got["losses"]
     assert isinstance(ref_losses, dict) and isinstance(got_losses, dict)
@@ -173,11 +212,15 @@ def test_two_ranks_at_each_zero_stage_match_one_rank_at_zero_0(stage: int, refer
     assert got["held"] == ([0.5, 0.5] if stage == 3 else [1.0, 1.0]), got["held"]
     # Tolerance: fp32 sums of ~210 token losses, grouped differently across ranks.
     for name in ref_losses:
-        np.testing.assert_allclose(got_losses[name], ref_losses[name], atol=1e-3, rtol=1e-6, err_msg=name)
+        np.testing.assert_allclose(
+            got_losses[name], ref_losses[name], atol=1e-3, rtol=1e-6, err_msg=name
+        )
     ref_norms, got_norms = reference["norms"], got["norms"]
     assert isinstance(ref_norms, dict) and isinstance(got_norms, dict)
     for name in ref_norms:  # the global gradient norm before clipping, which every stage reports
-        np.testing.assert_allclose(got_norms[name], ref_norms[name], rtol=1e-4, err_msg=f"grad norm {name}")
+        np.testing.assert_allclose(
+            got_norms[name], ref_norms[name], rtol=1e-4, err_msg=f"grad norm {name}"
+        )
     ref_adapters, got_adapters = reference["adapters"], got["adapters"]
     assert isinstance(ref_adapters, dict) and isinstance(got_adapters, dict)
     # Tolerance: 1% of one step (lr 1e-3); gradients differ in fp32 summation order only.
@@ -185,21 +228,29 @@ def test_two_ranks_at_each_zero_stage_match_one_rank_at_zero_0(stage: int, refer
     for name, tensors in ref_adapters.items():
         assert sorted(got_adapters[name]) == sorted(tensors)
         for key, value in tensors.items():
-            np.testing.assert_allclose(got_adapters[name][key], value, atol=1e-5, rtol=0, err_msg=f"{name} {key}")
+            np.testing.assert_allclose(
+                got_adapters[name][key], value, atol=1e-5, rtol=0, err_msg=f"{name} {key}"
+            )
             worst = max(worst, float(np.abs(np.subtract(got_adapters[name][key], value)).max()))
     print(f"ZeRO-{stage}: largest adapter difference from ZeRO-0 on one rank {worst:.2e}")
     # "c" (restored from "a"'s snapshot after 2 steps) ends where "a" does
     for key, value in got_adapters["a"].items():
-        np.testing.assert_allclose(got_adapters["c"][key], value, atol=1e-6, rtol=0, err_msg=f"c {key}")
+        np.testing.assert_allclose(
+            got_adapters["c"][key], value, atol=1e-6, rtol=0, err_msg=f"c {key}"
+        )
     assert sorted(got_adapters) == ["a", "c"]  # "b" was unloaded
     ref_logprobs, got_logprobs = reference["logprobs"], got["logprobs"]
     assert isinstance(ref_logprobs, dict) and isinstance(got_logprobs, dict)
     assert sorted(got_logprobs) == list(range(len(LENGTHS)))
     for i, lp in ref_logprobs.items():
-        np.testing.assert_allclose(got_logprobs[i], lp, atol=1e-4, rtol=0, err_msg=f"forward logprobs of datum {i}")
+        np.testing.assert_allclose(
+            got_logprobs[i], lp, atol=1e-4, rtol=0, err_msg=f"forward logprobs of datum {i}"
+        )
     alone = got["alone"]
     assert isinstance(alone, dict) and list(alone) == [0]
-    np.testing.assert_allclose(alone[0], got_logprobs[0], atol=1e-5, rtol=0, err_msg="one datum on two ranks")
+    np.testing.assert_allclose(
+        alone[0], got_logprobs[0], atol=1e-5, rtol=0, err_msg="one datum on two ranks"
+    )
     export = got["export"]
     assert isinstance(export, dict) and sorted(export) == sorted(got_adapters["a"])
     for key, value in got_adapters["a"].items():
@@ -228,16 +279,22 @@ def test_bf16_optimizers_agree_and_follow_fp32(reference: dict[str, object]) -> 
             # so a step lowers the loss less than in fp32 (1.3% higher after one step here).
             np.testing.assert_allclose(got_losses[name], ref_losses[name], rtol=0.03, err_msg=name)
         for key, value in got_adapters["a"].items():
-            np.testing.assert_allclose(got_adapters["c"][key], value, atol=1e-6, rtol=0, err_msg=f"c {key}")
+            np.testing.assert_allclose(
+                got_adapters["c"][key], value, atol=1e-6, rtol=0, err_msg=f"c {key}"
+            )
     zero0, zero2 = runs[0], runs[2]
     for name in zero0["losses"]:  # type: ignore[union-attr]
         # the same bf16 arithmetic; only gradient accumulation and the optimizers' code differ
-        np.testing.assert_allclose(zero0["losses"][name], zero2["losses"][name], rtol=2e-3, err_msg=name)  # type: ignore[index]
+        np.testing.assert_allclose(
+            zero0["losses"][name], zero2["losses"][name], rtol=2e-3, err_msg=name
+        )  # type: ignore[index]
     for name in ("a", "c"):
         b0, b2 = _lora_b(zero0["adapters"], name), _lora_b(zero2["adapters"], name)  # type: ignore[arg-type]
         ref = _lora_b(ref_adapters, name)
         between = float(np.linalg.norm(b0 - b2) / np.linalg.norm(b2))
         to_fp32 = float(np.linalg.norm(b0 - ref) / np.linalg.norm(ref))
-        print(f"{name}: lora_B relative difference ZeRO-0 vs ZeRO-2 (bf16) {between:.4f}, bf16 vs fp32 {to_fp32:.4f}")
+        print(
+            f"{name}: lora_B relative difference ZeRO-0 vs ZeRO-2 (bf16) {between:.4f}, bf16 vs fp32 {to_fp32:.4f}"
+        )
         # a wrong AdamW step count (bias correction) alone scales the first update by 0.74
         assert between < 0.05, (name, between)

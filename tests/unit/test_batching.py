@@ -10,7 +10,9 @@ from tinsmith.types import Datum, ModelInput, TensorData
 from tinsmith.types.internal import TokenDatum
 
 
-def _datum(tokens: list[int], targets: list[int] | None = None, weights: list[float] | None = None) -> Datum:
+def _datum(
+    tokens: list[int], targets: list[int] | None = None, weights: list[float] | None = None
+) -> Datum:
     targets = targets if targets is not None else [t + 1 for t in tokens]
     inputs = {"target_tokens": TensorData(data=targets, dtype="int64")}
     if weights is not None:
@@ -19,11 +21,15 @@ def _datum(tokens: list[int], targets: list[int] | None = None, weights: list[fl
 
 
 def _token_datum(index: int, length: int) -> TokenDatum:
-    return TokenDatum(index=index, input_tokens=[1] * length, target_tokens=[1] * length, weights=[1.0] * length)
+    return TokenDatum(
+        index=index, input_tokens=[1] * length, target_tokens=[1] * length, weights=[1.0] * length
+    )
 
 
 def test_valid_datums_flatten_with_default_weights() -> None:
-    out = to_token_datums([_datum([1, 2, 3]), _datum([4, 5], weights=[0.5, -2.0])], "cross_entropy", 100, 10)
+    out = to_token_datums(
+        [_datum([1, 2, 3]), _datum([4, 5], weights=[0.5, -2.0])], "cross_entropy", 100, 10
+    )
     assert out[0].weights == [1.0, 1.0, 1.0]
     assert out[1].weights == [0.5, -2.0]
     assert out[1].index == 1
@@ -32,7 +38,11 @@ def test_valid_datums_flatten_with_default_weights() -> None:
 @pytest.mark.parametrize(
     ("datum", "loss", "needle"),
     [
-        (_datum([1, 200, 3]), "cross_entropy", "data[0].model_input[1] = 200 is outside the vocabulary"),
+        (
+            _datum([1, 200, 3]),
+            "cross_entropy",
+            "data[0].model_input[1] = 200 is outside the vocabulary",
+        ),
         (_datum([1, 2, 3], targets=[1, 2]), "cross_entropy", "'target_tokens'] has length 2"),
         (_datum([1, 2, 3], targets=[1, 2, -1]), "cross_entropy", "outside the vocabulary"),
         (_datum([1, 2, 3], weights=[1.0]), "cross_entropy", "['weights'] has length 1"),
@@ -71,7 +81,9 @@ def test_ranks_get_nearly_equal_tokens() -> None:
     assert sum(tokens) == sum(lengths)
     assert max(tokens) - min(tokens) <= min(lengths)  # less than one datum apart
     assert max(padded) <= 1.1 * sum(lengths) / 2
-    assert sorted(d.index for work in per_rank for b in work for d in b.datums) == list(range(len(lengths)))
+    assert sorted(d.index for work in per_rank for b in work for d in b.datums) == list(
+        range(len(lengths))
+    )
 
 
 def test_packing_caps_padding() -> None:

@@ -45,12 +45,16 @@ def test_sdk_json_parses_into_tinsmith_types_and_back() -> None:
     lora = ts.LoraConfig(rank=8)
     assert lora.model_dump() == tt.LoraConfig(rank=8).model_dump()
 
-    info = ts.GetInfoResponse(model_id="m", model_data=ts.ModelData(model_name="x", tokenizer_id="/t"), lora_rank=8)
+    info = ts.GetInfoResponse(
+        model_id="m", model_data=ts.ModelData(model_name="x", tokenizer_id="/t"), lora_rank=8
+    )
     assert tt.GetInfoResponse.model_validate_json(info.model_dump_json()).lora_rank == 8
 
 
 def test_tinker_paths_parse() -> None:
-    parsed = ts.ParsedCheckpointTinkerPath.from_tinker_path("tinker://sess:train:0/sampler_weights/x")
+    parsed = ts.ParsedCheckpointTinkerPath.from_tinker_path(
+        "tinker://sess:train:0/sampler_weights/x"
+    )
     assert parsed.training_run_id == "sess:train:0"
     assert parsed.checkpoint_type == "sampler"
     assert parsed.checkpoint_id == "sampler_weights/x"

@@ -13,7 +13,14 @@ import pytest
 
 from tinsmith.actors.coordinator import Coordinator
 from tinsmith.errors import UserInputError
-from tinsmith.types import AdamParams, Datum, ForwardBackwardInput, LoraConfig, ModelInput, TensorData
+from tinsmith.types import (
+    AdamParams,
+    Datum,
+    ForwardBackwardInput,
+    LoraConfig,
+    ModelInput,
+    TensorData,
+)
 from tinsmith.types.internal import DatumResult, RankResult, RankWork
 
 
@@ -60,11 +67,15 @@ class FakeTrainer:
     def _forward_backward(self, work: RankWork) -> RankResult:
         self.log.append(f"fb:{len(work.micro_batches)}")
         datums = [
-            DatumResult(index=d.index, logprobs=[-1.0] * d.length, elementwise_loss=[1.0] * d.length)
+            DatumResult(
+                index=d.index, logprobs=[-1.0] * d.length, elementwise_loss=[1.0] * d.length
+            )
             for batch in work.micro_batches
             for d in batch.datums
         ]
-        return RankResult(datums=datums, loss_sum=float(sum(len(d.logprobs) for d in datums)), tokens=0)
+        return RankResult(
+            datums=datums, loss_sum=float(sum(len(d.logprobs) for d in datums)), tokens=0
+        )
 
     def _optim_step(self, work: object) -> dict[str, float]:
         self.log.append("step")
@@ -102,7 +113,12 @@ def test_requests_run_in_seq_order_and_results_keep_datum_order() -> None:
         out_first = await first
         await second
         await step
-        assert log[-4:] == ["step", "step", "snapshot", "snapshot"]  # every rank snapshots after the step
+        assert log[-4:] == [
+            "step",
+            "step",
+            "snapshot",
+            "snapshot",
+        ]  # every rank snapshots after the step
         assert [len(o["logprobs"].data) for o in out_first.loss_fn_outputs] == [2, 3, 4, 5, 6]
         assert out_first.metrics["loss:sum"] == 20.0
         fb_calls = [e for e in log if e.startswith("fb:")]
@@ -118,7 +134,9 @@ def test_bad_request_fails_but_frees_its_seq_id() -> None:
         await coord.create_model("s:train:0", LoraConfig(rank=4))
         with pytest.raises(UserInputError, match="gspo"):
             await coord.forward_backward("s:train:0", 1, _fb(1, loss="gspo"), False)
-        out = await asyncio.wait_for(coord.forward_backward("s:train:0", 2, _fb(1), False), timeout=5)
+        out = await asyncio.wait_for(
+            coord.forward_backward("s:train:0", 2, _fb(1), False), timeout=5
+        )
         assert out.metrics["loss:sum"] == 2.0
         with pytest.raises(UserInputError, match="already used"):
             await coord.forward_backward("s:train:0", 2, _fb(1), False)

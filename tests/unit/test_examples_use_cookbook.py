@@ -41,6 +41,13 @@ def test_no_cookbook_file_is_copied_into_the_project() -> None:
         return hashlib.sha256(path.read_bytes()).hexdigest()
 
     theirs = {digest(p) for p in package.rglob("*") if p.is_file() and p.stat().st_size > 200}
-    ours = [p for d in ("tinsmith", "examples", "benchmarks", "tests") for p in (ROOT / d).rglob("*") if p.is_file()]
-    copied = [str(p.relative_to(ROOT)) for p in ours if p.stat().st_size > 200 and digest(p) in theirs]
+    ours = [
+        p
+        for d in ("tinsmith", "examples", "benchmarks", "tests")
+        for p in (ROOT / d).rglob("*")
+        if p.is_file()
+    ]
+    copied = [
+        str(p.relative_to(ROOT)) for p in ours if p.stat().st_size > 200 and digest(p) in theirs
+    ]
     assert not copied, copied

@@ -40,7 +40,7 @@ from tinsmith.cluster.checkpoints import open_checkpoint_service
 from tinsmith.cluster.server import ServedModel, ServerState, build_app
 from tinsmith.errors import NotFoundError, UserInputError
 from tinsmith.storage.config import StorageConfig
-from tinsmith.storage.transfer import ArchiveRef, upload_dir
+from tinsmith.storage.transfer import StorageSite, upload_dir
 from tinsmith.types import (
     AdamParams,
     CreateModelRequest,
@@ -54,6 +54,7 @@ from tinsmith.types import (
     SamplingParams,
     TensorData,
 )
+from tinsmith.types.archives import ArchiveRef
 from tinsmith.types.futures import FutureRetrieveRequest
 from tinsmith.types.internal import CheckpointMeta, ModelStatus, SampleWork, SavedCheckpoint
 from tinsmith.types.proto import (
@@ -70,7 +71,9 @@ MODEL = "test/model"
 VOCAB = 100
 MAX_CONTEXT = 64
 SESSION = "sess-fuzz"  # training and sampling ids hang off it (the server does not check it exists)
-LIVE_SESSION = "<live session>"  # replaced, in each body, by a session the server made (for heartbeats)
+LIVE_SESSION = (
+    "<live session>"  # replaced, in each body, by a session the server made (for heartbeats)
+)
 MODEL_ID = f"{SESSION}:train:0"
 SAMPLER_ID = f"{SESSION}:sample:0"
 API_KEY = "tml-fuzz"  # any tml- key passes in the open auth mode the unit server runs in
@@ -101,13 +104,28 @@ def fuzz(examples: int) -> settings:
         derandomize=not _EXAMPLES,
         database=None,
         print_blob=bool(_EXAMPLES),
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.filter_too_much,
+        ],
     )
 
 
 # ----- values ------------------------------------------------------------------------------------
 _UNENCODABLE_OK = "422-echo" not in KNOWN_BUGS
-_EDGE_INTS = [2**31 - 1, 2**31, 2**53 + 1, 2**63 - 1, 2**63, 2**64, -(2**63) - 1, 10**30, -(10**30), 10**400]
+_EDGE_INTS = [
+    2**31 - 1,
+    2**31,
+    2**53 + 1,
+    2**63 - 1,
+    2**63,
+    2**64,
+    -(2**63) - 1,
+    10**30,
+    -(10**30),
+    10**400,
+]
 _EDGE_TEXT = [
     "",
     " ",
@@ -129,17 +147,27 @@ _EDGE_TEXT = [
     SAMPLER_CKPT,
 ]
 _SURROGATE_TEXT = st.lists(
-    st.one_of(st.characters(), st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)), min_size=1, max_size=6
+    st.one_of(st.characters(), st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)),
+    min_size=1,
+    max_size=6,
 ).map("".join)
 
 ints = st.one_of(st.integers(-3, 130), st.integers(), st.sampled_from(_EDGE_INTS))
 floats = st.floats(allow_nan=_UNENCODABLE_OK, allow_infinity=_UNENCODABLE_OK)
-text = st.one_of(st.text(max_size=24), st.sampled_from(_EDGE_TEXT), *([_SURROGATE_TEXT] if _UNENCODABLE_OK else []))
+text = st.one_of(
+    st.text(max_size=24),
+    st.sampled_from(_EDGE_TEXT),
+    *([_SURROGATE_TEXT] if _UNENCODABLE_OK else []),
+)
 scalars = st.one_of(st.none(), st.booleans(), ints, floats, text)
 json_values = st.recursive(
-    scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4), max_leaves=12
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4),
+    max_leaves=12,
 )
-offsets = ints if "offset" not in KNOWN_BUGS else st.integers(-3, 50) | st.integers(-(2**63), 2**63 - 1)
+offsets = (
+    ints if "offset" not in KNOWN_BUGS else st.integers(-3, 50) | st.integers(-(2**63), 2**63 - 1)
+)
 
 
 def mostly(valid: st.SearchStrategy[Any], other: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
@@ -170,7 +198,12 @@ session_ids = mostly(st.sampled_from([SESSION, LIVE_SESSION]), ids)
 base_models = mostly(st.just(MODEL), text)
 tinker_paths = st.one_of(
     st.sampled_from(
-        [CKPT, SAMPLER_CKPT, f"tinker://{MODEL_ID}/external_weights/ckpt", f"tinker://{MODEL_ID}/weights/gone"]
+        [
+            CKPT,
+            SAMPLER_CKPT,
+            f"tinker://{MODEL_ID}/external_weights/ckpt",
+            f"tinker://{MODEL_ID}/weights/gone",
+        ]
     ),
     st.builds(
         "tinker://{}/{}/{}".format,
@@ -180,7 +213,10 @@ tinker_paths = st.one_of(
     ),
     text,
 )
-names = mostly(st.sampled_from(["ckpt", "fresh", "ok-name_1.2"]), st.sampled_from([".", "..", "a" * 129]) | text)
+names = mostly(
+    st.sampled_from(["ckpt", "fresh", "ok-name_1.2"]),
+    st.sampled_from([".", "..", "a" * 129]) | text,
+)
 metadata = st.none() | st.dictionaries(text, json_values, max_size=3)
 str_metadata = st.none() | st.dictionaries(text, text, max_size=3)
 seq_ids = mostly(st.none() | st.integers(1, 1000), ints)
@@ -189,7 +225,9 @@ numbers = floats | ints
 unit_floats = st.floats(0, 1, exclude_max=True)
 
 lora_configs = mostly(
-    st.fixed_dictionaries({"rank": st.integers(1, 64)}, optional={"seed": st.none() | st.integers(0, 2**32)}),
+    st.fixed_dictionaries(
+        {"rank": st.integers(1, 64)}, optional={"seed": st.none() | st.integers(0, 2**32)}
+    ),
     optional_dict(
         {
             "rank": ints,
@@ -202,23 +240,41 @@ lora_configs = mostly(
 )
 optimizer_configs = mostly(
     st.just({"type": "adamw"}),
-    st.fixed_dictionaries({"type": st.sampled_from(["adamw", "dimuon", "sgd"]) | text}, optional={"version": ints}),
+    st.fixed_dictionaries(
+        {"type": st.sampled_from(["adamw", "dimuon", "sgd"]) | text}, optional={"version": ints}
+    ),
 )
 adam_params = mostly(
     optional_dict({"learning_rate": st.floats(0, 1), "beta1": unit_floats, "beta2": unit_floats}),
-    optional_dict({k: numbers for k in ("learning_rate", "beta1", "beta2", "eps", "weight_decay", "grad_clip_norm")}),
+    optional_dict(
+        {
+            k: numbers
+            for k in ("learning_rate", "beta1", "beta2", "eps", "weight_decay", "grad_clip_norm")
+        }
+    ),
 )
-tokens = mostly(st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=8), st.lists(ints, max_size=MAX_CONTEXT + 2))
+tokens = mostly(
+    st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=8),
+    st.lists(ints, max_size=MAX_CONTEXT + 2),
+)
 text_chunks = st.fixed_dictionaries({"type": st.just("encoded_text"), "tokens": tokens})
 chunks = mostly(
     text_chunks,
     st.one_of(
         st.fixed_dictionaries(
-            {"type": st.just("image"), "data": text, "format": st.sampled_from(["png", "jpeg", "gif"])},
+            {
+                "type": st.just("image"),
+                "data": text,
+                "format": st.sampled_from(["png", "jpeg", "gif"]),
+            },
             optional={"expected_tokens": ints},
         ),
         st.fixed_dictionaries(
-            {"type": st.just("image_asset_pointer"), "location": text, "format": st.sampled_from(["png", "jpeg"])}
+            {
+                "type": st.just("image_asset_pointer"),
+                "location": text,
+                "format": st.sampled_from(["png", "jpeg"]),
+            }
         ),
         st.fixed_dictionaries({"type": st.just("dmel"), "dmel": text}),
         json_values,
@@ -228,15 +284,24 @@ sampling_params = optional_dict(
     {
         "max_tokens": mostly(st.integers(1, 8), st.none() | ints),
         "seed": mostly(st.none() | st.integers(0, 2**32), ints),
-        "stop": mostly(st.none(), st.one_of(text, st.lists(text, max_size=3), st.lists(ints, max_size=3), json_values)),
+        "stop": mostly(
+            st.none(),
+            st.one_of(text, st.lists(text, max_size=3), st.lists(ints, max_size=3), json_values),
+        ),
         "temperature": mostly(st.floats(0, 2), numbers),
         "top_k": mostly(st.just(-1) | st.integers(1, 50), ints),
         "top_p": mostly(st.floats(0, 1, exclude_min=True), numbers),
     }
 )
 tensors = st.fixed_dictionaries(
-    {"data": st.lists(numbers, max_size=4), "dtype": st.sampled_from(["int64", "float32", "bfloat16"])},
-    optional={"shape": st.none() | st.lists(ints, max_size=3), "sparse_crow_indices": st.lists(ints, max_size=3)},
+    {
+        "data": st.lists(numbers, max_size=4),
+        "dtype": st.sampled_from(["int64", "float32", "bfloat16"]),
+    },
+    optional={
+        "shape": st.none() | st.lists(ints, max_size=3),
+        "sparse_crow_indices": st.lists(ints, max_size=3),
+    },
 )
 counts = mostly(st.integers(0, 4), ints)
 
@@ -265,7 +330,10 @@ JSON_ROUTES: dict[str, dict[str, st.SearchStrategy[Any]]] = {
         "seq_id": seq_ids,
         "adam_params": st.none() | adam_params,
         "optimizer_params": mostly(
-            st.none(), optional_dict({"type": st.just("dimuon") | text, "learning_rate": numbers, "beta1": numbers})
+            st.none(),
+            optional_dict(
+                {"type": st.just("dimuon") | text, "learning_rate": numbers, "beta1": numbers}
+            ),
         ),
     },
     "/api/v1/save_weights": {
@@ -314,7 +382,11 @@ JSON_ROUTES: dict[str, dict[str, st.SearchStrategy[Any]]] = {
     "/api/v1/asample": {
         "num_samples": absent_or(counts),
         "prompt": st.fixed_dictionaries(
-            {"chunks": mostly(st.lists(text_chunks, min_size=1, max_size=2), st.lists(chunks, max_size=3))}
+            {
+                "chunks": mostly(
+                    st.lists(text_chunks, min_size=1, max_size=2), st.lists(chunks, max_size=3)
+                )
+            }
         ),
         "sampling_params": sampling_params,
         "base_model": base_models,
@@ -359,13 +431,20 @@ def bodies(draw: st.DrawFn, fields: dict[str, st.SearchStrategy[Any]]) -> dict[s
             drawn = draw(value.filter(partial(_no_known_bug, k)), label=k)
             if drawn is not ABSENT:
                 body[k] = drawn
-    body.update(draw(mostly(st.just({}), st.dictionaries(text, json_values, max_size=2)), label="extra keys"))
+    body.update(
+        draw(
+            mostly(st.just({}), st.dictionaries(text, json_values, max_size=2)), label="extra keys"
+        )
+    )
     return body
 
 
 # ----- protobuf ----------------------------------------------------------------------------------
 # protobuf strings are valid UTF-8 by construction: st.text() (no surrogates), not ``text``
-loss_fns = st.sampled_from(["cross_entropy", "ppo", "importance_sampling", "dro", "cispo", "gspo"]) | st.text()
+loss_fns = (
+    st.sampled_from(["cross_entropy", "ppo", "importance_sampling", "dro", "cispo", "gspo"])
+    | st.text()
+)
 
 
 @st.composite
@@ -383,13 +462,18 @@ def fb_requests(draw: st.DrawFn) -> ForwardBackwardRequest:
         if well_formed or draw(st.booleans()):
             data = draw(st.lists(int64, min_size=n, max_size=n))
             inputs["target_tokens"] = TensorData(data=data, dtype="int64", shape=[n])
-        for key in draw(st.sets(st.sampled_from(["weights", "logprobs", "advantages"]) | st.text(max_size=8))):
-            inputs[key] = TensorData(data=draw(st.lists(f32, min_size=n, max_size=n)), dtype="float32", shape=[n])
+        for key in draw(
+            st.sets(st.sampled_from(["weights", "logprobs", "advantages"]) | st.text(max_size=8))
+        ):
+            inputs[key] = TensorData(
+                data=draw(st.lists(f32, min_size=n, max_size=n)), dtype="float32", shape=[n]
+            )
         datums.append(Datum(model_input=ModelInput.from_ints(toks), loss_fn_inputs=inputs))
     config = draw(
         st.just({})
         | st.dictionaries(
-            st.sampled_from(["clip_low_threshold", "clip_high_threshold", "beta"]) | st.text(max_size=8),
+            st.sampled_from(["clip_low_threshold", "clip_high_threshold", "beta"])
+            | st.text(max_size=8),
             st.floats(allow_nan=False) | st.text(max_size=8),
             max_size=3,
         )
@@ -399,7 +483,9 @@ def fb_requests(draw: st.DrawFn) -> ForwardBackwardRequest:
         seq_id=draw(st.none() | st.integers(1, 2**31 - 1)),
         forward_only=draw(st.booleans()),
         forward_backward_input=ForwardBackwardInput(
-            data=datums, loss_fn=draw(mostly(st.just("cross_entropy"), loss_fns)), loss_fn_config=config or None
+            data=datums,
+            loss_fn=draw(mostly(st.just("cross_entropy"), loss_fns)),
+            loss_fn_config=config or None,
         ),
     )
 
@@ -428,7 +514,9 @@ def raw_fb_messages(draw: st.DrawFn) -> bytes:
             kind = draw(st.sampled_from(["text", "image", "dmel", "unset"]))
             if kind == "text":
                 toks = draw(st.lists(st.integers(-2, VOCAB + 2), max_size=6))
-                chunk.encoded_text.tokens = draw(st.just(np.asarray(toks, "<i4").tobytes()) | raw_blobs)
+                chunk.encoded_text.tokens = draw(
+                    st.just(np.asarray(toks, "<i4").tobytes()) | raw_blobs
+                )
             elif kind == "image":
                 chunk.image.data = draw(raw_blobs)
                 chunk.image.format = draw(st.sampled_from(["png", "jpeg", "gif", ""]))
@@ -437,12 +525,17 @@ def raw_fb_messages(draw: st.DrawFn) -> bytes:
             elif kind == "dmel":
                 chunk.dmel.dmel = draw(raw_blobs)
         for _ in range(draw(st.integers(0, 3))):
-            key = draw(st.sampled_from(["target_tokens", "weights", "logprobs", "advantages"]) | st.text(max_size=4))
+            key = draw(
+                st.sampled_from(["target_tokens", "weights", "logprobs", "advantages"])
+                | st.text(max_size=4)
+            )
             tensor = datum.loss_fn_inputs[key]
             tensor.dtype = draw(st.integers(0, 6))
             tensor.shape.extend(draw(small_i64))
             if draw(st.booleans()):
-                tensor.dense = draw(raw_blobs | st.lists(st.integers(-2, VOCAB), max_size=6).map(_i64))
+                tensor.dense = draw(
+                    raw_blobs | st.lists(st.integers(-2, VOCAB), max_size=6).map(_i64)
+                )
             else:
                 csr = tensor.sparse_csr
                 csr.values = draw(raw_blobs)
@@ -460,7 +553,11 @@ def raw_fb_messages(draw: st.DrawFn) -> bytes:
 
 
 mutations = st.lists(
-    st.tuples(st.sampled_from(["flip", "set", "cut", "insert", "delete"]), st.integers(0, 2**16), st.integers(0, 255)),
+    st.tuples(
+        st.sampled_from(["flip", "set", "cut", "insert", "delete"]),
+        st.integers(0, 2**16),
+        st.integers(0, 255),
+    ),
     min_size=1,
     max_size=4,
 )
@@ -486,7 +583,9 @@ def _mutate(raw: bytes, ops: list[tuple[str, int, int]]) -> bytes:
 
 fb_bodies = st.one_of(
     fb_requests().map(encode_forward_backward_request),
-    st.tuples(fb_requests().map(encode_forward_backward_request), mutations).map(lambda t: _mutate(*t)),
+    st.tuples(fb_requests().map(encode_forward_backward_request), mutations).map(
+        lambda t: _mutate(*t)
+    ),
     raw_fb_messages(),
     st.tuples(raw_fb_messages(), mutations).map(lambda t: _mutate(*t)),
     st.binary(max_size=200),
@@ -576,9 +675,13 @@ def _tensor_request(**tensor: Any) -> bytes:
 # ValueError naming the field.
 _F32x2 = np.asarray([1.0, 2.0], "<f4").tobytes()
 DECODER_REGRESSIONS = [
-    _tensor_request(shape=[2, 2], values=_F32x2, crow_indices=_i64([0, 5, 9]), col_indices=_i64([0, 1])),
+    _tensor_request(
+        shape=[2, 2], values=_F32x2, crow_indices=_i64([0, 5, 9]), col_indices=_i64([0, 1])
+    ),
     _tensor_request(shape=[1, 2], values=_F32x2, crow_indices=_i64([0]), col_indices=_i64([0, 1])),
-    _tensor_request(shape=[1, 2], values=_F32x2, crow_indices=_i64([0, 2]), col_indices=_i64([0, 7])),
+    _tensor_request(
+        shape=[1, 2], values=_F32x2, crow_indices=_i64([0, 2]), col_indices=_i64([0, 7])
+    ),
     _tensor_request(shape=[2**62, 2**62], values=b"", crow_indices=_i64([0]), col_indices=b""),
     _tensor_request(shape=[3], dense=_F32x2),
     _tensor_request(shape=[-1], dense=_F32x2),
@@ -603,13 +706,23 @@ def test_decoder_errors_name_the_field(raw: bytes) -> None:
 
 
 def test_sparse_tensors_stay_sparse() -> None:
-    raw = _tensor_request(shape=[2, 3], values=_F32x2, crow_indices=_i64([0, 1, 2]), col_indices=_i64([2, 0]))
-    tensor = decode_forward_backward_request(raw).forward_backward_input.data[0].loss_fn_inputs["weights"]
+    raw = _tensor_request(
+        shape=[2, 3], values=_F32x2, crow_indices=_i64([0, 1, 2]), col_indices=_i64([2, 0])
+    )
+    tensor = (
+        decode_forward_backward_request(raw)
+        .forward_backward_input.data[0]
+        .loss_fn_inputs["weights"]
+    )
     assert tensor.data == [1.0, 2.0] and tensor.shape == [2, 3]
     assert tensor.sparse_crow_indices == [0, 1, 2] and tensor.sparse_col_indices == [2, 0]
     # Made dense, this 60-byte body took 8 GiB (and its list of floats far more): it must stay cheap.
     raw = _tensor_request(shape=[1, 2**31], values=b"", crow_indices=_i64([0, 0]), col_indices=b"")
-    tensor = decode_forward_backward_request(raw).forward_backward_input.data[0].loss_fn_inputs["weights"]
+    tensor = (
+        decode_forward_backward_request(raw)
+        .forward_backward_input.data[0]
+        .loss_fn_inputs["weights"]
+    )
     assert tensor.data == [] and tensor.shape == [1, 2**31]
 
 
@@ -617,13 +730,26 @@ def test_sparse_tensors_stay_sparse() -> None:
 @pytest.mark.parametrize(
     ("model", "body", "loc"),
     [
-        (CreateModelRequest, {"session_id": "s\ud800", "model_seq_id": 0, "base_model": MODEL}, ("session_id",)),
         (
             CreateModelRequest,
-            {"session_id": "s", "model_seq_id": 0, "base_model": MODEL, "user_metadata": {"k": [{"\udfff": 1}]}},
+            {"session_id": "s\ud800", "model_seq_id": 0, "base_model": MODEL},
+            ("session_id",),
+        ),
+        (
+            CreateModelRequest,
+            {
+                "session_id": "s",
+                "model_seq_id": 0,
+                "base_model": MODEL,
+                "user_metadata": {"k": [{"\udfff": 1}]},
+            },
             ("user_metadata", "k"),
         ),
-        (SaveWeightsRequest, {"model_id": "m", "user_metadata": {"\ud800": "v"}}, ("user_metadata",)),
+        (
+            SaveWeightsRequest,
+            {"model_id": "m", "user_metadata": {"\ud800": "v"}},
+            ("user_metadata",),
+        ),
         (FutureRetrieveRequest, {"request_id": "\udc00"}, ("request_id",)),
         (SamplingParams, {"stop": ["ok", "\ud800"]}, ("stop",)),
     ],
@@ -674,7 +800,10 @@ class FakeCoordinator:
         return getattr(self, method)(*args)
 
     def _model(self, model_id: object, seq_id: object = None) -> None:
-        _expect(isinstance(model_id, str) and (seq_id is None or isinstance(seq_id, int)), "mistyped ids")
+        _expect(
+            isinstance(model_id, str) and (seq_id is None or isinstance(seq_id, int)),
+            "mistyped ids",
+        )
         if model_id not in self.models:
             raise NotFoundError(f"model_id {model_id!r} is not a training model")
 
@@ -691,36 +820,59 @@ class FakeCoordinator:
     async def create_from_checkpoint(
         self, model_id: str, lora: LoraConfig, archive: ArchiveRef, with_optimizer: bool
     ) -> int:
-        _expect(isinstance(archive, ArchiveRef) and isinstance(with_optimizer, bool), "mistyped load")
+        _expect(
+            isinstance(archive, ArchiveRef) and isinstance(with_optimizer, bool), "mistyped load"
+        )
         await self.create_model(model_id, lora)
         return 0
 
-    async def load_checkpoint(self, model_id: str, seq_id: int | None, archive: ArchiveRef, optimizer: bool) -> int:
+    async def load_checkpoint(
+        self, model_id: str, seq_id: int | None, archive: ArchiveRef, optimizer: bool
+    ) -> int:
         self._model(model_id, seq_id)
         _expect(isinstance(archive, ArchiveRef) and isinstance(optimizer, bool), "mistyped load")
         return 0
 
     async def save_checkpoint(
-        self, model_id: str, seq_id: int | None, archive: ArchiveRef, meta: CheckpointMeta, with_optimizer: bool
+        self,
+        model_id: str,
+        seq_id: int | None,
+        archive: ArchiveRef,
+        meta: CheckpointMeta,
+        with_optimizer: bool,
     ) -> SavedCheckpoint:
         self._model(model_id, seq_id)
-        _expect(isinstance(meta, CheckpointMeta) and isinstance(with_optimizer, bool), "mistyped save")
+        _expect(
+            isinstance(meta, CheckpointMeta) and isinstance(with_optimizer, bool), "mistyped save"
+        )
         directory = self.scratch / "adapter"
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "adapter_config.json").write_text(meta.model_dump_json())
-        return SavedCheckpoint(stored=upload_dir(archive, directory), meta=meta)
+        return SavedCheckpoint(
+            stored=upload_dir(
+                StorageSite(data_dir=str(self.scratch.parent / "data")), archive, directory
+            ),
+            meta=meta,
+        )
 
     async def forward_backward(
         self, model_id: str, seq_id: int | None, fb: ForwardBackwardInput, forward_only: bool
     ) -> ForwardBackwardOutput:
         self._model(model_id, seq_id)
-        _expect(isinstance(fb, ForwardBackwardInput) and isinstance(forward_only, bool), "mistyped forward_backward")
+        _expect(
+            isinstance(fb, ForwardBackwardInput) and isinstance(forward_only, bool),
+            "mistyped forward_backward",
+        )
         datums = to_token_datums(fb.data, fb.loss_fn, VOCAB, MAX_CONTEXT)
         validate_loss_config(fb.loss_fn, fb.loss_fn_config)
-        outputs = [{"logprobs": TensorData(data=[-1.0] * d.length, dtype="float32")} for d in datums]
+        outputs = [
+            {"logprobs": TensorData(data=[-1.0] * d.length, dtype="float32")} for d in datums
+        ]
         return ForwardBackwardOutput(loss_fn_outputs=outputs, metrics={"loss:sum": 1.0})
 
-    async def optim_step(self, model_id: str, seq_id: int | None, adam: AdamParams) -> dict[str, float]:
+    async def optim_step(
+        self, model_id: str, seq_id: int | None, adam: AdamParams
+    ) -> dict[str, float]:
         self._model(model_id, seq_id)
         _expect(isinstance(adam, AdamParams), "mistyped optim_step")
         values = adam.model_dump().values()
@@ -736,12 +888,25 @@ class FakeCoordinator:
 
     async def sample(self, work: SampleWork, source: object) -> SampleResponse:
         _expect(isinstance(work, SampleWork), "mistyped sample")
-        _expect(bool(work.prompt_tokens) and len(work.prompt_tokens) < MAX_CONTEXT, "a prompt of bad length")
-        _expect(all(0 <= t < VOCAB for t in work.prompt_tokens), "prompt tokens outside the vocabulary")
+        _expect(
+            bool(work.prompt_tokens) and len(work.prompt_tokens) < MAX_CONTEXT,
+            "a prompt of bad length",
+        )
+        _expect(
+            all(0 <= t < VOCAB for t in work.prompt_tokens), "prompt tokens outside the vocabulary"
+        )
         _expect(work.num_samples >= 1 and 1 <= work.max_tokens <= MAX_CONTEXT, f"counts {work}")
-        _expect(math.isfinite(work.temperature) and work.temperature >= 0, f"temperature {work.temperature}")
-        _expect(0 < work.top_p <= 1 and (work.top_k == -1 or work.top_k >= 1), f"top_p/top_k {work}")
-        _expect(work.topk_prompt_logprobs >= 0 and work.topk_sample_logprobs >= 0, f"top-k logprobs {work}")
+        _expect(
+            math.isfinite(work.temperature) and work.temperature >= 0,
+            f"temperature {work.temperature}",
+        )
+        _expect(
+            0 < work.top_p <= 1 and (work.top_k == -1 or work.top_k >= 1), f"top_p/top_k {work}"
+        )
+        _expect(
+            work.topk_prompt_logprobs >= 0 and work.topk_sample_logprobs >= 0,
+            f"top-k logprobs {work}",
+        )
         _expect(work.seed is None or -(2**63) <= work.seed < 2**64, f"seed {work.seed}")
         sequence = SampledSequence(stop_reason="length", tokens=[1] * work.max_tokens)
         return SampleResponse(sequences=[sequence] * work.num_samples)
@@ -778,7 +943,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("fuzz")
     coordinator = FakeCoordinator(tmp / "scratch")
     served = ServedModel(
-        name=MODEL, model_dir=tmp, max_context_length=MAX_CONTEXT, coordinator=coordinator, vocab_size=VOCAB
+        name=MODEL,
+        model_dir=tmp,
+        max_context_length=MAX_CONTEXT,
+        coordinator=coordinator,
+        vocab_size=VOCAB,
     )
     state = ServerState(
         models={MODEL: served},
@@ -786,7 +955,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         checkpoints=open_checkpoint_service(StorageConfig(), tmp / "data"),
     )
     # raise_server_exceptions=False: a bug must show as the 500 a client would get, not as an exception here.
-    with TestClient(build_app(state), raise_server_exceptions=False, headers={"X-API-Key": API_KEY}) as client:
+    with TestClient(
+        build_app(state), raise_server_exceptions=False, headers={"X-API-Key": API_KEY}
+    ) as client:
         srv = Server(client, state)
         _ensure_fixtures(srv)
         yield srv
@@ -802,7 +973,12 @@ def _ensure_fixtures(srv: Server) -> None:
     made again if an earlier example deleted or unloaded them."""
     c, state = srv.client, srv.state
     if MODEL_ID not in state.training:
-        body = {"session_id": SESSION, "model_seq_id": 0, "base_model": MODEL, "lora_config": {"rank": 4}}
+        body = {
+            "session_id": SESSION,
+            "model_seq_id": 0,
+            "base_model": MODEL,
+            "lora_config": {"rank": 4},
+        }
         _ok(
             c.post(
                 "/api/v1/retrieve_future",
@@ -812,33 +988,48 @@ def _ensure_fixtures(srv: Server) -> None:
     for path, route in ((CKPT, "save_weights"), (SAMPLER_CKPT, "save_weights_for_sampler")):
         if state.checkpoints.get(path) is None:
             fut = _ok(c.post(f"/api/v1/{route}", json={"model_id": MODEL_ID, "path": "ckpt"}))
-            assert "error" not in _ok(c.post("/api/v1/retrieve_future", json={"request_id": fut["request_id"]}))
+            assert "error" not in _ok(
+                c.post("/api/v1/retrieve_future", json={"request_id": fut["request_id"]})
+            )
             srv.tokens.clear()
     if SAMPLER_ID not in state.samplers:
         body = {"session_id": SESSION, "sampling_session_seq_id": 0, "base_model": MODEL}
         _ok(c.post("/api/v1/create_sampling_session", json=body))
     if not srv.tokens:
         route = f"/api/v1/training_runs/{MODEL_ID}/checkpoints/weights/ckpt"
-        urls = [_ok(c.get(f"{route}/archive"))["url"], *_ok(c.get(f"{route}/external_weights_urls"))["urls"].values()]
+        urls = [
+            _ok(c.get(f"{route}/archive"))["url"],
+            *_ok(c.get(f"{route}/external_weights_urls"))["urls"].values(),
+        ]
         srv.tokens.extend(url.rsplit("/", 1)[1] for url in urls)
 
 
 def _check(srv: Server, resp: httpx.Response) -> None:
     """No 500; a 4xx says why; a future resolves to a result or a user-category failure; the
     server still answers its health check."""
-    assert resp.status_code < 500, f"{resp.request.method} {resp.request.url}: {resp.status_code} {resp.text[:300]}"
+    assert resp.status_code < 500, (
+        f"{resp.request.method} {resp.request.url}: {resp.status_code} {resp.text[:300]}"
+    )
     if resp.status_code >= 400:
         assert resp.json()["detail"], resp.text
     elif resp.headers.get("content-type", "").startswith("application/json"):
         body = resp.json()
-        if isinstance(body, dict) and "request_id" in body and resp.request.url.path != "/api/v1/retrieve_future":
-            result = srv.client.post("/api/v1/retrieve_future", json={"request_id": body["request_id"]})
+        if (
+            isinstance(body, dict)
+            and "request_id" in body
+            and resp.request.url.path != "/api/v1/retrieve_future"
+        ):
+            result = srv.client.post(
+                "/api/v1/retrieve_future", json={"request_id": body["request_id"]}
+            )
             assert result.status_code == 200, result.text
             if result.headers["content-type"].startswith("application/json"):
                 out = result.json()
                 assert out.get("type") != "try_again", out
                 if "category" in out:
-                    assert out["category"] == "user" and out["error"], f"{resp.request.url.path}: {out}"
+                    assert out["category"] == "user" and out["error"], (
+                        f"{resp.request.url.path}: {out}"
+                    )
     assert srv.client.get("/api/v1/healthz").status_code == 200
 
 
@@ -853,7 +1044,9 @@ def _post_json(srv: Server, path: str, body: object, *, ascii_only: bool = True)
 def test_json_route_with_plausible_bodies(server: Server, path: str, data: st.DataObject) -> None:
     body = data.draw(bodies(JSON_ROUTES[path]), label="body")
     _ensure_fixtures(server)
-    _check(server, _post_json(server, path, body, ascii_only=data.draw(st.booleans(), label="ascii")))
+    _check(
+        server, _post_json(server, path, body, ascii_only=data.draw(st.booleans(), label="ascii"))
+    )
 
 
 deep = st.integers(1, 3000).map(lambda depth: ("[" * depth + "]" * depth).encode())
@@ -861,9 +1054,14 @@ raw_json_bodies = st.one_of(
     st.binary(max_size=64),
     deep,
     deep.map(
-        lambda d: b'{"session_id": "s", "model_seq_id": 1, "base_model": "test/model", "user_metadata": {"k": %s}}' % d
+        lambda d: (
+            b'{"session_id": "s", "model_seq_id": 1, "base_model": "test/model", "user_metadata": {"k": %s}}'
+            % d
+        )
     ),
-    st.sampled_from([b"", b"{", b"null", b"[]", b'"x"', b"1e999999", b"NaN", b"-Infinity", b"9" * 5000]),
+    st.sampled_from(
+        [b"", b"{", b"null", b"[]", b'"x"', b"1e999999", b"NaN", b"-Infinity", b"9" * 5000]
+    ),
 )
 
 
@@ -892,12 +1090,20 @@ def _parses_to_unencodable(body: bytes) -> bool:
 @fuzz(150)
 @given(
     path=st.sampled_from(sorted(JSON_ROUTES) + OTHER_POST_ROUTES),
-    body=st.one_of(json_values.map(lambda v: json.dumps(v).encode("utf-8", "surrogatepass")), raw_json_bodies),
+    body=st.one_of(
+        json_values.map(lambda v: json.dumps(v).encode("utf-8", "surrogatepass")), raw_json_bodies
+    ),
     content_type=st.sampled_from(["application/json", "text/plain", "application/x-protobuf", ""]),
-    api_key=mostly(st.just(API_KEY), st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=80)),
+    api_key=mostly(
+        st.just(API_KEY), st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=80)
+    ),
 )
-@example(path="/api/v1/create_model", body=b"[" * 5000, content_type="application/json", api_key=API_KEY)
-def test_any_body_on_any_post_route(server: Server, path: str, body: bytes, content_type: str, api_key: str) -> None:
+@example(
+    path="/api/v1/create_model", body=b"[" * 5000, content_type="application/json", api_key=API_KEY
+)
+def test_any_body_on_any_post_route(
+    server: Server, path: str, body: bytes, content_type: str, api_key: str
+) -> None:
     _ensure_fixtures(server)
     if not _UNENCODABLE_OK:  # the "422-echo" bug: left to its own tests
         if content_type != "application/json":
@@ -908,7 +1114,20 @@ def test_any_body_on_any_post_route(server: Server, path: str, body: bytes, cont
 
 
 segments = st.one_of(
-    st.sampled_from([MODEL_ID, SAMPLER_ID, SESSION, "weights", "sampler_weights", "ckpt", ".", "..", "%2F", "%00"]),
+    st.sampled_from(
+        [
+            MODEL_ID,
+            SAMPLER_ID,
+            SESSION,
+            "weights",
+            "sampler_weights",
+            "ckpt",
+            ".",
+            "..",
+            "%2F",
+            "%00",
+        ]
+    ),
     st.sampled_from(["%ED%A0%80", "%FF%FE", "%C0%AF", "a%20b", "x" * 5000]),
     st.text(max_size=12).map(lambda s: quote(s, safe="")),
 )
@@ -955,8 +1174,13 @@ def tokens_for(draw: st.DrawFn, srv: Server) -> str:
     run=st.just(MODEL_ID) | segments,
     kind=kinds,
     name=checkpoint_names,
-    query=st.dictionaries(st.sampled_from(["limit", "offset", "access_scope"]) | st.text(max_size=6), query_values),
-    ttl_body=st.fixed_dictionaries({"ttl_seconds": ttls.filter(partial(_no_known_bug, "ttl_seconds"))}) | json_values,
+    query=st.dictionaries(
+        st.sampled_from(["limit", "offset", "access_scope"]) | st.text(max_size=6), query_values
+    ),
+    ttl_body=st.fixed_dictionaries(
+        {"ttl_seconds": ttls.filter(partial(_no_known_bug, "ttl_seconds"))}
+    )
+    | json_values,
     data=st.data(),
 )
 def test_rest_routes_with_any_path_and_query(
@@ -984,7 +1208,9 @@ def test_rest_routes_with_any_path_and_query(
     encoding=st.sampled_from(["", "zstd", "identity", "gzip"]),
     not_zstd=st.booleans() if "zstd" not in KNOWN_BUGS else st.just(False),
 )
-def test_forward_backward_with_any_protobuf(server: Server, body: bytes, encoding: str, not_zstd: bool) -> None:
+def test_forward_backward_with_any_protobuf(
+    server: Server, body: bytes, encoding: str, not_zstd: bool
+) -> None:
     _ensure_fixtures(server)
     if encoding == "zstd" and not not_zstd:
         body = zstandard.ZstdCompressor().compress(body)
@@ -1000,15 +1226,20 @@ def test_forward_backward_reaches_the_coordinator(server: Server) -> None:
         loss_fn_inputs={"target_tokens": TensorData(data=[2, 3], dtype="int64")},
     )
     req = ForwardBackwardRequest(
-        model_id=MODEL_ID, forward_backward_input=ForwardBackwardInput(data=[datum], loss_fn="cross_entropy")
+        model_id=MODEL_ID,
+        forward_backward_input=ForwardBackwardInput(data=[datum], loss_fn="cross_entropy"),
     )
-    fut = _ok(server.client.post("/api/v1/forward_backward", content=encode_forward_backward_request(req)))
+    fut = _ok(
+        server.client.post("/api/v1/forward_backward", content=encode_forward_backward_request(req))
+    )
     result = server.client.post("/api/v1/retrieve_future", json={"request_id": fut["request_id"]})
     assert result.headers["content-type"] == "application/x-protobuf"
 
 
 # ----- the known bugs (see KNOWN_BUGS) -----------------------------------------------------------
-unencodable = st.one_of(st.sampled_from([math.nan, math.inf, -math.inf]), _SURROGATE_TEXT.map(lambda s: s + "\ud800"))
+unencodable = st.one_of(
+    st.sampled_from([math.nan, math.inf, -math.inf]), _SURROGATE_TEXT.map(lambda s: s + "\ud800")
+)
 
 
 @known_bug("422-echo")
@@ -1017,7 +1248,10 @@ unencodable = st.one_of(st.sampled_from([math.nan, math.inf, -math.inf]), _SURRO
     [
         ("/api/v1/get_info", {"model_id": math.nan}),
         ("/api/v1/optim_step", {"model_id": MODEL_ID, "adam_params": {"learning_rate": math.inf}}),
-        ("/api/v1/asample", {"prompt": {"chunks": []}, "sampling_params": {"temperature": math.nan}}),
+        (
+            "/api/v1/asample",
+            {"prompt": {"chunks": []}, "sampling_params": {"temperature": math.nan}},
+        ),
         ("/api/v1/create_model", {"session_id": "\ud800", "model_seq_id": 1, "base_model": MODEL}),
         ("/api/v1/weights_info", {"tinker_path": "tinker://a\ud800/weights/b"}),
         ("/api/v1/session_heartbeat", {"session_id": ["\udfff"]}),
@@ -1057,7 +1291,9 @@ def test_unencodable_values_anywhere(server: Server, case: tuple[str, dict[str, 
 @given(garbage=st.binary(max_size=64))
 @example(garbage=b"garbage")
 @example(garbage=zstandard.ZstdCompressor().compress(b"x" * 64)[:-3])  # a truncated frame
-@example(garbage=b"\x28\xb5\x2f\xfd\xe0" + (2**40).to_bytes(8, "little") + b"\x01\x00\x00")  # claims 1 TiB
+@example(
+    garbage=b"\x28\xb5\x2f\xfd\xe0" + (2**40).to_bytes(8, "little") + b"\x01\x00\x00"
+)  # claims 1 TiB
 def test_zstd_body_that_is_not_zstd_gets_a_4xx(server: Server, garbage: bytes) -> None:
     headers = {"content-type": "application/x-protobuf", "content-encoding": "zstd"}
     resp = server.client.post("/api/v1/forward_backward", content=garbage, headers=headers)
@@ -1067,7 +1303,12 @@ def test_zstd_body_that_is_not_zstd_gets_a_4xx(server: Server, garbage: bytes) -
 
 @known_bug("offset")
 @pytest.mark.parametrize(
-    "path", ["/api/v1/training_runs", "/api/v1/checkpoints", f"/api/v1/training_runs/{MODEL_ID}/checkpoints"]
+    "path",
+    [
+        "/api/v1/training_runs",
+        "/api/v1/checkpoints",
+        f"/api/v1/training_runs/{MODEL_ID}/checkpoints",
+    ],
 )
 def test_offset_past_int64_gets_a_4xx(server: Server, path: str) -> None:
     _ensure_fixtures(server)
@@ -1080,5 +1321,10 @@ def test_ttl_past_datetime_range_is_refused(server: Server) -> None:
     url = f"/api/v1/training_runs/{MODEL_ID}/checkpoints/weights/ckpt/ttl"
     _check(server, server.client.put(url, json={"ttl_seconds": 10**12}))
     _check(
-        server, _post_json(server, "/api/v1/save_weights", {"model_id": MODEL_ID, "path": "x", "ttl_seconds": 10**12})
+        server,
+        _post_json(
+            server,
+            "/api/v1/save_weights",
+            {"model_id": MODEL_ID, "path": "x", "ttl_seconds": 10**12},
+        ),
     )

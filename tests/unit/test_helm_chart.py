@@ -27,7 +27,12 @@ SERVE = "tinsmith serve --config /etc/tinsmith/config.yaml --host 0.0.0.0 --port
 
 def _run_script(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["bash", str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True, timeout=900, check=False
+        ["bash", str(SCRIPT), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
     )
 
 
@@ -69,7 +74,9 @@ def _one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 
 
 def _embedded_config(docs: list[dict[str, Any]]) -> ClusterConfig:
-    return parse_config(yaml.safe_load(_one(docs, "ConfigMap")["data"]["config.yaml"]), source="ConfigMap")
+    return parse_config(
+        yaml.safe_load(_one(docs, "ConfigMap")["data"]["config.yaml"]), source="ConfigMap"
+    )
 
 
 def _gpus(group: dict[str, Any]) -> int:
@@ -117,7 +124,9 @@ def test_gpu_node_preset(helm: Path, tmp_path: Path) -> None:
     mounts = {mount["name"]: mount for mount in container["volumeMounts"]}
     volumes = {volume["name"]: volume for volume in head["volumes"]}
     config_volume = next(
-        v for v in volumes.values() if v.get("configMap", {}).get("name") == config_map["metadata"]["name"]
+        v
+        for v in volumes.values()
+        if v.get("configMap", {}).get("name") == config_map["metadata"]["name"]
     )
     assert mounts[config_volume["name"]]["mountPath"] == "/etc/tinsmith/config.yaml"
 
@@ -129,7 +138,11 @@ def test_gpu_node_preset(helm: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("preset", "config_file", "differs_in"),
-    [("gpu-node", "gpu-node.yaml", {"shm_dir"}), ("multi-node", "multi-node.yaml", set()), ("local-cpu", None, set())],
+    [
+        ("gpu-node", "gpu-node.yaml", {"shm_dir"}),
+        ("multi-node", "multi-node.yaml", set()),
+        ("local-cpu", None, set()),
+    ],
 )
 def test_presets_embed_the_config_presets(
     helm: Path, tmp_path: Path, preset: str, config_file: str | None, differs_in: set[str]

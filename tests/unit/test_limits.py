@@ -22,7 +22,10 @@ from tinsmith.types.proto import encode_forward_backward_request
 from tinsmith.types.requests import ForwardBackwardRequest
 
 LIMITS = LimitsConfig(
-    max_body_bytes=1 << 16, max_datums_per_request=4, max_tokens_per_request=40, max_pending_per_tenant=2
+    max_body_bytes=1 << 16,
+    max_datums_per_request=4,
+    max_tokens_per_request=40,
+    max_pending_per_tenant=2,
 )
 PROTO = {"content-type": "application/x-protobuf"}
 
@@ -45,9 +48,17 @@ class GatedCoordinator(FakeCoordinator):
 @pytest.fixture()
 def limited(tmp_path: Path) -> Iterator[tuple[TestClient, GatedCoordinator]]:
     coordinator = GatedCoordinator()
-    served = ServedModel(name=MODEL, model_dir=tmp_path, max_context_length=64, coordinator=coordinator, vocab_size=100)
+    served = ServedModel(
+        name=MODEL,
+        model_dir=tmp_path,
+        max_context_length=64,
+        coordinator=coordinator,
+        vocab_size=100,
+    )
     checkpoints = open_checkpoint_service(StorageConfig(), tmp_path / "data")
-    state = ServerState(models={MODEL: served}, data_dir=tmp_path / "data", checkpoints=checkpoints, limits=LIMITS)
+    state = ServerState(
+        models={MODEL: served}, data_dir=tmp_path / "data", checkpoints=checkpoints, limits=LIMITS
+    )
     with TestClient(build_app(state), headers={"X-API-Key": "tml-unit"}) as client:
         yield client, coordinator
 
@@ -55,7 +66,9 @@ def limited(tmp_path: Path) -> Iterator[tuple[TestClient, GatedCoordinator]]:
 def _fb(model_id: str, n_datums: int, tokens_each: int, seq_id: int) -> bytes:
     datum = Datum(
         model_input=ModelInput.from_ints(list(range(1, tokens_each + 1))),
-        loss_fn_inputs={"target_tokens": TensorData(data=list(range(2, tokens_each + 2)), dtype="int64")},
+        loss_fn_inputs={
+            "target_tokens": TensorData(data=list(range(2, tokens_each + 2)), dtype="int64")
+        },
     )
     fb = ForwardBackwardInput(data=[datum] * n_datums, loss_fn="cross_entropy")
     request = ForwardBackwardRequest(model_id=model_id, seq_id=seq_id, forward_backward_input=fb)
@@ -69,17 +82,28 @@ def test_sdk_is_told_the_datum_limit(limited: tuple[TestClient, GatedCoordinator
     assert config["fwdbwd_max_chunk_bytes_count"] <= LIMITS.max_body_bytes
 
 
-def test_oversized_requests_get_413_naming_the_limit(limited: tuple[TestClient, GatedCoordinator]) -> None:
+def test_oversized_requests_get_413_naming_the_limit(
+    limited: tuple[TestClient, GatedCoordinator],
+) -> None:
     client, _ = limited
     model_id = _create_model(client)
 
-    too_many = client.post("/api/v1/forward_backward", content=_fb(model_id, 5, 2, 1), headers=PROTO)
+    too_many = client.post(
+        "/api/v1/forward_backward", content=_fb(model_id, 5, 2, 1), headers=PROTO
+    )
     assert too_many.status_code == 413
-    assert "max_datums_per_request" in too_many.json()["detail"] and "5 datums" in too_many.json()["detail"]
+    assert (
+        "max_datums_per_request" in too_many.json()["detail"]
+        and "5 datums" in too_many.json()["detail"]
+    )
 
-    too_long = client.post("/api/v1/forward_backward", content=_fb(model_id, 3, 20, 1), headers=PROTO)
+    too_long = client.post(
+        "/api/v1/forward_backward", content=_fb(model_id, 3, 20, 1), headers=PROTO
+    )
     assert too_long.status_code == 413
-    assert "max_tokens_per_request" in too_long.json()["detail"] and "60" in too_long.json()["detail"]
+    assert (
+        "max_tokens_per_request" in too_long.json()["detail"] and "60" in too_long.json()["detail"]
+    )
 
     huge = b"\x00" * (LIMITS.max_body_bytes + 1)
     declared = client.post("/api/v1/forward_backward", content=huge, headers=PROTO)
@@ -97,7 +121,9 @@ def test_oversized_requests_get_413_naming_the_limit(limited: tuple[TestClient, 
     assert ok.status_code == 200, ok.text
 
 
-def test_too_many_unfinished_requests_get_429_until_some_finish(limited: tuple[TestClient, GatedCoordinator]) -> None:
+def test_too_many_unfinished_requests_get_429_until_some_finish(
+    limited: tuple[TestClient, GatedCoordinator],
+) -> None:
     client, coordinator = limited
     model_id = _create_model(client)
 
@@ -109,7 +135,9 @@ def test_too_many_unfinished_requests_get_429_until_some_finish(limited: tuple[T
     assert first.status_code == second.status_code == 200  # type: ignore[attr-defined]
     third = optim(3, "k3")
     assert third.status_code == 429, third.text  # type: ignore[attr-defined]
-    assert "max_pending_per_tenant" in third.json()["detail"] and third.headers["retry-after"] == "1"  # type: ignore[attr-defined]
+    assert (
+        "max_pending_per_tenant" in third.json()["detail"] and third.headers["retry-after"] == "1"
+    )  # type: ignore[attr-defined]
     # A replay of a request already accepted is still answered (same future), not refused.
     replay = optim(1, "k1")
     assert replay.json()["request_id"] == first.json()["request_id"]  # type: ignore[attr-defined]

@@ -21,7 +21,9 @@ def test_stays_below_vllm_capacity_and_parks_least_recently_used() -> None:
     assert residency.to_evict() == ["a1"]
     fill(residency, 6)  # re-adding a0..a5: never more than capacity - 1 resident
     assert len(residency.resident) <= 3 and len(residency) == 6
-    assert "a0" in residency and residency.use("a0") is None  # parked: must be registered again first
+    assert (
+        "a0" in residency and residency.use("a0") is None
+    )  # parked: must be registered again first
 
 
 def test_never_parks_an_adapter_in_use() -> None:

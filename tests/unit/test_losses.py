@@ -31,7 +31,9 @@ def _inputs(seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     return tp, inputs
 
 
-def _loss_and_grad(name: str, config: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+def _loss_and_grad(
+    name: str, config: dict[str, float]
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     tp, inputs = _inputs(0)
     tp.requires_grad_(True)
     loss = LOSSES[name](tp, inputs, dict(config)).sum()

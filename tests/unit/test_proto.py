@@ -6,10 +6,23 @@ import math
 
 from tinker import types as tt
 from tinker.proto.request_conv import forward_backward_request_to_proto
-from tinker.proto.response_conv import deserialize_forward_backward_output, deserialize_sample_response
+from tinker.proto.response_conv import (
+    deserialize_forward_backward_output,
+    deserialize_sample_response,
+)
 
-from tinsmith.types import ForwardBackwardOutput, SampledSequence, SampleResponse, TensorData, TopkLogprobs
-from tinsmith.types.proto import decode_forward_backward_request, encode_forward_backward_output, encode_sample_response
+from tinsmith.types import (
+    ForwardBackwardOutput,
+    SampledSequence,
+    SampleResponse,
+    TensorData,
+    TopkLogprobs,
+)
+from tinsmith.types.proto import (
+    decode_forward_backward_request,
+    encode_forward_backward_output,
+    encode_sample_response,
+)
 
 
 def test_sdk_forward_backward_request_decodes() -> None:
@@ -19,7 +32,9 @@ def test_sdk_forward_backward_request_decodes() -> None:
     )
     request = tt.ForwardBackwardRequest(
         forward_backward_input=tt.ForwardBackwardInput(
-            data=[datum, datum], loss_fn="ppo", loss_fn_config={"clip_low_threshold": 0.8, "mode": "x"}
+            data=[datum, datum],
+            loss_fn="ppo",
+            loss_fn_config={"clip_low_threshold": 0.8, "mode": "x"},
         ),
         model_id="sess:train:0",
         seq_id=7,
@@ -48,7 +63,10 @@ def test_forward_backward_output_decodes_in_sdk() -> None:
     )
     sdk = deserialize_forward_backward_output(encode_forward_backward_output(out))
     assert sdk.metrics == {"loss:sum": 4.5, "num_tokens:sum": 5.0}
-    assert [o["logprobs"].tolist() for o in sdk.loss_fn_outputs] == [[-1.0, -2.5], [-0.5, -0.25, -3.0]]
+    assert [o["logprobs"].tolist() for o in sdk.loss_fn_outputs] == [
+        [-1.0, -2.5],
+        [-0.5, -0.25, -3.0],
+    ]
 
 
 def test_sample_response_decodes_in_sdk() -> None:
@@ -58,7 +76,9 @@ def test_sample_response_decodes_in_sdk() -> None:
                 stop_reason="stop",
                 tokens=[5, 6],
                 logprobs=[-0.5, -1.5],
-                topk_logprobs=TopkLogprobs(token_ids=[[5, 9], [6, 1]], logprobs=[[-0.5, -2.0], [-1.5, -3.0]]),
+                topk_logprobs=TopkLogprobs(
+                    token_ids=[[5, 9], [6, 1]], logprobs=[[-0.5, -2.0], [-1.5, -3.0]]
+                ),
             ),
             SampledSequence(stop_reason="length", tokens=[7], logprobs=None),
         ],

@@ -47,7 +47,9 @@ class FakeReplica:
         if self.dead:
             raise ActorDiedError()
         assert work.adapter_key is None or work.adapter_key in self.adapters
-        return SampleResponse(sequences=[SampledSequence(stop_reason="length", tokens=[self.index])])
+        return SampleResponse(
+            sequences=[SampledSequence(stop_reason="length", tokens=[self.index])]
+        )
 
 
 def _work(key: str | None = None) -> SampleWork:

@@ -18,7 +18,13 @@ from tinsmith.cluster.checkpoints import open_checkpoint_service
 from tinsmith.cluster.server import ServedModel, ServerState, build_app
 from tinsmith.errors import UserInputError
 from tinsmith.storage.config import StorageConfig
-from tinsmith.types import Datum, ForwardBackwardInput, ForwardBackwardOutput, ModelInput, TensorData
+from tinsmith.types import (
+    Datum,
+    ForwardBackwardInput,
+    ForwardBackwardOutput,
+    ModelInput,
+    TensorData,
+)
 from tinsmith.types.proto import encode_forward_backward_request
 from tinsmith.types.requests import ForwardBackwardRequest
 
@@ -41,7 +47,8 @@ class FakeCoordinator:
             if fb.loss_fn != "cross_entropy":
                 raise UserInputError(f"loss_fn {fb.loss_fn!r} is not supported")
             return ForwardBackwardOutput(
-                loss_fn_outputs=[{"logprobs": TensorData(data=[-1.0], dtype="float32")}], metrics={"loss:sum": 1.0}
+                loss_fn_outputs=[{"logprobs": TensorData(data=[-1.0], dtype="float32")}],
+                metrics={"loss:sum": 1.0},
             )
         if method == "optim_step":
             return {"grad_norm:mean": 0.5}
@@ -51,14 +58,20 @@ class FakeCoordinator:
 @pytest.fixture()
 def client(tmp_path: Path) -> Iterator[TestClient]:
     served = ServedModel(
-        name=MODEL, model_dir=tmp_path, max_context_length=64, coordinator=FakeCoordinator(), vocab_size=100
+        name=MODEL,
+        model_dir=tmp_path,
+        max_context_length=64,
+        coordinator=FakeCoordinator(),
+        vocab_size=100,
     )
     data_dir = tmp_path / "data"
     checkpoints = open_checkpoint_service(StorageConfig(), data_dir)
     state = ServerState(models={MODEL: served}, data_dir=data_dir, checkpoints=checkpoints)
     app = build_app(state)
     app.state_ref = state  # type: ignore[attr-defined]
-    with TestClient(app, headers={"X-API-Key": "tml-unit"}) as test_client:  # one event loop for the whole test
+    with TestClient(
+        app, headers={"X-API-Key": "tml-unit"}
+    ) as test_client:  # one event loop for the whole test
         yield test_client
 
 
@@ -69,18 +82,31 @@ def _result(client: TestClient, request_id: str) -> dict[str, object]:
 
 
 def _create_model(client: TestClient) -> str:
-    session = client.post("/api/v1/create_session", json={"tags": [], "sdk_version": "0.38.0"}).json()["session_id"]
+    session = client.post(
+        "/api/v1/create_session", json={"tags": [], "sdk_version": "0.38.0"}
+    ).json()["session_id"]
     fut = client.post(
         "/api/v1/create_model",
-        json={"session_id": session, "model_seq_id": 0, "base_model": MODEL, "lora_config": {"rank": 4}},
+        json={
+            "session_id": session,
+            "model_seq_id": 0,
+            "base_model": MODEL,
+            "lora_config": {"rank": 4},
+        },
     ).json()
-    assert _result(client, fut["request_id"]) == {"model_id": f"{session}:train:0", "type": "create_model"}
+    assert _result(client, fut["request_id"]) == {
+        "model_id": f"{session}:train:0",
+        "type": "create_model",
+    }
     return str(fut["model_id"])
 
 
 def test_handshake_routes(client: TestClient) -> None:
     assert client.post("/api/v1/client/config", json={"sdk_version": "0.38.0"}).status_code == 200
-    assert client.post("/api/v1/client/dynamic_config", json={"sdk_version": "0.38.0"}).status_code == 200
+    assert (
+        client.post("/api/v1/client/dynamic_config", json={"sdk_version": "0.38.0"}).status_code
+        == 200
+    )
     assert client.get("/api/v1/healthz").json() == {"status": "ok"}
     caps = client.get("/api/v1/get_server_capabilities").json()
     assert caps["supported_models"][0]["model_name"] == MODEL
@@ -97,23 +123,32 @@ def test_training_round_trip_and_failures(client: TestClient) -> None:
             loss_fn_inputs={"target_tokens": TensorData(data=[2, 3], dtype="int64")},
         )
         req = ForwardBackwardRequest(
-            model_id=model_id, seq_id=1, forward_backward_input=ForwardBackwardInput(data=[datum], loss_fn=loss_fn)
+            model_id=model_id,
+            seq_id=1,
+            forward_backward_input=ForwardBackwardInput(data=[datum], loss_fn=loss_fn),
         )
         return encode_forward_backward_request(req)
 
     headers = {"content-type": "application/x-protobuf"}
-    fut = client.post("/api/v1/forward_backward", content=fb_body("cross_entropy"), headers=headers).json()
+    fut = client.post(
+        "/api/v1/forward_backward", content=fb_body("cross_entropy"), headers=headers
+    ).json()
     resp = client.post("/api/v1/retrieve_future", json={"request_id": fut["request_id"]})
     assert resp.headers["content-type"] == "application/x-protobuf"
     assert deserialize_forward_backward_output(resp.content).metrics == {"loss:sum": 1.0}
 
     fut = client.post("/api/v1/forward_backward", content=fb_body("bogus"), headers=headers).json()
-    assert _result(client, fut["request_id"]) == {"error": "loss_fn 'bogus' is not supported", "category": "user"}
+    assert _result(client, fut["request_id"]) == {
+        "error": "loss_fn 'bogus' is not supported",
+        "category": "user",
+    }
 
     bad = client.post("/api/v1/forward_backward", content=b"\xff\xff\xff", headers=headers)
     assert bad.status_code == 400
 
-    fut = client.post("/api/v1/optim_step", json={"model_id": model_id, "seq_id": 2, "adam_params": {}}).json()
+    fut = client.post(
+        "/api/v1/optim_step", json={"model_id": model_id, "seq_id": 2, "adam_params": {}}
+    ).json()
     assert _result(client, fut["request_id"]) == {"metrics": {"grad_norm:mean": 0.5}}
 
 
@@ -121,7 +156,8 @@ def test_unknown_things_are_named(client: TestClient) -> None:
     resp = client.post("/api/v1/get_info", json={"model_id": "nope"})
     assert resp.status_code == 404 and "nope" in resp.json()["detail"]
     fut = client.post(
-        "/api/v1/create_model", json={"session_id": "s", "model_seq_id": 0, "base_model": "other/model"}
+        "/api/v1/create_model",
+        json={"session_id": "s", "model_seq_id": 0, "base_model": "other/model"},
     ).json()
     failed = _result(client, fut["request_id"])
     assert failed["category"] == "user" and "other/model" in str(failed["error"])
@@ -135,8 +171,16 @@ def test_unknown_things_are_named(client: TestClient) -> None:
         ({"top_p": 1.5}, {}, "top_p"),
         ({"temperature": -1}, {}, "temperature"),
         ({"top_k": 0}, {}, "top_k"),
-        ({}, {"prompt": {"chunks": [{"type": "encoded_text", "tokens": [5, 500]}]}}, "outside the vocabulary"),
-        ({}, {"prompt": {"chunks": [{"type": "encoded_text", "tokens": list(range(64))}]}}, "context"),
+        (
+            {},
+            {"prompt": {"chunks": [{"type": "encoded_text", "tokens": [5, 500]}]}},
+            "outside the vocabulary",
+        ),
+        (
+            {},
+            {"prompt": {"chunks": [{"type": "encoded_text", "tokens": list(range(64))}]}},
+            "context",
+        ),
         ({}, {"num_samples": 0}, "num_samples"),
     ],
 )

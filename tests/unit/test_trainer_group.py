@@ -53,7 +53,9 @@ class FakeSpawner:
         return "127.0.0.1", 29500 + len(self.generations)
 
     def spawn(self, master_addr: str, master_port: int) -> list[MortalTrainer]:
-        ranks = [MortalTrainer(self.log, f"gen{len(self.generations) + 1}-rank{i}") for i in range(2)]
+        ranks = [
+            MortalTrainer(self.log, f"gen{len(self.generations) + 1}-rank{i}") for i in range(2)
+        ]
         self.generations.append(ranks)
         return ranks
 
@@ -69,11 +71,17 @@ def test_a_dead_rank_fails_its_request_and_the_ranks_restart_with_every_adapter_
         await coord.forward_backward("s:train:0", 1, _fb(2), False)
         await coord.optim_step("s:train:0", 2, AdamParams())
         kept = coord.trainers.snapshots["s:train:0"]
-        assert "s:train:1" not in coord.trainers.snapshots  # never stepped: re-created from its seed
+        assert (
+            "s:train:1" not in coord.trainers.snapshots
+        )  # never stepped: re-created from its seed
 
-        await coord.forward_backward("s:train:0", 3, _fb(2), False)  # gradients the restart will drop
+        await coord.forward_backward(
+            "s:train:0", 3, _fb(2), False
+        )  # gradients the restart will drop
         first[1].dead = True
-        with pytest.raises(WorkerError, match=r"trainer rank 1 of m died during forward_backward.*retry"):
+        with pytest.raises(
+            WorkerError, match=r"trainer rank 1 of m died during forward_backward.*retry"
+        ):
             await asyncio.wait_for(coord.forward_backward("s:train:0", 4, _fb(2), False), timeout=5)
 
         # The next request waits for the restart, then is told (once) that gradients were lost.
@@ -82,7 +90,9 @@ def test_a_dead_rank_fails_its_request_and_the_ranks_restart_with_every_adapter_
         assert coord.trainers.restarts == 1 and len(spawner.generations) == 1
         new = spawner.generations[0]
         assert coord.trainers.ranks == new
-        assert all(r.restored == [("a_s_train_0", kept)] for r in new)  # both ranks, the kept snapshot
+        assert all(
+            r.restored == [("a_s_train_0", kept)] for r in new
+        )  # both ranks, the kept snapshot
 
         # Training goes on on the new ranks; the other client, never stepped, works too.
         await coord.forward_backward("s:train:0", 6, _fb(2), False)
@@ -153,7 +163,10 @@ def test_a_client_whose_snapshot_cannot_be_restored_is_reported_and_the_others_g
             await coord.trainers.ready()
         finally:
             MortalTrainer._restore_snapshot = original  # type: ignore[method-assign]
-        with pytest.raises(WorkerError, match=r"did not survive a trainer restart.*create_training_client_from_state"):
+        with pytest.raises(
+            WorkerError,
+            match=r"did not survive a trainer restart.*create_training_client_from_state",
+        ):
             await coord.forward_backward("s:train:0", 3, _fb(1), False)
         await coord.forward_backward("s:train:1", 4, _fb(1), False)  # the other client continues
         await coord.unload_model("s:train:0")  # and the lost one can still be freed

@@ -57,7 +57,9 @@ def test_install_replaces_the_ops_that_the_cpu_wrapper_calls() -> None:
     try:
         vllm_cpu_lora.install()
         assert punica_cpu.bgmv_shrink is vllm_cpu_lora.bgmv_shrink
-        assert lora_ops.bgmv_expand_slice is vllm_cpu_lora.bgmv_expand_slice  # what lora_ops.sgmv_* call
+        assert (
+            lora_ops.bgmv_expand_slice is vllm_cpu_lora.bgmv_expand_slice
+        )  # what lora_ops.sgmv_* call
         assert torch_ops.bgmv_expand is vllm_cpu_lora.bgmv_expand
     finally:
         for module, names in saved.items():

@@ -13,7 +13,9 @@ from tinsmith.types.data import Datum, TensorData
 from tinsmith.types.internal import MicroBatch, TokenDatum
 
 
-def to_token_datums(data: list[Datum], loss_fn: str, vocab_size: int, max_length: int) -> list[TokenDatum]:
+def to_token_datums(
+    data: list[Datum], loss_fn: str, vocab_size: int, max_length: int
+) -> list[TokenDatum]:
     """Validate every datum and flatten it; errors name the datum index and the field."""
     spec = loss_spec(loss_fn)
     if not data:
@@ -29,12 +31,18 @@ def to_token_datums(data: list[Datum], loss_fn: str, vocab_size: int, max_length
         if n == 0:
             raise UserInputError(f"{where}.model_input is empty")
         if n > max_length:
-            raise UserInputError(f"{where}.model_input has {n} tokens, more than the model's {max_length}")
+            raise UserInputError(
+                f"{where}.model_input has {n} tokens, more than the model's {max_length}"
+            )
         _check_token_range(tokens, vocab_size, f"{where}.model_input")
         inputs = datum.loss_fn_inputs
         if "target_tokens" not in inputs:
-            raise UserInputError(f"{where}.loss_fn_inputs is missing 'target_tokens' (needed by {loss_fn})")
-        _check_tensor(inputs["target_tokens"], "int64", n, f"{where}.loss_fn_inputs['target_tokens']")
+            raise UserInputError(
+                f"{where}.loss_fn_inputs is missing 'target_tokens' (needed by {loss_fn})"
+            )
+        _check_tensor(
+            inputs["target_tokens"], "int64", n, f"{where}.loss_fn_inputs['target_tokens']"
+        )
         targets = [int(t) for t in inputs["target_tokens"].data]
         if len(targets) != n:
             raise UserInputError(
@@ -47,7 +55,9 @@ def to_token_datums(data: list[Datum], loss_fn: str, vocab_size: int, max_length
                 if key in spec.optional:
                     values[key] = [spec.optional[key]] * n
                     continue
-                raise UserInputError(f"{where}.loss_fn_inputs is missing {key!r} (needed by {loss_fn})")
+                raise UserInputError(
+                    f"{where}.loss_fn_inputs is missing {key!r} (needed by {loss_fn})"
+                )
             _check_tensor(inputs[key], "float32", n, f"{where}.loss_fn_inputs[{key!r}]")
             floats = [float(v) for v in inputs[key].data]
             if len(floats) != n:
@@ -58,7 +68,11 @@ def to_token_datums(data: list[Datum], loss_fn: str, vocab_size: int, max_length
                 raise UserInputError(f"{where}.loss_fn_inputs[{key!r}] contains NaN or infinity")
             values[key] = floats
         weights = values.pop("weights", [1.0] * n)
-        out.append(TokenDatum(index=i, input_tokens=tokens, target_tokens=targets, weights=weights, extra=values))
+        out.append(
+            TokenDatum(
+                index=i, input_tokens=tokens, target_tokens=targets, weights=weights, extra=values
+            )
+        )
     return out
 
 
@@ -66,7 +80,9 @@ def _check_tensor(tensor: TensorData, dtype: str, n: int, where: str) -> None:
     if tensor.dtype != dtype:
         raise UserInputError(f"{where} has dtype {tensor.dtype}, expected {dtype}")
     if tensor.shape is not None and list(tensor.shape) != [len(tensor.data)]:
-        raise UserInputError(f"{where} has shape {tensor.shape}, expected a 1-D tensor of length {n}")
+        raise UserInputError(
+            f"{where} has shape {tensor.shape}, expected a 1-D tensor of length {n}"
+        )
     if tensor.sparse_crow_indices is not None or tensor.sparse_col_indices is not None:
         raise UserInputError(f"{where} is sparse; loss inputs must be dense 1-D tensors")
 

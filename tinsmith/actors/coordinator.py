@@ -18,9 +18,8 @@ from tinsmith.actors.loss_specs import validate_loss_config
 from tinsmith.actors.sampler_pool import ReplicaHandle as _Handle
 from tinsmith.actors.sampler_pool import SamplerPool
 from tinsmith.actors.trainer_group import TrainerGroup, TrainerSpawner
-from tinsmith.cluster.checkpoints import safe_name
 from tinsmith.errors import NotFoundError, UserInputError, WorkerError
-from tinsmith.storage.transfer import ArchiveRef
+from tinsmith.types.archives import ArchiveRef, safe_name
 from tinsmith.types.data import TensorData
 from tinsmith.types.internal import (
     AdapterSource,
@@ -38,7 +37,12 @@ from tinsmith.types.internal import (
     WorkerStatus,
 )
 from tinsmith.types.sampling import SampleResponse
-from tinsmith.types.training import AdamParams, ForwardBackwardInput, ForwardBackwardOutput, LoraConfig
+from tinsmith.types.training import (
+    AdamParams,
+    ForwardBackwardInput,
+    ForwardBackwardOutput,
+    LoraConfig,
+)
 
 if TYPE_CHECKING:
     from ray import ObjectRef
@@ -61,7 +65,9 @@ class _Sequencer:
         self.next_seq = 1
         self.cond = asyncio.Condition()
         self.has_gradients = False
-        self.completed_backwards = 0  # forward_backward calls that finished since the last optim_step
+        self.completed_backwards = (
+            0  # forward_backward calls that finished since the last optim_step
+        )
         self.gradients_lost = False  # a trainer restart dropped some of them
         self.claimed: set[int] = set()
 
@@ -73,7 +79,9 @@ class _Sequencer:
             return
         async with self.cond:
             if seq_id < self.next_seq or seq_id in self.claimed:
-                raise UserInputError(f"seq_id {seq_id} was already used (next expected {self.next_seq})")
+                raise UserInputError(
+                    f"seq_id {seq_id} was already used (next expected {self.next_seq})"
+                )
             self.claimed.add(seq_id)
             await self.cond.wait_for(lambda: self.next_seq == seq_id)
 
@@ -111,7 +119,9 @@ class Coordinator:
         self.samplers = samplers
         self.adapters: dict[str, LoraConfig] = {}
         self.sequencers: dict[str, _Sequencer] = {}
-        self.pool = SamplerPool(samplers, sampler_factory.spawn if sampler_factory is not None else None)
+        self.pool = SamplerPool(
+            samplers, sampler_factory.spawn if sampler_factory is not None else None
+        )
         self.shm_dir = sampler_factory.shm_dir if sampler_factory is not None else None
         self._trainer_node: str | None = None
 
@@ -129,7 +139,9 @@ class Coordinator:
         self._known(model_id)
         del self.adapters[model_id], self.sequencers[model_id]
         self.trainers.forget(model_id)
-        await self.trainers.call("unload_model", lambda _, t: t.unload_adapter.remote(_adapter_name(model_id)))
+        await self.trainers.call(
+            "unload_model", lambda _, t: t.unload_adapter.remote(_adapter_name(model_id))
+        )
 
     async def create_from_checkpoint(
         self, model_id: str, lora: LoraConfig, archive: ArchiveRef, with_optimizer: bool
@@ -155,22 +167,34 @@ class Coordinator:
             await seq.done(seq_id)
 
     async def _load(self, model_id: str, archive: ArchiveRef, with_optimizer: bool) -> int:
-        work = LoadCheckpointWork(adapter_id=_adapter_name(model_id), archive=archive, with_optimizer=with_optimizer)
+        work = LoadCheckpointWork(
+            adapter_id=_adapter_name(model_id), archive=archive, with_optimizer=with_optimizer
+        )
         steps = await self.trainers.call("load_state", lambda _, t: t.load_checkpoint.remote(work))
         await self.trainers.snapshot(model_id, work.adapter_id)
         return cast(int, steps[0])
 
     async def save_checkpoint(
-        self, model_id: str, seq_id: int | None, archive: ArchiveRef, meta: CheckpointMeta, with_optimizer: bool
+        self,
+        model_id: str,
+        seq_id: int | None,
+        archive: ArchiveRef,
+        meta: CheckpointMeta,
+        with_optimizer: bool,
     ) -> SavedCheckpoint:
         """Write the adapter (and optimizer state) as an archive in storage, in seq_id order."""
         seq = self._model(model_id)
         await seq.wait_turn(seq_id)
         try:
             work = SaveCheckpointWork(
-                adapter_id=_adapter_name(model_id), archive=archive, meta=meta, with_optimizer=with_optimizer
+                adapter_id=_adapter_name(model_id),
+                archive=archive,
+                meta=meta,
+                with_optimizer=with_optimizer,
             )
-            results = await self.trainers.call("save_state", lambda _, t: t.save_checkpoint.remote(work))
+            results = await self.trainers.call(
+                "save_state", lambda _, t: t.save_checkpoint.remote(work)
+            )
         finally:
             await seq.done(seq_id)
         saved = results[0]
@@ -180,7 +204,9 @@ class Coordinator:
     def _known(self, model_id: str) -> _Sequencer:
         seq = self.sequencers.get(model_id)
         if seq is None:
-            raise NotFoundError(f"model_id {model_id!r} is not a training model of {self.base_model}")
+            raise NotFoundError(
+                f"model_id {model_id!r} is not a training model of {self.base_model}"
+            )
         return seq
 
     def _model(self, model_id: str) -> _Sequencer:
@@ -227,7 +253,8 @@ class Coordinator:
                 seq.has_gradients = True
             what = "forward" if forward_only else "forward_backward"
             results = cast(
-                list[RankResult], await self.trainers.call(what, lambda i, t: t.forward_backward.remote(works[i]))
+                list[RankResult],
+                await self.trainers.call(what, lambda i, t: t.forward_backward.remote(works[i])),
             )
             if not forward_only:
                 seq.completed_backwards += 1
@@ -236,7 +263,9 @@ class Coordinator:
         by_index: dict[int, DatumResult] = {d.index: d for r in results for d in r.datums}
         outputs = [
             {
-                "logprobs": TensorData(data=by_index[i].logprobs, dtype="float32", shape=[len(by_index[i].logprobs)]),
+                "logprobs": TensorData(
+                    data=by_index[i].logprobs, dtype="float32", shape=[len(by_index[i].logprobs)]
+                ),
                 "elementwise_loss": TensorData(
                     data=by_index[i].elementwise_loss,
                     dtype="float32",
@@ -250,12 +279,15 @@ class Coordinator:
             "num_tokens:sum": float(sum(r.tokens for r in results)),
             "trainer_seconds:max": max(r.seconds for r in results),
             "padding_tokens:sum": float(
-                sum(b.padded_tokens for batches in per_rank for b in batches) - sum(d.length for d in datums)
+                sum(b.padded_tokens for batches in per_rank for b in batches)
+                - sum(d.length for d in datums)
             ),
         }
         return ForwardBackwardOutput(loss_fn_outputs=outputs, metrics=metrics)
 
-    async def optim_step(self, model_id: str, seq_id: int | None, adam: AdamParams) -> dict[str, float]:
+    async def optim_step(
+        self, model_id: str, seq_id: int | None, adam: AdamParams
+    ) -> dict[str, float]:
         seq = self._model(model_id)
         await seq.wait_turn(seq_id)
         try:
@@ -298,7 +330,10 @@ class Coordinator:
             directory = await self._same_node_dir(key)
             await self.trainers.ready()
             # every rank takes part (ZeRO-3 gathers the weights); rank 0's answer is the adapter
-            answers = [t.export_adapter.remote(_adapter_name(model_id), directory) for t in self.trainers.ranks]
+            answers = [
+                t.export_adapter.remote(_adapter_name(model_id), directory)
+                for t in self.trainers.ranks
+            ]
             exported = cast("ObjectRef[AdapterSource]", answers[0])
         finally:
             await seq.done(seq_id)
@@ -310,7 +345,9 @@ class Coordinator:
         if self.shm_dir is None or not len(self.pool):
             return None
         if self._trainer_node is None:
-            (node,) = await self.trainers.call("node_id", lambda _, t: t.node_id.remote(), only_rank0=True)
+            (node,) = await self.trainers.call(
+                "node_id", lambda _, t: t.node_id.remote(), only_rank0=True
+            )
             self._trainer_node = str(node)
         try:
             nodes = await self.pool.live_nodes()
@@ -342,7 +379,10 @@ class Coordinator:
         return self.base_model
 
     def _specs(self) -> dict[str, AdapterSpec]:
-        return {m: AdapterSpec(adapter_id=_adapter_name(m), lora=lora) for m, lora in self.adapters.items()}
+        return {
+            m: AdapterSpec(adapter_id=_adapter_name(m), lora=lora)
+            for m, lora in self.adapters.items()
+        }
 
     def _on_trainer_restart(self) -> None:
         """As a trainer restart begins: gradients accumulated since a client's last step are gone,
@@ -354,7 +394,10 @@ class Coordinator:
 
     async def status(self) -> ModelStatus:
         """Every live worker's status, and per sampler replica: alive, requests served."""
-        handles = [*self.trainers.ranks, *(s for s, ok in zip(self.samplers, self.pool.alive, strict=True) if ok)]
+        handles = [
+            *self.trainers.ranks,
+            *(s for s, ok in zip(self.samplers, self.pool.alive, strict=True) if ok),
+        ]
         found = await asyncio.gather(*[w.status.remote() for w in handles], return_exceptions=True)
         workers = [w for w in found if isinstance(w, WorkerStatus)]
         return ModelStatus(

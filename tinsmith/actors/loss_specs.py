@@ -41,7 +41,9 @@ def loss_spec(loss_fn: str) -> LossSpec:
         raise UserInputError(
             f"loss_fn {loss_fn!r} is not implemented by this server; supported: {', '.join(LOSS_SPECS)}"
         )
-    raise UserInputError(f"loss_fn {loss_fn!r} is not supported; supported: {', '.join(LOSS_SPECS)}")
+    raise UserInputError(
+        f"loss_fn {loss_fn!r} is not supported; supported: {', '.join(LOSS_SPECS)}"
+    )
 
 
 def validate_loss_config(loss_fn: str, config: dict[str, float | str] | None) -> dict[str, float]:
@@ -51,7 +53,9 @@ def validate_loss_config(loss_fn: str, config: dict[str, float | str] | None) ->
     unknown = sorted(set(given) - set(spec.config))
     if unknown:
         allowed = ", ".join(spec.config) or "none"
-        raise UserInputError(f"loss_fn_config keys {unknown} are not accepted by {loss_fn} (allowed: {allowed})")
+        raise UserInputError(
+            f"loss_fn_config keys {unknown} are not accepted by {loss_fn} (allowed: {allowed})"
+        )
     out: dict[str, float] = {}
     for key, default in spec.config.items():
         value = given.get(key, default)

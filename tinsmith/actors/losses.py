@@ -37,7 +37,9 @@ def importance_sampling(
     return -_ratio(logprobs_B_T, inputs) * inputs["advantages"]
 
 
-def ppo(logprobs_B_T: torch.Tensor, inputs: dict[str, torch.Tensor], config: dict[str, float | str]) -> torch.Tensor:
+def ppo(
+    logprobs_B_T: torch.Tensor, inputs: dict[str, torch.Tensor], config: dict[str, float | str]
+) -> torch.Tensor:
     """``-min(r * A, clip(r, lo, hi) * A)``: the clipped surrogate objective."""
     lo = config_value("ppo", config, "clip_low_threshold")
     hi = config_value("ppo", config, "clip_high_threshold")
@@ -46,7 +48,9 @@ def ppo(logprobs_B_T: torch.Tensor, inputs: dict[str, torch.Tensor], config: dic
     return -torch.minimum(ratio * advantages, torch.clamp(ratio, lo, hi) * advantages)
 
 
-def cispo(logprobs_B_T: torch.Tensor, inputs: dict[str, torch.Tensor], config: dict[str, float | str]) -> torch.Tensor:
+def cispo(
+    logprobs_B_T: torch.Tensor, inputs: dict[str, torch.Tensor], config: dict[str, float | str]
+) -> torch.Tensor:
     """``-sg(clip(r, lo, hi)) * tp * A``: a clipped, stop-gradient importance weight on REINFORCE."""
     lo = config_value("cispo", config, "clip_low_threshold")
     hi = config_value("cispo", config, "clip_high_threshold")
@@ -54,7 +58,9 @@ def cispo(logprobs_B_T: torch.Tensor, inputs: dict[str, torch.Tensor], config: d
     return -weight * logprobs_B_T * inputs["advantages"]
 
 
-def dro(logprobs_B_T: torch.Tensor, inputs: dict[str, torch.Tensor], config: dict[str, float | str]) -> torch.Tensor:
+def dro(
+    logprobs_B_T: torch.Tensor, inputs: dict[str, torch.Tensor], config: dict[str, float | str]
+) -> torch.Tensor:
     """``-(tp * A - beta/2 * (tp - sp)^2)``: policy gradient with a quadratic penalty."""
     beta = config_value("dro", config, "beta")
     diff = logprobs_B_T - inputs["logprobs"]

@@ -10,6 +10,10 @@ def node_info() -> tuple[str, dict[str, float]]:
     node_id = ray.get_runtime_context().get_node_id()
     for node in ray.nodes():
         if node.get("NodeID") == node_id:
-            resources = {k: float(v) for k, v in node.get("Resources", {}).items() if not k.startswith("node:")}
+            resources = {
+                k: float(v)
+                for k, v in node.get("Resources", {}).items()
+                if not k.startswith("node:")
+            }
             return node_id, resources
     return node_id, {}

@@ -37,7 +37,10 @@ def _per_param(
 
 def _unfused(optimizer: object) -> bool:
     """DeepSpeed's unfused low-precision optimizer: whole fp32 copies of the low-precision parameters."""
-    return getattr(optimizer, "fp16_groups", None) is not None and getattr(optimizer, "fp32_groups", None) is not None
+    return (
+        getattr(optimizer, "fp16_groups", None) is not None
+        and getattr(optimizer, "fp32_groups", None) is not None
+    )
 
 
 def reset_lazy_state(engine: object) -> None:
@@ -49,7 +52,9 @@ def reset_lazy_state(engine: object) -> None:
         optimizer.optimizer.state.clear()
 
 
-def export_state(engine: object, params: dict[str, torch.nn.Parameter]) -> tuple[int, dict[str, torch.Tensor]]:
+def export_state(
+    engine: object, params: dict[str, torch.nn.Parameter]
+) -> tuple[int, dict[str, torch.Tensor]]:
     """(optimizer steps taken, full fp32 tensors); no tensors before the first step."""
     import torch
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
@@ -83,11 +88,15 @@ def export_state(engine: object, params: dict[str, torch.nn.Parameter]) -> tuple
             value = safe_get_full_optimizer_state(p, key)
             tensors[f"{key}/{name}"] = value.detach().float().cpu().clone()
         master = safe_get_full_fp32_param(p)
-        tensors[f"master/{name}"] = (master if master is not None else p).detach().float().cpu().clone()
+        tensors[f"master/{name}"] = (
+            (master if master is not None else p).detach().float().cpu().clone()
+        )
     return step, tensors
 
 
-def _gather_fragments(params: dict[str, torch.nn.Parameter], key: str | None) -> dict[str, torch.Tensor]:
+def _gather_fragments(
+    params: dict[str, torch.nn.Parameter], key: str | None
+) -> dict[str, torch.Tensor]:
     """Every parameter's full fp32 master (``key`` None) or optimizer state under ZeRO 1/2, in one
     all-reduce: each rank copies the fragments it owns into a zeroed buffer of all the parameters,
     and the sum is the whole. DeepSpeed's ``safe_get_full_*`` do the same one parameter (one
@@ -103,16 +112,23 @@ def _gather_fragments(params: dict[str, torch.nn.Parameter], key: str | None) ->
         mapping = p._hp_mapping  # type: ignore[attr-defined]
         if mapping is not None:  # None: no fragment of this parameter lives on this rank
             address = mapping.lp_fragment_address
-            buffer.narrow(0, offset + address.start, address.numel).copy_(mapping.get_hp_fragment(key).flatten())
+            buffer.narrow(0, offset + address.start, address.numel).copy_(
+                mapping.get_hp_fragment(key).flatten()
+            )
         offset += size
     if dist.get_world_size(group=first._dp_group) > 1:  # type: ignore[attr-defined]
         dist.all_reduce(buffer, group=first._dp_group)  # type: ignore[attr-defined]
     parts = buffer.cpu().split(sizes)
-    return {name: part.view_as(p).clone() for (name, p), part in zip(params.items(), parts, strict=True)}
+    return {
+        name: part.view_as(p).clone() for (name, p), part in zip(params.items(), parts, strict=True)
+    }
 
 
 def import_state(
-    engine: object, params: dict[str, torch.nn.Parameter], step: int, tensors: dict[str, torch.Tensor]
+    engine: object,
+    params: dict[str, torch.nn.Parameter],
+    step: int,
+    tensors: dict[str, torch.Tensor],
 ) -> None:
     """Set the optimizer moments and step of a freshly created engine from exported tensors."""
     import torch
@@ -140,7 +156,9 @@ def import_state(
         state["step"] = step_t.clone()
         for key in _MOMENTS:
             state.setdefault(key, torch.zeros_like(flat))
-    if hasattr(optimizer, "_lazy_init_hp_params_optimizer_state"):  # fragments link to the new state
+    if hasattr(
+        optimizer, "_lazy_init_hp_params_optimizer_state"
+    ):  # fragments link to the new state
         optimizer._hp_optimizer_states_linked = False
         optimizer._lazy_init_hp_params_optimizer_state()
     for name, p in params.items():
@@ -148,7 +166,9 @@ def import_state(
             safe_set_full_optimizer_state(p, tensors[f"{key}/{name}"].to(p.device), key)
 
 
-def set_weights(engine: object, params: dict[str, torch.nn.Parameter], weights: dict[str, torch.Tensor]) -> None:
+def set_weights(
+    engine: object, params: dict[str, torch.nn.Parameter], weights: dict[str, torch.Tensor]
+) -> None:
     """Set each parameter (and DeepSpeed's fp32 master copy of it, if any) to a full tensor.
 
     ZeRO-3 parameters are set whole inside a gather and partitioned again on leaving it (every
@@ -163,7 +183,9 @@ def set_weights(engine: object, params: dict[str, torch.nn.Parameter], weights: 
             for name, p in params.items():
                 p.data.copy_(weights[name].to(p.device, p.dtype))
         per_param = _per_param(engine.optimizer, params)  # type: ignore[attr-defined]
-        if per_param is not None:  # the masters are separate tensors only under the unfused bf16 optimizer
+        if (
+            per_param is not None
+        ):  # the masters are separate tensors only under the unfused bf16 optimizer
             for name, master in per_param[1].items():
                 if master is not params[name]:
                     master.data.copy_(weights[name].to(master.device, master.dtype))

@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING
 
 from tinsmith.actors.lora_residency import LoraResidency
 from tinsmith.actors.node_info import node_info
-from tinsmith.cluster.checkpoints import safe_name
-from tinsmith.cluster.config import SamplerConfig
 from tinsmith.errors import NotFoundError
+from tinsmith.storage.transfer import StorageSite
+from tinsmith.types.archives import safe_name
 from tinsmith.types.internal import AdapterBlob, AdapterSource, SampleWork, WorkerStatus
 from tinsmith.types.sampling import SampledSequence, SampleResponse, StopReason, TopkLogprobs
+from tinsmith.types.settings import SamplerConfig
 
 if TYPE_CHECKING:
     from vllm.lora.request import LoRARequest
@@ -61,13 +62,16 @@ def engine_args(model_dir: str, config: SamplerConfig) -> dict[str, object]:
 class SamplerWorker:
     """One vLLM replica; an async Ray actor so concurrent requests batch inside vLLM."""
 
-    def __init__(self, replica: int, model_dir: str, config: SamplerConfig, shm_dir: str) -> None:
+    def __init__(
+        self, replica: int, model_dir: str, config: SamplerConfig, shm_dir: str, site: StorageSite
+    ) -> None:
         configure_process(config)
         self.replica = replica
         # Adapters that arrive as bytes are written here (memory-backed) for vLLM to read.
         self.blob_dir = Path(shm_dir) / f"sampler-{replica}-{os.getpid()}"
         self.model_dir = model_dir
         self.config = config
+        self.site = site
         self._ids = itertools.count(1)
         self._adapters: LoraResidency[LoRARequest] = LoraResidency(config.max_cpu_loras)
         self._register_lock: asyncio.Lock | None = None  # created on the actor's event loop
@@ -98,9 +102,11 @@ class SamplerWorker:
         if key in self._adapters:
             return
         if source.blob is not None:
-            path = str(await asyncio.to_thread(_write_blob, source.blob, self.blob_dir / safe_name(key)))
+            path = str(
+                await asyncio.to_thread(_write_blob, source.blob, self.blob_dir / safe_name(key))
+            )
         elif source.archive is not None:
-            path = str(await asyncio.to_thread(fetch_dir, source.archive))
+            path = str(await asyncio.to_thread(fetch_dir, self.site, source.archive))
         elif source.path is not None:
             path = source.path
         else:
@@ -116,7 +122,9 @@ class SamplerWorker:
         async with self._register_lock:
             if key in self._adapters.resident:
                 return
-            while not self._adapters.has_room():  # every resident adapter is in use: wait for one to finish
+            while (
+                not self._adapters.has_room()
+            ):  # every resident adapter is in use: wait for one to finish
                 assert self._released is not None
                 self._released.clear()
                 await self._released.wait()
@@ -134,8 +142,12 @@ class SamplerWorker:
                 raise NotFoundError(f"adapter {key!r} is not loaded on sampler {self.replica}")
             await self._register(key, parked)
             lora = self._adapters.use(key)
-            if lora is None:  # parked again by a concurrent registration before this request could start
-                raise NotFoundError(f"adapter {key!r} could not be made resident on sampler {self.replica}")
+            if (
+                lora is None
+            ):  # parked again by a concurrent registration before this request could start
+                raise NotFoundError(
+                    f"adapter {key!r} could not be made resident on sampler {self.replica}"
+                )
         return lora
 
     def node_id(self) -> str:
@@ -145,7 +157,9 @@ class SamplerWorker:
         import psutil
 
         proc = psutil.Process()
-        rss = proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(recursive=True))
+        rss = proc.memory_info().rss + sum(
+            c.memory_info().rss for c in proc.children(recursive=True)
+        )
         node_id, node_resources = node_info()
         return WorkerStatus(
             kind="sampler",
@@ -203,7 +217,9 @@ class SamplerWorker:
             prompt_lps: list[float | None] = [None]
             prompt_lps += [
                 _logprob_of(entry, tok)
-                for entry, tok in zip(final.prompt_logprobs[1:], work.prompt_tokens[1:], strict=True)
+                for entry, tok in zip(
+                    final.prompt_logprobs[1:], work.prompt_tokens[1:], strict=True
+                )
             ]
             resp.prompt_logprobs = prompt_lps
             if work.topk_prompt_logprobs > 0:
@@ -214,7 +230,11 @@ class SamplerWorker:
     def _sequence(out: object, topk: int) -> SampledSequence:
         tokens = list(out.token_ids)  # type: ignore[attr-defined]
         raw = out.logprobs  # type: ignore[attr-defined]
-        logprobs = [_logprob_of(entry, tok) for entry, tok in zip(raw, tokens, strict=True)] if raw else None
+        logprobs = (
+            [_logprob_of(entry, tok) for entry, tok in zip(raw, tokens, strict=True)]
+            if raw
+            else None
+        )
         reason: StopReason = "stop" if out.finish_reason == "stop" else "length"  # type: ignore[attr-defined]
         return SampledSequence(
             stop_reason=reason,

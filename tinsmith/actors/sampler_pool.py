@@ -52,7 +52,9 @@ REPLACEMENT_WAIT_SECONDS = 300.0  # how long a request waits for a replacement w
 
 
 class SamplerPool:
-    def __init__(self, replicas: list[ReplicaHandle], spawn: Callable[[int], ReplicaHandle] | None = None) -> None:
+    def __init__(
+        self, replicas: list[ReplicaHandle], spawn: Callable[[int], ReplicaHandle] | None = None
+    ) -> None:
         self.replicas = list(replicas)
         self.alive = [True] * len(replicas)
         self.inflight = [0] * len(replicas)
@@ -71,7 +73,11 @@ class SamplerPool:
         return len(self.replicas)
 
     def knows(self, key: str) -> bool:
-        return key in self.sources or key in self._blobs or any(key in loaded for loaded in self._loaded)
+        return (
+            key in self.sources
+            or key in self._blobs
+            or any(key in loaded for loaded in self._loaded)
+        )
 
     async def live_nodes(self) -> list[str]:
         """The node of every live replica (asked once per replica: a weight sync checks it each time)."""
@@ -100,7 +106,8 @@ class SamplerPool:
                 self._blobs.popitem(last=False)
         live = [i for i, ok in enumerate(self.alive) if ok]
         results = await asyncio.gather(
-            *[self.replicas[i].load_adapter.remote(key, source) for i in live], return_exceptions=True
+            *[self.replicas[i].load_adapter.remote(key, source) for i in live],
+            return_exceptions=True,
         )
         for i, result in zip(live, results, strict=True):
             if isinstance(result, BaseException):
@@ -151,14 +158,20 @@ class SamplerPool:
                 log.info("sampler replica %d replaced (%d adapters reloaded)", index, len(loaded))
                 return
             except Exception:
-                log.exception("replacing sampler replica %d failed; retrying in %.0f s", index, delay)
+                log.exception(
+                    "replacing sampler replica %d failed; retrying in %.0f s", index, delay
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 60.0)
 
     async def _wait_for_a_replica(self, timeout: float) -> None:
         """With every replica dead but replacements starting, wait (bounded) for one to come up."""
         deadline = asyncio.get_running_loop().time() + timeout
-        while not any(self.alive) and self._respawning and asyncio.get_running_loop().time() < deadline:
+        while (
+            not any(self.alive)
+            and self._respawning
+            and asyncio.get_running_loop().time() < deadline
+        ):
             await asyncio.sleep(0.5)
 
     async def sample(self, work: SampleWork) -> SampleResponse:
@@ -175,7 +188,9 @@ class SamplerPool:
                 if key is not None and key not in self._loaded[index]:
                     source = self._reloadable(key)
                     if source is None:
-                        raise NotFoundError(f"sampler weights {key!r} are not available on any live replica")
+                        raise NotFoundError(
+                            f"sampler weights {key!r} are not available on any live replica"
+                        )
                     await replica.load_adapter.remote(key, source)
                     self._loaded[index].add(key)
                 result = await replica.sample.remote(work)
@@ -193,4 +208,6 @@ class SamplerPool:
             self.served[index] += 1
             assert isinstance(result, SampleResponse)
             return result
-        raise WorkerError("no live sampler replica could serve the request (every replica has died)")
+        raise WorkerError(
+            "no live sampler replica could serve the request (every replica has died)"
+        )

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tinsmith.actors.node_info import node_info
-from tinsmith.cluster.config import TrainerConfig
 from tinsmith.errors import NotFoundError, UserInputError
+from tinsmith.storage.transfer import StorageSite
 from tinsmith.types.internal import (
     AdapterBlob,
     AdapterSnapshot,
@@ -36,6 +36,7 @@ from tinsmith.types.internal import (
     SavedCheckpoint,
     WorkerStatus,
 )
+from tinsmith.types.settings import TrainerConfig
 
 if TYPE_CHECKING:
     import torch
@@ -73,6 +74,7 @@ class TrainerWorker:
         master_port: int,
         model_dir: str,
         config: TrainerConfig,
+        site: StorageSite,
     ) -> None:
         threads = config.torch_threads or max(1, (os.cpu_count() or 1) // world_size)
         # Ray starts workers with OMP_NUM_THREADS=1; torch is not imported yet, so set the real budget first.
@@ -94,6 +96,7 @@ class TrainerWorker:
         self.rank = rank
         self.world_size = world_size
         self.config = config
+        self.site = site
         self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
         backend = "nccl" if self.device.type == "cuda" else "gloo"
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
@@ -122,9 +125,15 @@ class TrainerWorker:
         lora = spec.lora
         targets = lora_target_modules(lora.train_attn, lora.train_mlp, lora.train_unembed)
         if not targets:
-            raise UserInputError("lora_config trains nothing: set train_attn, train_mlp or train_unembed")
+            raise UserInputError(
+                "lora_config trains nothing: set train_attn, train_mlp or train_unembed"
+            )
         peft_cfg = PeftLoraConfig(
-            r=lora.rank, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules=targets, bias="none"
+            r=lora.rank,
+            lora_alpha=LORA_ALPHA,
+            lora_dropout=0.0,
+            target_modules=targets,
+            bias="none",
         )
         torch.manual_seed(lora.seed if lora.seed is not None else 0)
         name = spec.adapter_id
@@ -135,11 +144,15 @@ class TrainerWorker:
         params = self._adapter_params(name)
         for p in params:
             p.requires_grad_(True)
-        optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), eps=1e-12, weight_decay=0.0)
+        optimizer = torch.optim.AdamW(
+            params, lr=1e-4, betas=(0.9, 0.95), eps=1e-12, weight_decay=0.0
+        )
         view = _AdapterView(self.peft, name)
         owned = len(list(view.parameters()))  # type: ignore[attr-defined]
         assert owned == len(params), f"the view holds {owned} parameters, the adapter {len(params)}"
-        engine, _, _, _ = deepspeed.initialize(model=view, optimizer=optimizer, config=self._ds_config())
+        engine, _, _, _ = deepspeed.initialize(
+            model=view, optimizer=optimizer, config=self._ds_config()
+        )
         reset_lazy_state(engine)
         if engine.optimizer is optimizer:  # fp32 ZeRO-0: DeepSpeed hands the plain AdamW back
             self.clips[name] = _clip_in_step(optimizer)
@@ -232,7 +245,9 @@ class TrainerWorker:
             with torch.set_grad_enabled(not work.forward_only):
                 logprobs_B_T, inputs, mask_B_T = self._forward(engine, batch)
                 # where, not multiply: a non-finite loss on a padding position must not leak in as NaN
-                loss_B_T = torch.where(mask_B_T > 0, loss_fn(logprobs_B_T, inputs, work.loss_fn_config), 0.0)
+                loss_B_T = torch.where(
+                    mask_B_T > 0, loss_fn(logprobs_B_T, inputs, work.loss_fn_config), 0.0
+                )
                 if not work.forward_only:
                     engine.backward(loss_B_T.sum() * work.grad_scale, scale_wrt_gas=False)  # type: ignore[attr-defined]
             loss_total += float(loss_B_T.detach().sum())
@@ -246,7 +261,12 @@ class TrainerWorker:
                         elementwise_loss=loss_B_T[row, :n].detach().float().tolist(),
                     )
                 )
-        return RankResult(datums=results, loss_sum=loss_total, tokens=tokens, seconds=time.perf_counter() - started)
+        return RankResult(
+            datums=results,
+            loss_sum=loss_total,
+            tokens=tokens,
+            seconds=time.perf_counter() - started,
+        )
 
     def _dummy_pass(self, engine: object, backward: bool) -> None:
         """A zero-loss pass over one token, for a rank with fewer micro-batches than its peers.
@@ -264,7 +284,9 @@ class TrainerWorker:
             if backward:
                 engine.backward(logits.float().sum() * 0.0, scale_wrt_gas=False)  # type: ignore[attr-defined]
 
-    def _forward(self, engine: object, batch: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    def _forward(
+        self, engine: object, batch: MicroBatch
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """Target logprobs ``(B, T)`` in fp32, the padded loss inputs and the padding mask."""
         import torch
 
@@ -331,7 +353,10 @@ class TrainerWorker:
             return None
         if directory is not None:
             return AdapterSource(path=self._write_adapter(adapter_id, tensors, directory).path)
-        files = {"adapter_model.safetensors": save(tensors), "adapter_config.json": self._adapter_config(adapter_id)}
+        files = {
+            "adapter_model.safetensors": save(tensors),
+            "adapter_config.json": self._adapter_config(adapter_id),
+        }
         return AdapterSource(blob=AdapterBlob(files=files))
 
     def _adapter_config(self, adapter_id: str) -> bytes:
@@ -356,7 +381,9 @@ class TrainerWorker:
             tensors = {n: p.detach().cpu() for n, p in params.items()}
             return {n: t.clone() if zero3 else t.contiguous() for n, t in tensors.items()}
 
-    def _write_adapter(self, adapter_id: str, tensors: dict[str, torch.Tensor], directory: str) -> SavedAdapter:
+    def _write_adapter(
+        self, adapter_id: str, tensors: dict[str, torch.Tensor], directory: str
+    ) -> SavedAdapter:
         """Write the adapter as a peft directory that vLLM and ``PeftModel.from_pretrained`` load."""
         from safetensors.torch import save_file
 
@@ -376,7 +403,7 @@ class TrainerWorker:
         from safetensors.torch import save_file
 
         from tinsmith.actors.optimizer_state import export_state
-        from tinsmith.storage.transfer import staging_dir, upload_dir
+        from tinsmith.storage.transfer import upload_dir
 
         engine = self._activate(work.adapter_id)
         weights = self._adapter_tensors(work.adapter_id)
@@ -385,14 +412,16 @@ class TrainerWorker:
             step, tensors = export_state(engine, self._named_adapter_params(work.adapter_id))
         if self.rank != 0:
             return None
-        meta = work.meta.model_copy(update={"step": self.steps[work.adapter_id], "has_optimizer": bool(tensors)})
-        with tempfile.TemporaryDirectory(dir=staging_dir(work.archive.data_dir)) as tmp:
+        meta = work.meta.model_copy(
+            update={"step": self.steps[work.adapter_id], "has_optimizer": bool(tensors)}
+        )
+        with tempfile.TemporaryDirectory(dir=self.site.staging()) as tmp:
             out = Path(tmp) / "checkpoint"
             self._write_adapter(work.adapter_id, weights, str(out))
             if tensors:
                 save_file(tensors, str(out / OPTIMIZER_FILE), metadata={"step": str(step)})
             (out / META_FILE).write_text(meta.model_dump_json(indent=1))
-            stored = upload_dir(work.archive, out)
+            stored = upload_dir(self.site, work.archive, out)
         return SavedCheckpoint(stored=stored, meta=meta)
 
     def load_checkpoint(self, work: LoadCheckpointWork) -> int:
@@ -402,7 +431,7 @@ class TrainerWorker:
         from tinsmith.storage.transfer import fetch_dir
         from tinsmith.types.internal import CheckpointMeta
 
-        directory = fetch_dir(work.archive)
+        directory = fetch_dir(self.site, work.archive)
         meta = CheckpointMeta.model_validate_json((directory / META_FILE).read_text())
         weights = load_file(str(directory / "adapter_model.safetensors"))
         optimizer = load_file(str(directory / OPTIMIZER_FILE)) if meta.has_optimizer else {}
@@ -421,7 +450,9 @@ class TrainerWorker:
         params = self._named_adapter_params(adapter_id)
         _, tensors = export_state(engine, params)
         if not tensors:  # every rank: a gather under ZeRO-3
-            tensors = {f"weights/{n}": t.float() for n, t in self._adapter_tensors(adapter_id).items()}
+            tensors = {
+                f"weights/{n}": t.float() for n, t in self._adapter_tensors(adapter_id).items()
+            }
         if self.rank != 0:
             return None
         return True, AdapterSnapshot(step=self.steps[adapter_id], tensors=save(tensors))
@@ -431,7 +462,11 @@ class TrainerWorker:
         from safetensors.torch import load
 
         tensors = load(snap.tensors)
-        weights = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(("weights/", "master/"))}
+        weights = {
+            k.split("/", 1)[1]: v
+            for k, v in tensors.items()
+            if k.startswith(("weights/", "master/"))
+        }
         optimizer = {k: v for k, v in tensors.items() if not k.startswith("weights/")}
         self._set_state(adapter_id, weights, optimizer, snap.step, with_optimizer=True)
         self.steps[adapter_id] = snap.step
@@ -465,7 +500,9 @@ class TrainerWorker:
 
     def adapter_state(self, adapter_id: str) -> dict[str, list[float]]:
         """The adapter's tensors, flattened (tests compare them across ZeRO stages); a collective under ZeRO-3."""
-        return {k: v.float().flatten().tolist() for k, v in self._adapter_tensors(adapter_id).items()}
+        return {
+            k: v.float().flatten().tolist() for k, v in self._adapter_tensors(adapter_id).items()
+        }
 
     def ping(self) -> int:
         return self.rank
@@ -475,10 +512,14 @@ class TrainerWorker:
 
         state_bytes = 0
         for name, engine in self.engines.items():
-            held = [getattr(p, "ds_tensor", p) for p in self._adapter_params(name)]  # this rank's part under ZeRO-3
+            held = [
+                getattr(p, "ds_tensor", p) for p in self._adapter_params(name)
+            ]  # this rank's part under ZeRO-3
             state_bytes += sum(t.numel() * t.element_size() for t in held)
             optimizer = getattr(engine, "optimizer", None)
-            for group_state in getattr(getattr(optimizer, "optimizer", optimizer), "state", {}).values():
+            for group_state in getattr(
+                getattr(optimizer, "optimizer", optimizer), "state", {}
+            ).values():
                 for value in group_state.values():
                     if hasattr(value, "numel"):
                         state_bytes += value.numel() * value.element_size()
@@ -568,8 +609,12 @@ def _make_view_class() -> type:
                 if n.endswith(suffix) and next(m.parameters(recurse=False), None) is not None
             )
 
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-            out = self.shared[0](input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        def forward(
+            self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+        ) -> torch.Tensor:
+            out = self.shared[0](
+                input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+            )
             return out.logits
 
     return AdapterView

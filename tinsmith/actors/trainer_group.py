@@ -73,7 +73,10 @@ class TrainerGroup:
             self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
     async def call(
-        self, what: str, method: Callable[[int, _Handle], Awaitable[object]], only_rank0: bool = False
+        self,
+        what: str,
+        method: Callable[[int, _Handle], Awaitable[object]],
+        only_rank0: bool = False,
     ) -> list[object]:
         """``method(index, rank)`` on every rank (or rank 0); results in rank order. Waits out a
         restart first."""
@@ -143,7 +146,9 @@ class TrainerGroup:
         log.error("%s: restarting all %d trainer ranks", reason, len(self.ranks))
         for attempt in range(1, RESTART_ATTEMPTS + 1):
             for rank in self.ranks:
-                if isinstance(rank, ray.actor.ActorHandle):  # the survivors too: their group is broken
+                if isinstance(
+                    rank, ray.actor.ActorHandle
+                ):  # the survivors too: their group is broken
                     try:
                         ray.kill(rank, no_restart=True)
                     except Exception:
@@ -158,12 +163,16 @@ class TrainerGroup:
                     if snap is None:
                         continue
                     try:
-                        await asyncio.gather(*[r.restore_snapshot.remote(spec.adapter_id, snap) for r in self.ranks])
+                        await asyncio.gather(
+                            *[r.restore_snapshot.remote(spec.adapter_id, snap) for r in self.ranks]
+                        )
                     except Exception as exc:
                         if actor_died(exc):
                             raise
                         # e.g. the snapshot's node went away with the rank: this client alone is lost
-                        self.lost[model_id] = f"its last snapshot could not be restored ({type(exc).__name__})"
+                        self.lost[model_id] = (
+                            f"its last snapshot could not be restored ({type(exc).__name__})"
+                        )
                         log.error("training client %s not restored: %s", model_id, exc)
             except Exception:
                 log.exception("trainer restart attempt %d of %d failed", attempt, RESTART_ATTEMPTS)
@@ -171,14 +180,22 @@ class TrainerGroup:
                 continue
             self.restarts += 1
             self._broken = None
-            log.warning("trainer ranks of %s restarted (%d clients restored)", self.base_model, len(self._adapters()))
+            log.warning(
+                "trainer ranks of %s restarted (%d clients restored)",
+                self.base_model,
+                len(self._adapters()),
+            )
             return
         self._broken = f"{reason}; restarting the trainer ranks failed {RESTART_ATTEMPTS} times (see the server log)"
 
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(WATCH_SECONDS)
-            if self._in_flight or (self._recovery is not None and not self._recovery.done()) or self._broken:
+            if (
+                self._in_flight
+                or (self._recovery is not None and not self._recovery.done())
+                or self._broken
+            ):
                 continue
             pings = [asyncio.ensure_future(r.ping.remote()) for r in self.ranks]
             await asyncio.wait(pings, timeout=60.0)

@@ -21,7 +21,9 @@ import torch
 log = logging.getLogger(__name__)
 
 
-def lora_matmul(inputs: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def lora_matmul(
+    inputs: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
     """Row t of the result is inputs[t] @ weights[indices[t]].T, as the reference einsum computes it.
 
     `weights` is (num_slots, [1,] out, in); indices follow torch indexing (a -1 names the last slot,
@@ -62,7 +64,9 @@ def bgmv_expand(
     limit = output_tensor.shape[0]
     if outputs.shape[0] == 1 and output_tensor.shape[0] != 1:
         limit = 1
-    common_len = min(outputs.shape[1], output_tensor.shape[1])  # adapter and model may pad differently
+    common_len = min(
+        outputs.shape[1], output_tensor.shape[1]
+    )  # adapter and model may pad differently
     if add_inputs:
         output_tensor[:, :common_len] += outputs[:limit, :common_len]
     else:
@@ -94,7 +98,11 @@ def install() -> None:
     except ImportError as exc:  # a vLLM without these modules: keep its own ops
         log.warning("tinsmith: vLLM CPU LoRA ops not patched (%s)", exc)
         return
-    replacements = {"bgmv_shrink": bgmv_shrink, "bgmv_expand": bgmv_expand, "bgmv_expand_slice": bgmv_expand_slice}
+    replacements = {
+        "bgmv_shrink": bgmv_shrink,
+        "bgmv_expand": bgmv_expand,
+        "bgmv_expand_slice": bgmv_expand_slice,
+    }
     # lora_ops' sgmv_* call the bgmv_* of their own module; punica_cpu imported the names directly.
     for module in (lora_ops, torch_ops, punica_cpu):
         for name, fn in replacements.items():

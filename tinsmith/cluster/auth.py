@@ -55,7 +55,9 @@ def parse_keys(text: str, source: str) -> dict[str, str]:
         tenant, sep, key = entry.partition(":")
         tenant, key = tenant.strip(), key.strip()
         if not sep or not tenant or not key.startswith(KEY_PREFIX):
-            raise ConfigurationError(f"{source}: entries must look like 'tenant:tml-...' (got {entry[:12]!r}...)")
+            raise ConfigurationError(
+                f"{source}: entries must look like 'tenant:tml-...' (got {entry[:12]!r}...)"
+            )
         found[hash_key(key)] = tenant
     return found
 
@@ -87,13 +89,19 @@ class KeyRing:
 
     def install(self, app: FastAPI) -> None:
         @app.middleware("http")
-        async def authenticate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        async def authenticate(
+            request: Request, call_next: Callable[[Request], Awaitable[Response]]
+        ) -> Response:
             path = request.url.path
             if not path.startswith("/api/v1/") or path.startswith(_PUBLIC_PATHS):
                 return await call_next(request)
             tenant = self.tenant_of(request.headers.get("x-api-key"))
             if tenant is None:
-                detail = "missing API key (X-API-Key)" if not request.headers.get("x-api-key") else "unknown API key"
+                detail = (
+                    "missing API key (X-API-Key)"
+                    if not request.headers.get("x-api-key")
+                    else "unknown API key"
+                )
                 return JSONResponse(status_code=401, content={"detail": detail})
             token = TENANT.set(tenant)
             try:

@@ -16,7 +16,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse
 
 from tinsmith.cluster.auth import current_tenant
-from tinsmith.cluster.checkpoints import KIND_BY_TYPE, check_name, expiry, parse_tinker_path, safe_name
+from tinsmith.cluster.checkpoints import KIND_BY_TYPE, check_name, expiry, parse_tinker_path
 from tinsmith.cluster.futures import FutureResult
 from tinsmith.cluster.server import (
     SamplerSession,
@@ -28,6 +28,7 @@ from tinsmith.cluster.server import (
 )
 from tinsmith.errors import NotFoundError, UserInputError
 from tinsmith.store.records import CheckpointRecord, RunRecord, run_to_wire, utcnow
+from tinsmith.types.archives import safe_name
 from tinsmith.types.checkpoints import (
     CheckpointArchiveUrlResponse,
     CheckpointsListResponse,
@@ -114,27 +115,49 @@ def register_checkpoint_routes(app: FastAPI, state: ServerState) -> None:
             model = state.training_model(body.model_id)
             served = state.served(model.base_model)
             record = await save(
-                model, served, body.seq_id, "weights", body.path, body.ttl_seconds, body.overwrite, body.user_metadata
+                model,
+                served,
+                body.seq_id,
+                "weights",
+                body.path,
+                body.ttl_seconds,
+                body.overwrite,
+                body.user_metadata,
             )
             return json_result(SaveWeightsResponse(path=record.tinker_path))
 
         return state.submit(request, work, model_id=body.model_id)
 
     @app.post("/api/v1/save_weights_external")
-    async def save_weights_external(body: SaveWeightsExternalRequest, request: Request) -> UntypedAPIFuture:
+    async def save_weights_external(
+        body: SaveWeightsExternalRequest, request: Request
+    ) -> UntypedAPIFuture:
         async def work() -> FutureResult:
             model = state.training_model(body.model_id)
             served = state.served(model.base_model)
             if body.age_encryption_recipients:
                 message = "age_encryption_recipients is not supported by this server"
                 await refuse(served, body.model_id, body.seq_id, message)
-            record = await save(model, served, body.seq_id, "external_weights", body.path, body.ttl_seconds, True, None)
-            return json_result(SaveWeightsExternalResponse(path=record.tinker_path, size_bytes=record.size_bytes))
+            record = await save(
+                model,
+                served,
+                body.seq_id,
+                "external_weights",
+                body.path,
+                body.ttl_seconds,
+                True,
+                None,
+            )
+            return json_result(
+                SaveWeightsExternalResponse(path=record.tinker_path, size_bytes=record.size_bytes)
+            )
 
         return state.submit(request, work, model_id=body.model_id)
 
     @app.post("/api/v1/save_weights_for_sampler")
-    async def save_weights_for_sampler(body: SaveWeightsForSamplerRequest, request: Request) -> UntypedAPIFuture:
+    async def save_weights_for_sampler(
+        body: SaveWeightsForSamplerRequest, request: Request
+    ) -> UntypedAPIFuture:
         async def work() -> FutureResult:
             model = state.training_model(body.model_id)
             served = state.served(model.base_model)
@@ -159,8 +182,12 @@ def register_checkpoint_routes(app: FastAPI, state: ServerState) -> None:
             started = time.perf_counter()
             await served.coordinator.call("sync_to_samplers", body.model_id, body.seq_id, key)
             state.metrics.weight_sync.observe(time.perf_counter() - started)
-            state.samplers[sampler_id] = SamplerSession(sampler_id, model.base_model, None, key, None, model.owner)
-            return json_result(SaveWeightsForSamplerResponseInternal(sampling_session_id=sampler_id))
+            state.samplers[sampler_id] = SamplerSession(
+                sampler_id, model.base_model, None, key, None, model.owner
+            )
+            return json_result(
+                SaveWeightsForSamplerResponseInternal(sampling_session_id=sampler_id)
+            )
 
         return state.submit(request, work, model_id=body.model_id)
 
@@ -188,11 +215,18 @@ def register_checkpoint_routes(app: FastAPI, state: ServerState) -> None:
             if model_id in state.training:
                 raise UserInputError(f"model {model_id!r} already exists (model_seq_id reused)")
             await served.coordinator.call(
-                "create_from_checkpoint", model_id, record.lora, ckpts.ref_of(record), body.optimizer
+                "create_from_checkpoint",
+                model_id,
+                record.lora,
+                ckpts.ref_of(record),
+                body.optimizer,
             )
             metadata = {k: str(v) for k, v in (body.user_metadata or {}).items()} or None
             state.add_training_model(
-                TrainingModel(model_id, body.session_id or "", base_model, record.lora, current_tenant()), metadata
+                TrainingModel(
+                    model_id, body.session_id or "", base_model, record.lora, current_tenant()
+                ),
+                metadata,
             )
             return json_result(LoadWeightsResponse(path=body.path, model_id=model_id))
 
@@ -251,11 +285,13 @@ def register_checkpoint_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/api/v1/training_runs")
     async def list_training_runs(
-        limit: int = Query(default=20, ge=1, le=1000), offset: int = Query(default=0, ge=0, le=2**62)
+        limit: int = Query(default=20, ge=1, le=1000),
+        offset: int = Query(default=0, ge=0, le=2**62),
     ) -> TrainingRunsResponse:
         runs, total = state.store.list_runs(current_tenant(), limit, offset)
         return TrainingRunsResponse(
-            training_runs=[_run_to_wire(r) for r in runs], cursor=Cursor(offset=offset, limit=limit, total_count=total)
+            training_runs=[_run_to_wire(r) for r in runs],
+            cursor=Cursor(offset=offset, limit=limit, total_count=total),
         )
 
     @app.get("/api/v1/training_runs/{run_id}")
@@ -268,23 +304,28 @@ def register_checkpoint_routes(app: FastAPI, state: ServerState) -> None:
     # ----- checkpoints ------------------------------------------------------------------------
     @app.get("/api/v1/training_runs/{run_id}/checkpoints")
     async def list_run_checkpoints(
-        run_id: str, limit: int = Query(default=1000, ge=1, le=10000), offset: int = Query(default=0, ge=0, le=2**62)
+        run_id: str,
+        limit: int = Query(default=1000, ge=1, le=10000),
+        offset: int = Query(default=0, ge=0, le=2**62),
     ) -> CheckpointsListResponse:
         run = state.store.get_run(run_id)
         if run is None or run.owner != current_tenant():
             raise NotFoundError(f"training run {run_id!r} does not exist")
         records, total = ckpts.list(run_id, current_tenant(), limit, offset)
         return CheckpointsListResponse(
-            checkpoints=[r.to_wire() for r in records], cursor=Cursor(offset=offset, limit=limit, total_count=total)
+            checkpoints=[r.to_wire() for r in records],
+            cursor=Cursor(offset=offset, limit=limit, total_count=total),
         )
 
     @app.get("/api/v1/checkpoints")
     async def list_user_checkpoints(
-        limit: int = Query(default=100, ge=1, le=10000), offset: int = Query(default=0, ge=0, le=2**62)
+        limit: int = Query(default=100, ge=1, le=10000),
+        offset: int = Query(default=0, ge=0, le=2**62),
     ) -> CheckpointsListResponse:
         records, total = ckpts.list(None, current_tenant(), limit, offset)
         return CheckpointsListResponse(
-            checkpoints=[r.to_wire() for r in records], cursor=Cursor(offset=offset, limit=limit, total_count=total)
+            checkpoints=[r.to_wire() for r in records],
+            cursor=Cursor(offset=offset, limit=limit, total_count=total),
         )
 
     @app.delete("/api/v1/training_runs/{run_id}/checkpoints/{kind}/{name}")
@@ -303,7 +344,9 @@ def register_checkpoint_routes(app: FastAPI, state: ServerState) -> None:
         return {"status": "unpublished"}
 
     @app.put("/api/v1/training_runs/{run_id}/checkpoints/{kind}/{name}/ttl")
-    async def set_ttl(run_id: str, kind: Kind, name: str, body: CheckpointTtlRequest) -> dict[str, str]:
+    async def set_ttl(
+        run_id: str, kind: Kind, name: str, body: CheckpointTtlRequest
+    ) -> dict[str, str]:
         ckpts.set_ttl(state.owned_checkpoint(run_id, kind, name), body.ttl_seconds)
         return {"status": "ok"}
 
@@ -313,7 +356,9 @@ def register_checkpoint_routes(app: FastAPI, state: ServerState) -> None:
     ) -> ExternalWeightsUrlsResponse:
         record = state.readable_checkpoint(f"tinker://{run_id}/{kind}/{name}", field="checkpoint")
         if kind == "sampler_weights":
-            raise UserInputError("sampler checkpoints cannot be downloaded; save_state() or save_weights_external()")
+            raise UserInputError(
+                "sampler checkpoints cannot be downloaded; save_state() or save_weights_external()"
+            )
         expires = utcnow() + dt.timedelta(seconds=state.storage_config.url_expiry_seconds)
         files = await _files_of(record)
         base = str(request.base_url).rstrip("/")
@@ -321,7 +366,9 @@ def register_checkpoint_routes(app: FastAPI, state: ServerState) -> None:
         return ExternalWeightsUrlsResponse(urls=urls, expires=expires)
 
     @app.get("/api/v1/training_runs/{run_id}/checkpoints/{kind}/{name}/archive")
-    async def archive_url(run_id: str, kind: Kind, name: str, request: Request) -> CheckpointArchiveUrlResponse:
+    async def archive_url(
+        run_id: str, kind: Kind, name: str, request: Request
+    ) -> CheckpointArchiveUrlResponse:
         """One-file download of the whole archive: a presigned S3 URL, or one this server answers."""
         record = state.readable_checkpoint(f"tinker://{run_id}/{kind}/{name}", field="checkpoint")
         seconds = state.storage_config.url_expiry_seconds
@@ -344,7 +391,7 @@ def register_checkpoint_routes(app: FastAPI, state: ServerState) -> None:
             if local is None:
                 raise NotFoundError("archive is not stored on this server")
             return FileResponse(local, filename=f"{safe_name(record.checkpoint_id)}.tar")
-        directory = await asyncio.to_thread(fetch_dir, ckpts.ref_of(record))
+        directory = await asyncio.to_thread(fetch_dir, ckpts.site, ckpts.ref_of(record))
         path = (directory / filename).resolve()
         if not path.is_file() or not path.is_relative_to(directory.resolve()):
             raise NotFoundError(f"{filename!r} is not a file of {record.tinker_path}")
@@ -355,5 +402,7 @@ def register_checkpoint_routes(app: FastAPI, state: ServerState) -> None:
 
         from tinsmith.storage.transfer import fetch_dir
 
-        directory = await asyncio.to_thread(fetch_dir, ckpts.ref_of(record))
-        return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+        directory = await asyncio.to_thread(fetch_dir, ckpts.site, ckpts.ref_of(record))
+        return sorted(
+            p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()
+        )

@@ -25,9 +25,10 @@ from pathlib import Path
 from tinsmith.errors import ConflictError, NotFoundError, UserInputError
 from tinsmith.storage.base import CheckpointStorage
 from tinsmith.storage.config import StorageConfig
-from tinsmith.storage.transfer import ArchiveRef
+from tinsmith.storage.transfer import StorageSite
 from tinsmith.store.base import MetadataStore
 from tinsmith.store.records import CheckpointRecord, utcnow
+from tinsmith.types.archives import ArchiveRef, safe_name
 from tinsmith.types.checkpoints import CheckpointType, ParsedCheckpointTinkerPath
 
 log = logging.getLogger(__name__)
@@ -41,14 +42,11 @@ KIND_BY_TYPE: dict[CheckpointType, str] = {
 }
 
 
-def safe_name(name: str) -> str:
-    """A model id as a path segment (':' and other odd characters become '_')."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
 def check_name(name: str | None, field: str = "path") -> str:
     if name is None or not NAME_RE.match(name) or name in (".", ".."):
-        raise UserInputError(f"{field} {name!r} must be 1-128 characters of letters, digits, '.', '_' or '-'")
+        raise UserInputError(
+            f"{field} {name!r} must be 1-128 characters of letters, digits, '.', '_' or '-'"
+        )
     return name
 
 
@@ -72,18 +70,17 @@ class CheckpointService:
         self.storage = storage
         self.storage_config = storage_config
         self.data_dir = data_dir
+        self.site = StorageSite(storage=storage_config, data_dir=str(data_dir))
         self._secret = url_secret
         self._reserved: set[str] = set()
 
     # ----- writing ---------------------------------------------------------------------------
     def new_ref(self, run_id: str, kind: str, name: str) -> ArchiveRef:
         key = f"{safe_name(run_id)}/{kind}/{name}-{uuid.uuid4().hex[:12]}.tar"
-        return ArchiveRef(storage=self.storage_config, data_dir=str(self.data_dir), key=key)
+        return ArchiveRef(key=key)
 
     def ref_of(self, record: CheckpointRecord) -> ArchiveRef:
-        return ArchiveRef(
-            storage=self.storage_config, data_dir=str(self.data_dir), key=record.storage_key, sha256=record.sha256
-        )
+        return ArchiveRef(key=record.storage_key, sha256=record.sha256)
 
     def reserve(self, tinker_path: str, overwrite: bool) -> Callable[[], None]:
         """Hold a path while its archive is written; returns the release function. Refuses a
@@ -162,7 +159,12 @@ class CheckpointService:
     def sign(self, record: CheckpointRecord, filename: str | None, expires: dt.datetime) -> str:
         """A token for ``/api/v1/tinsmith/files/<token>``: names one archive (or one file in it)
         and an expiry, signed with the server's secret; the holder needs no API key."""
-        body = {"p": record.tinker_path, "k": record.storage_key, "f": filename, "e": int(expires.timestamp())}
+        body = {
+            "p": record.tinker_path,
+            "k": record.storage_key,
+            "f": filename,
+            "e": int(expires.timestamp()),
+        }
         raw = json.dumps(body, separators=(",", ":")).encode()
         mac = hmac.new(self._secret, raw, hashlib.sha256).digest()
         return (
@@ -199,7 +201,9 @@ def expiry(ttl_seconds: int | None) -> dt.datetime | None:
     if ttl_seconds is None:
         return None
     if not 1 <= ttl_seconds <= MAX_TTL_SECONDS:
-        raise UserInputError(f"ttl_seconds must be in 1..{MAX_TTL_SECONDS} (or null for no expiry), got {ttl_seconds}")
+        raise UserInputError(
+            f"ttl_seconds must be in 1..{MAX_TTL_SECONDS} (or null for no expiry), got {ttl_seconds}"
+        )
     return utcnow() + dt.timedelta(seconds=ttl_seconds)
 
 

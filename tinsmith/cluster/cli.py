@@ -73,7 +73,9 @@ def serve(config: ClusterConfig, host: str, port: int) -> None:
     _import_driver_modules()
     model_dirs = prepare_all(config)
     data_dir = config.resolved_data_dir()
-    checkpoints = open_checkpoint_service(config.storage, data_dir)  # before Ray: a bad bucket fails fast
+    checkpoints = open_checkpoint_service(
+        config.storage, data_dir
+    )  # before Ray: a bad bucket fails fast
     started = _init_ray(config)
     if not config.ray_autoscaling:
         try:
@@ -90,7 +92,14 @@ def serve(config: ClusterConfig, host: str, port: int) -> None:
         for spec in config.models:
             model_dir = model_dirs[spec.name]
             sampler_cfg = config.sampler_for(spec)
-            started_model = start_model(spec, model_dir, config.trainer_for(spec), sampler_cfg, str(shm_dir))
+            started_model = start_model(
+                spec,
+                model_dir,
+                config.trainer_for(spec),
+                sampler_cfg,
+                str(shm_dir),
+                checkpoints.site,
+            )
             actors.append(started_model)
             vocab = int(json.loads((model_dir / "config.json").read_text())["vocab_size"])
             served[spec.name] = ServedModel(
@@ -112,14 +121,20 @@ def serve(config: ClusterConfig, host: str, port: int) -> None:
             limits=config.limits,
         )
         if config.auth.mode == "open":
-            log.warning("auth: OPEN mode - any 'tml-' API key is accepted and all clients share one tenant")
+            log.warning(
+                "auth: OPEN mode - any 'tml-' API key is accepted and all clients share one tenant"
+            )
         else:
             log.info(
-                "auth: API keys required (%s, $%s, tinsmith keys create)", config.auth.keys_file, config.auth.keys_env
+                "auth: API keys required (%s, $%s, tinsmith keys create)",
+                config.auth.keys_file,
+                config.auth.keys_env,
             )
         log.info("tinsmith serving on http://%s:%d", host, port)
         print(f"tinsmith: ready on http://{host}:{port}", flush=True)
-        uvicorn.run(build_app(state), host=host, port=port, log_level="warning", timeout_keep_alive=75)
+        uvicorn.run(
+            build_app(state), host=host, port=port, log_level="warning", timeout_keep_alive=75
+        )
     finally:
         for model in actors:
             model.shutdown()
@@ -145,12 +160,17 @@ def create_key(config: ClusterConfig, tenant: str) -> str:
     finally:
         store.close()
     if config.auth.mode == "open":
-        print("note: this config's auth.mode is open, so the server accepts any tml- key", file=sys.stderr)
+        print(
+            "note: this config's auth.mode is open, so the server accepts any tml- key",
+            file=sys.stderr,
+        )
     return key
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tinsmith", description="Tinker-compatible fine-tuning on Ray")
+    parser = argparse.ArgumentParser(
+        prog="tinsmith", description="Tinker-compatible fine-tuning on Ray"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p_serve = sub.add_parser("serve", help="start the cluster and the API server")
     p_serve.add_argument("--config", default="configs/local.yaml", help="cluster config YAML")
@@ -160,11 +180,15 @@ def main(argv: list[str] | None = None) -> int:
     p_prep.add_argument("--config", default="configs/local.yaml")
     p_keys = sub.add_parser("keys", help="manage API keys of the server that runs with a config")
     keys_sub = p_keys.add_subparsers(dest="keys_command", required=True)
-    p_create = keys_sub.add_parser("create", help="create a key for a tenant and print it (shown only once)")
+    p_create = keys_sub.add_parser(
+        "create", help="create a key for a tenant and print it (shown only once)"
+    )
     p_create.add_argument("--config", default="configs/local.yaml")
     p_create.add_argument("--tenant", required=True)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s [%(request_id)s] %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s [%(request_id)s] %(message)s"
+    )
     for handler in logging.getLogger().handlers:
         handler.addFilter(RequestIdFilter())
     try:

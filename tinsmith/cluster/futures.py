@@ -27,7 +27,10 @@ __all__ = ["FutureResult", "FutureStore", "failure"]
 
 class FutureStore:
     def __init__(
-        self, store: MetadataStore | None = None, keep_finished: int = 4096, max_pending_per_owner: int | None = None
+        self,
+        store: MetadataStore | None = None,
+        keep_finished: int = 4096,
+        max_pending_per_owner: int | None = None,
     ) -> None:
         self._tasks: dict[str, asyncio.Task[FutureResult]] = {}
         self._pending: Counter[str] = Counter()
@@ -39,7 +42,10 @@ class FutureStore:
         self._keep_finished = keep_finished
 
     def submit(
-        self, start: Callable[[], Awaitable[FutureResult]], idempotency_key: str | None = None, owner: str = "local"
+        self,
+        start: Callable[[], Awaitable[FutureResult]],
+        idempotency_key: str | None = None,
+        owner: str = "local",
     ) -> tuple[str, bool]:
         """Run ``start()``; returns (request_id, created). A repeated idempotency key reuses the first run.
 
@@ -88,7 +94,9 @@ class FutureStore:
             self._tasks.pop(old, None)
             self._owners.pop(old, None)
 
-    async def retrieve(self, request_id: str, timeout: float, owner: str = "local") -> FutureResult | None:
+    async def retrieve(
+        self, request_id: str, timeout: float, owner: str = "local"
+    ) -> FutureResult | None:
         """The result, or None if still pending after ``timeout`` seconds; only for its owner."""
         unknown = NotFoundError(f"request_id {request_id!r} is unknown")
         task = self._tasks.get(request_id)

@@ -41,7 +41,9 @@ class ServerProcess:
         self.workdir = Path(tempfile.mkdtemp(prefix="tinsmith-"))
         # Ray's socket paths must stay short, so its temp dir lives directly under /tmp.
         self.ray_dir = Path(tempfile.mkdtemp(prefix="tsr-", dir="/tmp"))
-        self.data_dir = Path(data_dir) if data_dir else self.workdir / "data"  # reuse one to test restarts
+        self.data_dir = (
+            Path(data_dir) if data_dir else self.workdir / "data"
+        )  # reuse one to test restarts
         self.log_path = Path(log_path) if log_path else self.workdir / "serve.log"
         self.startup_timeout = startup_timeout
         self.proc: subprocess.Popen[bytes] | None = None
@@ -56,13 +58,26 @@ class ServerProcess:
         )
         env.pop("RAY_ADDRESS", None)
         log = open(self.log_path, "wb")
-        cmd = [sys.executable, "-m", "tinsmith.cluster.cli", "serve", "--config", self.config, "--port", str(self.port)]
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "tinsmith.cluster.cli",
+            "serve",
+            "--config",
+            self.config,
+            "--port",
+            str(self.port),
+        ]
+        self.proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         self._log = log
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"tinsmith serve exited with {self.proc.returncode}; log: {self.log_path}")
+                raise RuntimeError(
+                    f"tinsmith serve exited with {self.proc.returncode}; log: {self.log_path}"
+                )
             try:
                 with urllib.request.urlopen(f"{self.base_url}/api/v1/healthz", timeout=2) as resp:
                     if resp.status == 200:
@@ -71,7 +86,9 @@ class ServerProcess:
                 pass
             time.sleep(1.0)
         self.stop()
-        raise TimeoutError(f"tinsmith serve did not become healthy in {self.startup_timeout}s; log: {self.log_path}")
+        raise TimeoutError(
+            f"tinsmith serve did not become healthy in {self.startup_timeout}s; log: {self.log_path}"
+        )
 
     def stop(self) -> None:
         """SIGTERM our process group, then SIGKILL what is left after a grace period."""
@@ -85,7 +102,9 @@ class ServerProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=30)
         try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # stragglers (Ray workers) of our own group only
+            os.killpg(
+                self.proc.pid, signal.SIGKILL
+            )  # stragglers (Ray workers) of our own group only
         except ProcessLookupError:
             pass
         self._log.close()
@@ -95,6 +114,9 @@ class ServerProcess:
         return self.start()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()

@@ -34,7 +34,10 @@ class ServerMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "tinsmith_requests_total", "HTTP requests by route and status.", ["method", "route", "status"], registry=r
+            "tinsmith_requests_total",
+            "HTTP requests by route and status.",
+            ["method", "route", "status"],
+            registry=r,
         )
         self.latency = Histogram(
             "tinsmith_request_seconds",
@@ -44,7 +47,10 @@ class ServerMetrics:
             registry=r,
         )
         self.futures = Counter(
-            "tinsmith_futures_total", "Finished futures by kind and outcome.", ["kind", "outcome"], registry=r
+            "tinsmith_futures_total",
+            "Finished futures by kind and outcome.",
+            ["kind", "outcome"],
+            registry=r,
         )
         self.future_seconds = Histogram(
             "tinsmith_future_seconds",
@@ -54,7 +60,10 @@ class ServerMetrics:
             registry=r,
         )
         self.queue_depth = Gauge(
-            "tinsmith_queue_depth", "Futures submitted and not finished, per base model.", ["base_model"], registry=r
+            "tinsmith_queue_depth",
+            "Futures submitted and not finished, per base model.",
+            ["base_model"],
+            registry=r,
         )
         self.train_tokens = Counter(
             "tinsmith_train_tokens_total",
@@ -63,7 +72,10 @@ class ServerMetrics:
             registry=r,
         )
         self.sampled_tokens = Counter(
-            "tinsmith_sampled_tokens_total", "Tokens sampled, per base model.", ["base_model"], registry=r
+            "tinsmith_sampled_tokens_total",
+            "Tokens sampled, per base model.",
+            ["base_model"],
+            registry=r,
         )
         self.weight_sync = Histogram(
             "tinsmith_weight_sync_seconds",
@@ -82,7 +94,9 @@ class ServerMetrics:
         """Count and time every request, give it a request id, and serve ``GET /metrics``."""
 
         @app.middleware("http")
-        async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        async def observe(
+            request: Request, call_next: Callable[[Request], Awaitable[Response]]
+        ) -> Response:
             request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
             token = REQUEST_ID.set(request_id)
             start = time.perf_counter()

@@ -63,7 +63,9 @@ def _convert_package_gguf(package: str, target: Path) -> None:
     module_name = package.replace("-", "_")
     found = importlib.util.find_spec(module_name)
     if found is None or not found.submodule_search_locations:
-        raise ConfigurationError(f"model source package:{package}: the package is not installed (run `make install`)")
+        raise ConfigurationError(
+            f"model source package:{package}: the package is not installed (run `make install`)"
+        )
     pkg_dir = Path(next(iter(found.submodule_search_locations)))
     ggufs = sorted(pkg_dir.glob("*.gguf"))
     if not ggufs:
@@ -77,7 +79,9 @@ def _convert_package_gguf(package: str, target: Path) -> None:
     tmp = target.with_name(target.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(str(pkg_dir), gguf_file=gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(str(pkg_dir), gguf_file=gguf_file, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(pkg_dir), gguf_file=gguf_file, dtype=torch.float32
+    )
     model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

@@ -19,6 +19,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from tinsmith.cluster.config import ClusterConfig, ModelSpec, SamplerConfig, TrainerConfig
 from tinsmith.errors import ConfigurationError
+from tinsmith.storage.transfer import StorageSite
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +42,25 @@ def check_capacity(config: ClusterConfig, available: dict[str, float]) -> None:
     asked_by: dict[str, list[str]] = {}
     for spec in config.models:
         trainer, sampler = config.trainer_for(spec), config.sampler_for(spec)
-        t = {"CPU": trainer.num_cpus_per_rank, "GPU": trainer.num_gpus_per_rank, **trainer.resources}
+        t = {
+            "CPU": trainer.num_cpus_per_rank,
+            "GPU": trainer.num_gpus_per_rank,
+            **trainer.resources,
+        }
         s = {"CPU": sampler.num_cpus, "GPU": sampler.num_gpus, **sampler.resources}
-        for per_actor, count, group in ((t, trainer.num_ranks, "trainer"), (s, sampler.num_replicas, "sampler")):
+        for per_actor, count, group in (
+            (t, trainer.num_ranks, "trainer"),
+            (s, sampler.num_replicas, "sampler"),
+        ):
             for name, amount in per_actor.items():
                 if amount and count:
                     needed[name] = needed.get(name, 0.0) + amount * count
-                    asked_by.setdefault(name, []).append(f"{spec.name}: {group} ({count} x {amount:g})")
-    short = {name: amount for name, amount in needed.items() if amount > available.get(name, 0.0) + 1e-9}
+                    asked_by.setdefault(name, []).append(
+                        f"{spec.name}: {group} ({count} x {amount:g})"
+                    )
+    short = {
+        name: amount for name, amount in needed.items() if amount > available.get(name, 0.0) + 1e-9
+    }
     if short:
         problems = "; ".join(
             f"{name}: config asks for {amount:g} [{', '.join(asked_by[name])}] but the Ray cluster has "
@@ -98,7 +110,9 @@ class ModelActors:
 def _strategy(group: PlacementGroup | None, index: int) -> PlacementGroupSchedulingStrategy | None:
     if group is None:
         return None
-    return PlacementGroupSchedulingStrategy(placement_group=group, placement_group_bundle_index=index)
+    return PlacementGroupSchedulingStrategy(
+        placement_group=group, placement_group_bundle_index=index
+    )
 
 
 @dataclass
@@ -109,6 +123,7 @@ class SamplerFactory:
     model_dir: str
     config: SamplerConfig
     shm_dir: str
+    site: StorageSite
     group: PlacementGroup | None
 
     def spawn(self, index: int) -> ActorHandle:
@@ -124,7 +139,7 @@ class SamplerFactory:
                 scheduling_strategy=_strategy(self.group, index),
                 max_concurrency=1000,
             )
-            .remote(index, self.model_dir, cfg, self.shm_dir)
+            .remote(index, self.model_dir, cfg, self.shm_dir, self.site)
         )
 
 
@@ -135,12 +150,14 @@ class TrainerFactory:
 
     model_dir: str
     config: TrainerConfig
+    site: StorageSite
     group: PlacementGroup | None
 
     def rendezvous(self) -> ray.ObjectRef[tuple[str, int]]:
         """Rank 0's node address and a free port there (an awaitable reference)."""
         return cast(
-            "ray.ObjectRef[tuple[str, int]]", _rendezvous.options(scheduling_strategy=_strategy(self.group, 0)).remote()
+            "ray.ObjectRef[tuple[str, int]]",
+            _rendezvous.options(scheduling_strategy=_strategy(self.group, 0)).remote(),
         )
 
     def spawn(self, master_addr: str, master_port: int) -> list[ActorHandle]:
@@ -157,13 +174,18 @@ class TrainerFactory:
                 scheduling_strategy=_strategy(self.group, rank),
                 max_restarts=0,
             )
-            .remote(rank, cfg.num_ranks, master_addr, master_port, self.model_dir, cfg)
+            .remote(rank, cfg.num_ranks, master_addr, master_port, self.model_dir, cfg, self.site)
             for rank in range(cfg.num_ranks)
         ]
 
 
 def start_model(
-    spec: ModelSpec, model_dir: Path, trainer_cfg: TrainerConfig, sampler_cfg: SamplerConfig, shm_dir: str
+    spec: ModelSpec,
+    model_dir: Path,
+    trainer_cfg: TrainerConfig,
+    sampler_cfg: SamplerConfig,
+    shm_dir: str,
+    site: StorageSite,
 ) -> ModelActors:
     """Create the placement groups and actors for one base model and wait until they are ready."""
     from tinsmith.actors.coordinator import Coordinator
@@ -178,7 +200,7 @@ def start_model(
         t_group = placement_group([bundle] * trainer_cfg.num_ranks, strategy="PACK")
         ray.get(t_group.ready())
         groups.append(t_group)
-    trainer_factory = TrainerFactory(str(model_dir), trainer_cfg, t_group)
+    trainer_factory = TrainerFactory(str(model_dir), trainer_cfg, site, t_group)
     trainers = trainer_factory.spawn(*ray.get(trainer_factory.rendezvous()))
 
     s_cpus, s_gpus = sampler_cfg.num_cpus, sampler_cfg.num_gpus
@@ -188,7 +210,7 @@ def start_model(
         s_group = placement_group([bundle] * sampler_cfg.num_replicas, strategy="SPREAD")
         ray.get(s_group.ready())
         groups.append(s_group)
-    factory = SamplerFactory(str(model_dir), sampler_cfg, shm_dir, s_group)
+    factory = SamplerFactory(str(model_dir), sampler_cfg, shm_dir, site, s_group)
     samplers = [factory.spawn(i) for i in range(sampler_cfg.num_replicas)]
     ray.get([t.ping.remote() for t in trainers] + [s.start.remote() for s in samplers])
     coordinator: ActorHandle = (
@@ -207,4 +229,6 @@ def start_model(
         )
     )
     ray.get(coordinator.ping.remote())
-    return ModelActors(spec=spec, coordinator=coordinator, trainers=trainers, samplers=samplers, groups=groups)
+    return ModelActors(
+        spec=spec, coordinator=coordinator, trainers=trainers, samplers=samplers, groups=groups
+    )

@@ -143,8 +143,13 @@ class ServerState:
         # process (this one has submitted none yet): they fail, retryably, instead of hanging.
         interrupted = self.store.interrupt_pending_futures(interrupted_failure())
         if interrupted:
-            log.warning("%d requests were in flight when the server last stopped; they now fail", interrupted)
-        self.futures = FutureStore(self.store, max_pending_per_owner=self.limits.max_pending_per_tenant)
+            log.warning(
+                "%d requests were in flight when the server last stopped; they now fail",
+                interrupted,
+            )
+        self.futures = FutureStore(
+            self.store, max_pending_per_owner=self.limits.max_pending_per_tenant
+        )
 
     @property
     def store(self) -> MetadataStore:
@@ -184,9 +189,13 @@ class ServerState:
 
         request_id, _ = self.futures.submit(observed, idempotency_key=key, owner=current_tenant())
         seq_ids = [f"{request_id}:{i}" for i in range(n_samples)] if n_samples else None
-        return UntypedAPIFuture(request_id=request_id, model_id=model_id, sample_sequence_ids=seq_ids)
+        return UntypedAPIFuture(
+            request_id=request_id, model_id=model_id, sample_sequence_ids=seq_ids
+        )
 
-    def add_training_model(self, model: TrainingModel, user_metadata: dict[str, str] | None) -> None:
+    def add_training_model(
+        self, model: TrainingModel, user_metadata: dict[str, str] | None
+    ) -> None:
         """Register a live training client and record its training run."""
         self.training[model.model_id] = model
         self.count_training_clients()
@@ -256,7 +265,11 @@ def _unwrap(exc: BaseException) -> BaseException:
 
 
 def _category(exc: BaseException) -> RequestErrorCategory:
-    return RequestErrorCategory.USER if isinstance(exc, UserInputError | NotFoundError) else RequestErrorCategory.SERVER
+    return (
+        RequestErrorCategory.USER
+        if isinstance(exc, UserInputError | NotFoundError)
+        else RequestErrorCategory.SERVER
+    )
 
 
 def json_result(model: object) -> FutureResult:
@@ -303,7 +316,9 @@ def build_app(state: ServerState) -> FastAPI:
 
     @app.exception_handler(TooManyRequestsError)
     async def _too_many(_: Request, exc: TooManyRequestsError) -> JSONResponse:
-        return JSONResponse(status_code=429, content={"detail": str(exc)}, headers={"Retry-After": "1"})
+        return JSONResponse(
+            status_code=429, content={"detail": str(exc)}, headers={"Retry-After": "1"}
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -348,7 +363,9 @@ def build_app(state: ServerState) -> FastAPI:
     @app.post("/api/v1/session_heartbeat")
     async def heartbeat(body: SessionHeartbeatRequest) -> SessionHeartbeatResponse:
         if state.store.session_owner(body.session_id) != current_tenant():
-            raise HTTPException(status_code=404, detail=f"session_id {body.session_id!r} is unknown")
+            raise HTTPException(
+                status_code=404, detail=f"session_id {body.session_id!r} is unknown"
+            )
         state.sessions[body.session_id] = time.time()
         return SessionHeartbeatResponse()
 
@@ -409,7 +426,9 @@ def build_app(state: ServerState) -> FastAPI:
         served = state.served(model.base_model)
         return GetInfoResponse(
             model_id=model.model_id,
-            model_data=ModelData(arch="llama", model_name=model.base_model, tokenizer_id=str(served.model_dir)),
+            model_data=ModelData(
+                arch="llama", model_name=model.base_model, tokenizer_id=str(served.model_dir)
+            ),
             is_lora=True,
             lora_rank=model.lora.rank,
             model_name=model.base_model,
@@ -441,10 +460,16 @@ def build_app(state: ServerState) -> FastAPI:
             model = state.training_model(fb.model_id)
             served = state.served(model.base_model)
             out = await served.coordinator.call(
-                "forward_backward", fb.model_id, fb.seq_id, fb.forward_backward_input, fb.forward_only
+                "forward_backward",
+                fb.model_id,
+                fb.seq_id,
+                fb.forward_backward_input,
+                fb.forward_only,
             )
             assert isinstance(out, ForwardBackwardOutput)
-            state.metrics.train_tokens.labels(model.base_model).inc(out.metrics.get("num_tokens:sum", 0.0))
+            state.metrics.train_tokens.labels(model.base_model).inc(
+                out.metrics.get("num_tokens:sum", 0.0)
+            )
             return FutureResult(kind="proto", body=proto.encode_forward_backward_output(out))
 
         return submit(request, work, model_id=fb.model_id)
@@ -466,14 +491,18 @@ def build_app(state: ServerState) -> FastAPI:
 
     # ----- sampling ----------------------------------------------------------------------
     @app.post("/api/v1/create_sampling_session")
-    async def create_sampling_session(body: CreateSamplingSessionRequest) -> CreateSamplingSessionResponse:
+    async def create_sampling_session(
+        body: CreateSamplingSessionRequest,
+    ) -> CreateSamplingSessionResponse:
         sampler_id = f"{body.session_id}:sample:{body.sampling_session_seq_id}"
         if body.model_path is not None:
             session = _checkpoint_sampler(state, body.model_path, sampler_id)
             state.samplers[sampler_id] = session
         elif body.base_model is not None:
             state.served(body.base_model)
-            state.samplers[sampler_id] = SamplerSession(sampler_id, body.base_model, None, None, None, current_tenant())
+            state.samplers[sampler_id] = SamplerSession(
+                sampler_id, body.base_model, None, None, None, current_tenant()
+            )
         else:
             raise UserInputError("create_sampling_session needs model_path or base_model")
         return CreateSamplingSessionResponse(sampling_session_id=sampler_id)
@@ -481,7 +510,9 @@ def build_app(state: ServerState) -> FastAPI:
     @app.get("/api/v1/samplers/{sampler_id}")
     async def get_sampler(sampler_id: str) -> GetSamplerResponse:
         session = state.sampler(sampler_id)
-        return GetSamplerResponse(sampler_id=sampler_id, base_model=session.base_model, model_path=session.model_path)
+        return GetSamplerResponse(
+            sampler_id=sampler_id, base_model=session.base_model, model_path=session.model_path
+        )
 
     @app.post("/api/v1/asample")
     async def asample(body: SampleRequest, request: Request) -> UntypedAPIFuture:
@@ -492,7 +523,9 @@ def build_app(state: ServerState) -> FastAPI:
         async def work() -> FutureResult:
             out = await served.coordinator.call("sample", work_item, session.source)
             assert isinstance(out, SampleResponse)
-            state.metrics.sampled_tokens.labels(session.base_model).inc(sum(len(q.tokens) for q in out.sequences))
+            state.metrics.sampled_tokens.labels(session.base_model).inc(
+                sum(len(q.tokens) for q in out.sequences)
+            )
             return FutureResult(kind="proto", body=proto.encode_sample_response(out))
 
         return submit(request, work, n_samples=body.num_samples, base_model=session.base_model)
@@ -530,7 +563,9 @@ def _unzstd(raw: bytes) -> bytes:
 
     try:
         if zstandard.frame_content_size(raw) > MAX_BODY_BYTES:  # -1 when the header does not say
-            raise HTTPException(status_code=413, detail=f"body decompresses to over {MAX_BODY_BYTES} bytes")
+            raise HTTPException(
+                status_code=413, detail=f"body decompresses to over {MAX_BODY_BYTES} bytes"
+            )
         return zstandard.ZstdDecompressor().decompress(raw, max_output_size=MAX_BODY_BYTES)
     except zstandard.ZstdError as exc:
         raise HTTPException(status_code=400, detail=f"body is not valid zstd data: {exc}") from exc
@@ -572,14 +607,18 @@ def _checkpoint_sampler(state: ServerState, model_path: str, sampler_id: str) ->
     """
     parsed = parse_tinker_path(model_path, "model_path")
     if parsed.checkpoint_type == "external":
-        raise UserInputError(f"model_path {model_path!r}: sample from sampler_weights or weights checkpoints")
+        raise UserInputError(
+            f"model_path {model_path!r}: sample from sampler_weights or weights checkpoints"
+        )
     record = state.readable_checkpoint(model_path, field="model_path")
     source = AdapterSource(archive=state.checkpoints.ref_of(record))
     key = f"{model_path}@{record.sha256[:12]}"
     return SamplerSession(sampler_id, record.base_model, model_path, key, source, current_tenant())
 
 
-def _sample_work(body: SampleRequest, session: SamplerSession, max_context: int, vocab_size: int) -> SampleWork:
+def _sample_work(
+    body: SampleRequest, session: SamplerSession, max_context: int, vocab_size: int
+) -> SampleWork:
     """Validate a sample request against the model's limits; errors name the field."""
     try:
         tokens = body.prompt.to_ints()
@@ -590,9 +629,13 @@ def _sample_work(body: SampleRequest, session: SamplerSession, max_context: int,
         raise UserInputError("prompt is empty")
     for pos, tok in enumerate(tokens):
         if not 0 <= tok < vocab_size:
-            raise UserInputError(f"prompt token [{pos}] = {tok} is outside the vocabulary (0..{vocab_size - 1})")
+            raise UserInputError(
+                f"prompt token [{pos}] = {tok} is outside the vocabulary (0..{vocab_size - 1})"
+            )
     if len(tokens) >= max_context:
-        raise UserInputError(f"prompt has {len(tokens)} tokens; the model's context is {max_context}")
+        raise UserInputError(
+            f"prompt has {len(tokens)} tokens; the model's context is {max_context}"
+        )
     if not 1 <= body.num_samples <= MAX_NUM_SAMPLES:
         raise UserInputError(f"num_samples must be in 1..{MAX_NUM_SAMPLES}, got {body.num_samples}")
     for name in ("topk_prompt_logprobs", "topk_sample_logprobs"):
@@ -607,8 +650,14 @@ def _sample_work(body: SampleRequest, session: SamplerSession, max_context: int,
         raise UserInputError(f"sampling_params.top_p must be in (0, 1], got {params.top_p}")
     if params.top_k == 0 or params.top_k < -1:
         raise UserInputError(f"sampling_params.top_k must be -1 (off) or >= 1, got {params.top_k}")
-    if body.prompt_alt_tokens_k or body.prompt_logprobs_last_n is not None or body.target_prompt_logprobs:
-        raise UserInputError("prompt_alt_tokens_k, prompt_logprobs_last_n and target_prompt_logprobs are not supported")
+    if (
+        body.prompt_alt_tokens_k
+        or body.prompt_logprobs_last_n is not None
+        or body.target_prompt_logprobs
+    ):
+        raise UserInputError(
+            "prompt_alt_tokens_k, prompt_logprobs_last_n and target_prompt_logprobs are not supported"
+        )
     room = max_context - len(tokens)
     max_tokens = min(params.max_tokens or room, room)
     stop = params.stop

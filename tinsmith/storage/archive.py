@@ -58,7 +58,11 @@ def pack(source_dir: Path, dest: Path) -> ArchiveManifest:
     files = sorted(p for p in source_dir.rglob("*") if p.is_file())
     manifest = ArchiveManifest(
         files=[
-            ArchiveEntry(path=p.relative_to(source_dir).as_posix(), size_bytes=p.stat().st_size, sha256=sha256_file(p))
+            ArchiveEntry(
+                path=p.relative_to(source_dir).as_posix(),
+                size_bytes=p.stat().st_size,
+                sha256=sha256_file(p),
+            )
             for p in files
         ]
     )
@@ -83,7 +87,9 @@ def unpack(archive: Path, dest_dir: Path) -> ArchiveManifest:
         with tarfile.open(archive, "r") as tar:
             first = tar.next()
             if first is None or first.name != MANIFEST_NAME:
-                raise CorruptArchiveError(f"{archive.name}: no {MANIFEST_NAME} at the start; not a checkpoint archive")
+                raise CorruptArchiveError(
+                    f"{archive.name}: no {MANIFEST_NAME} at the start; not a checkpoint archive"
+                )
             handle = tar.extractfile(first)
             assert handle is not None
             try:
@@ -108,8 +114,12 @@ def _verify(directory: Path, manifest: ArchiveManifest, label: str) -> None:
     present = {p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()}
     if present != listed:
         missing, extra = sorted(listed - present), sorted(present - listed)
-        raise CorruptArchiveError(f"{label}: files differ from the manifest (missing {missing}, unlisted {extra})")
+        raise CorruptArchiveError(
+            f"{label}: files differ from the manifest (missing {missing}, unlisted {extra})"
+        )
     for entry in manifest.files:
         path = directory / entry.path
         if path.stat().st_size != entry.size_bytes or sha256_file(path) != entry.sha256:
-            raise CorruptArchiveError(f"{label}: {entry.path} does not match its sha256 in the manifest")
+            raise CorruptArchiveError(
+                f"{label}: {entry.path} does not match its sha256 in the manifest"
+            )

@@ -12,20 +12,13 @@ from pathlib import Path
 from typing import Protocol
 
 from tinsmith.errors import TinsmithError
-from tinsmith.types.base import InternalModel
+from tinsmith.types.archives import StoredObject
+
+__all__ = ["CheckpointStorage", "StorageError", "StoredObject"]
 
 
 class StorageError(TinsmithError, RuntimeError):
     """The storage backend refused or failed an operation; the message says which and why."""
-
-
-class StoredObject(InternalModel):
-    """A stored object. ``sha256`` is of the bytes written: the local backend hashes its copy, S3
-    the source file (S3 checks the transfer itself); readers verify it again before use."""
-
-    key: str
-    size_bytes: int
-    sha256: str
 
 
 class CheckpointStorage(Protocol):

@@ -25,7 +25,13 @@ from tinsmith.storage.config import StorageConfig
 
 _MB = 1 << 20
 # Error codes S3 gives for a bad key id, a bad secret or a bad session token.
-_CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "403"}
+_CREDENTIAL_CODES = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+    "ExpiredToken",
+    "403",
+}
 _MISSING_KEY_CODES = {"404", "NoSuchKey", "NotFound"}
 
 
@@ -92,7 +98,9 @@ class S3Storage:
 
         part = self.config.multipart_threshold_mb * _MB
         # "classic" keeps one code path (s3transfer) whether or not awscrt happens to be installed.
-        return TransferConfig(multipart_threshold=part, multipart_chunksize=part, preferred_transfer_client="classic")
+        return TransferConfig(
+            multipart_threshold=part, multipart_chunksize=part, preferred_transfer_client="classic"
+        )
 
     def _name(self, key: str) -> str:
         """The object name of ``key``; rejects the same malformed keys as the local backend."""
@@ -129,7 +137,9 @@ class S3Storage:
             stored = int(client.head_object(Bucket=self.bucket, Key=name)["ContentLength"])
         if stored != size:
             self.delete(key)
-            raise StorageError(f"upload of {key!r} to {self.description} stored {stored} bytes instead of {size}")
+            raise StorageError(
+                f"upload of {key!r} to {self.description} stored {stored} bytes instead of {size}"
+            )
         return StoredObject(key=key, size_bytes=size, sha256=digest)
 
     def get(self, key: str, dest: Path) -> None:
@@ -137,7 +147,9 @@ class S3Storage:
         tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.partial")
         try:
             with self._translated("download", key, missing_ok=False):
-                self._client().download_file(self.bucket, name, str(tmp), Config=self._transfer_config())
+                self._client().download_file(
+                    self.bucket, name, str(tmp), Config=self._transfer_config()
+                )
             os.replace(tmp, dest)
         finally:
             tmp.unlink(missing_ok=True)
@@ -158,11 +170,17 @@ class S3Storage:
         root = f"{self.prefix}/" if self.prefix else ""
         keys: list[str] = []
         with self._translated("listing", prefix):
-            pages = self._client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=root + prefix)
+            pages = (
+                self._client()
+                .get_paginator("list_objects_v2")
+                .paginate(Bucket=self.bucket, Prefix=root + prefix)
+            )
             for page in pages:
                 for obj in page.get("Contents", []):
                     name: str = obj["Key"]
-                    if not name.endswith("/"):  # "folder" markers some consoles create are not objects
+                    if not name.endswith(
+                        "/"
+                    ):  # "folder" markers some consoles create are not objects
                         keys.append(name[len(root) :])
         return sorted(keys)
 
@@ -178,7 +196,9 @@ class S3Storage:
         return None
 
     @contextmanager
-    def _translated(self, operation: str, key: str | None, missing_ok: bool | None = None) -> Iterator[None]:
+    def _translated(
+        self, operation: str, key: str | None, missing_ok: bool | None = None
+    ) -> Iterator[None]:
         """Turn boto errors into StorageError/NotFoundError; other exceptions pass unchanged.
 
         ``missing_ok`` says what a missing object means: None, nothing special; False, raise
@@ -194,7 +214,9 @@ class S3Storage:
             if missing_ok is not None and self._is_missing_key(cause):
                 if missing_ok:
                     return
-                raise NotFoundError(f"checkpoint object {key!r} is not in {self.description}") from exc
+                raise NotFoundError(
+                    f"checkpoint object {key!r} is not in {self.description}"
+                ) from exc
             raise self._storage_error(cause, operation, key) from exc
 
     def _is_missing_key(self, exc: BaseException) -> bool:
@@ -209,14 +231,23 @@ class S3Storage:
 
     def _storage_error(self, cause: BaseException, operation: str, key: str | None) -> StorageError:
         """A message that says what the operator must fix, without secrets."""
-        from botocore.exceptions import ConnectionError, HTTPClientError, NoCredentialsError, PartialCredentialsError
+        from botocore.exceptions import (
+            ConnectionError,
+            HTTPClientError,
+            NoCredentialsError,
+            PartialCredentialsError,
+        )
 
         what = f"{operation} of {key!r}" if key is not None else operation
         code = _error_field(cause, "Code")
         if code in ("NoSuchBucket", "404", "NotFound"):
             return StorageError(f"bucket {self.bucket!r} does not exist at {self._endpoint}")
         if code in _CREDENTIAL_CODES:
-            source = "storage.access_key_id/secret_access_key" if self.config.access_key_id else "the AWS environment"
+            source = (
+                "storage.access_key_id/secret_access_key"
+                if self.config.access_key_id
+                else "the AWS environment"
+            )
             status = f"HTTP {code}" if code.isdigit() else code
             return StorageError(
                 f"S3 credentials were refused by {self._endpoint} ({status}) during {what} in bucket {self.bucket!r}: "
@@ -229,14 +260,18 @@ class S3Storage:
             )
         if code is not None:
             message = _error_field(cause, "Message") or ""
-            return StorageError(f"S3 {what} in {self.description} failed: {code} {message}".rstrip())
+            return StorageError(
+                f"S3 {what} in {self.description} failed: {code} {message}".rstrip()
+            )
         if isinstance(cause, NoCredentialsError | PartialCredentialsError):
             return StorageError(
                 f"no S3 credentials for {self.description}: set storage.access_key_id and "
                 "storage.secret_access_key, or the AWS environment (AWS_ACCESS_KEY_ID, AWS_PROFILE, ...)"
             )
         if isinstance(cause, ConnectionError | HTTPClientError):
-            return StorageError(f"S3 endpoint {self._endpoint} is unreachable during {what}: {cause}")
+            return StorageError(
+                f"S3 endpoint {self._endpoint} is unreachable during {what}: {cause}"
+            )
         return StorageError(f"S3 {what} in {self.description} failed: {cause}")
 
 

@@ -1,9 +1,10 @@
-"""Moving checkpoint directories in and out of storage, from whichever actor holds them.
+"""Moving checkpoint directories in and out of storage, from whichever process holds them.
 
-Workers call these with an ``ArchiveRef`` (the storage config travels with the work item), so
-every node reaches storage directly and no checkpoint bytes pass through the API server.
-Downloads land in a cache keyed by the archive's sha256: identical content is fetched once per
-node, and a tampered or truncated archive never reaches a worker.
+A ``StorageSite`` (the storage settings and the data directory) is given to every worker when it
+starts; work items carry only an ``ArchiveRef`` naming the object, so credentials never travel
+with the work and every node reaches storage directly (no checkpoint bytes pass through the API
+server). Downloads land in a cache keyed by the archive's sha256: identical content is fetched
+once per node, and a tampered or truncated archive never reaches a worker.
 """
 
 from __future__ import annotations
@@ -16,40 +17,38 @@ from pydantic import Field
 
 from tinsmith.storage import open_storage
 from tinsmith.storage.archive import CorruptArchiveError, pack, sha256_file, unpack
-from tinsmith.storage.base import CheckpointStorage, StoredObject
+from tinsmith.storage.base import CheckpointStorage
 from tinsmith.storage.config import StorageConfig
+from tinsmith.types.archives import ArchiveRef, StoredObject
 from tinsmith.types.base import InternalModel
 
 
-class ArchiveRef(InternalModel):
-    """Where one checkpoint archive is (or is to be) stored."""
+class StorageSite(InternalModel):
+    """Where a process finds checkpoint storage: the backend's settings and the data directory
+    (local backend root, download cache, staging). Built once per worker from the cluster config."""
 
-    storage: StorageConfig
-    data_dir: str = Field(description="The server's data directory (local backend root, caches, staging).")
-    key: str
-    sha256: str | None = Field(default=None, description="Expected archive sha256 (known when reading).")
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    data_dir: str = Field(description="The server's data directory.")
 
+    def open(self) -> CheckpointStorage:
+        """This process's backend for the site (one S3 connection pool per site, not per transfer)."""
+        return _storage(self.storage.model_dump_json(), self.data_dir)
 
-def staging_dir(data_dir: str) -> Path:
-    path = Path(data_dir).expanduser() / "staging"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    def staging(self) -> Path:
+        path = Path(self.data_dir).expanduser() / "staging"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
 
 @functools.lru_cache(maxsize=8)
 def _storage(config_json: str, data_dir: str) -> CheckpointStorage:
-    """One backend (and S3 connection pool) per config in each process, not one per transfer."""
     return open_storage(StorageConfig.model_validate_json(config_json), data_dir)
 
 
-def storage_of(ref: ArchiveRef) -> CheckpointStorage:
-    return _storage(ref.storage.model_dump_json(), ref.data_dir)
-
-
-def upload_dir(ref: ArchiveRef, directory: Path) -> StoredObject:
+def upload_dir(site: StorageSite, ref: ArchiveRef, directory: Path) -> StoredObject:
     """Pack ``directory`` and store it under ``ref.key``; the result is verified and complete."""
-    storage = storage_of(ref)
-    with tempfile.TemporaryDirectory(dir=staging_dir(ref.data_dir)) as tmp:
+    storage = site.open()
+    with tempfile.TemporaryDirectory(dir=site.staging()) as tmp:
         archive = Path(tmp) / "checkpoint.tar"
         pack(directory, archive)
         digest = sha256_file(archive)
@@ -60,21 +59,23 @@ def upload_dir(ref: ArchiveRef, directory: Path) -> StoredObject:
     return stored
 
 
-def fetch_dir(ref: ArchiveRef) -> Path:
+def fetch_dir(site: StorageSite, ref: ArchiveRef) -> Path:
     """A verified local directory with the archive's files (cached by sha256)."""
     if ref.sha256 is None:
         raise ValueError("fetch_dir needs the archive's sha256")
-    cache = Path(ref.data_dir).expanduser() / "cache" / "checkpoints" / ref.sha256
+    cache = Path(site.data_dir).expanduser() / "cache" / "checkpoints" / ref.sha256
     if cache.is_dir():
         return cache
-    storage = storage_of(ref)
-    with tempfile.TemporaryDirectory(dir=staging_dir(ref.data_dir)) as tmp:
+    storage = site.open()
+    with tempfile.TemporaryDirectory(dir=site.staging()) as tmp:
         archive = storage.local_path(ref.key)
         if archive is None:
             archive = Path(tmp) / "checkpoint.tar"
             storage.get(ref.key, archive)
         if sha256_file(archive) != ref.sha256:
-            raise CorruptArchiveError(f"{ref.key}: archive sha256 differs from the one recorded at save time")
+            raise CorruptArchiveError(
+                f"{ref.key}: archive sha256 differs from the one recorded at save time"
+            )
         cache.parent.mkdir(parents=True, exist_ok=True)
         try:
             unpack(archive, cache)

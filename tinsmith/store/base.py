@@ -37,7 +37,9 @@ class MetadataStore(Protocol):
         """Checkpoints newest first, of one run or of an owner, with the total count."""
         ...
 
-    def latest_checkpoint(self, training_run_id: str, checkpoint_type: str) -> CheckpointRecord | None: ...
+    def latest_checkpoint(
+        self, training_run_id: str, checkpoint_type: str
+    ) -> CheckpointRecord | None: ...
 
     def update_checkpoint(self, record: CheckpointRecord) -> None:
         """Replace the mutable fields (public, expires_at) of an existing checkpoint."""

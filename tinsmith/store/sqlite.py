@@ -94,13 +94,16 @@ class SQLiteStore:
 
     def touch_run(self, training_run_id: str, when: dt.datetime) -> None:
         with self._lock:
-            rows = self._db.execute("SELECT body FROM runs WHERE training_run_id = ?", (training_run_id,)).fetchall()
+            rows = self._db.execute(
+                "SELECT body FROM runs WHERE training_run_id = ?", (training_run_id,)
+            ).fetchall()
             if not rows:
                 return
             run = RunRecord.model_validate_json(str(rows[0][0]))
             run.last_request_time = when
             self._db.execute(
-                "UPDATE runs SET body = ? WHERE training_run_id = ?", (run.model_dump_json(), training_run_id)
+                "UPDATE runs SET body = ? WHERE training_run_id = ?",
+                (run.model_dump_json(), training_run_id),
             )
 
     def list_runs(self, owner: str | None, limit: int, offset: int) -> tuple[list[RunRecord], int]:
@@ -154,7 +157,9 @@ class SQLiteStore:
         )
         return [CheckpointRecord.model_validate_json(str(r[0])) for r in rows], total
 
-    def latest_checkpoint(self, training_run_id: str, checkpoint_type: str) -> CheckpointRecord | None:
+    def latest_checkpoint(
+        self, training_run_id: str, checkpoint_type: str
+    ) -> CheckpointRecord | None:
         rows = self._rows(
             "SELECT body FROM checkpoints WHERE training_run_id = ? AND checkpoint_type = ? "
             "ORDER BY created_at DESC LIMIT 1",
@@ -165,14 +170,21 @@ class SQLiteStore:
     def update_checkpoint(self, record: CheckpointRecord) -> None:
         self._write(
             "UPDATE checkpoints SET expires_at = ?, body = ? WHERE tinker_path = ?",
-            (_ts(record.expires_at) if record.expires_at else None, record.model_dump_json(), record.tinker_path),
+            (
+                _ts(record.expires_at) if record.expires_at else None,
+                record.model_dump_json(),
+                record.tinker_path,
+            ),
         )
 
     def delete_checkpoint(self, tinker_path: str) -> None:
         self._write("DELETE FROM checkpoints WHERE tinker_path = ?", (tinker_path,))
 
     def expired_checkpoints(self, now: dt.datetime) -> list[CheckpointRecord]:
-        rows = self._rows("SELECT body FROM checkpoints WHERE expires_at IS NOT NULL AND expires_at <= ?", (_ts(now),))
+        rows = self._rows(
+            "SELECT body FROM checkpoints WHERE expires_at IS NOT NULL AND expires_at <= ?",
+            (_ts(now),),
+        )
         return [CheckpointRecord.model_validate_json(str(r[0])) for r in rows]
 
     # ----- API keys ---------------------------------------------------------------------------
@@ -185,7 +197,9 @@ class SQLiteStore:
 
     # ----- sessions -------------------------------------------------------------------------
     def add_session(self, session_id: str, owner: str) -> None:
-        self._write("INSERT OR IGNORE INTO sessions VALUES (?, ?, ?)", (session_id, owner, _ts(utcnow())))
+        self._write(
+            "INSERT OR IGNORE INTO sessions VALUES (?, ?, ?)", (session_id, owner, _ts(utcnow()))
+        )
 
     def session_owner(self, session_id: str) -> str | None:
         rows = self._rows("SELECT owner FROM sessions WHERE session_id = ?", (session_id,))
@@ -215,14 +229,19 @@ class SQLiteStore:
 
     def get_future(self, request_id: str) -> tuple[str, FutureResult | None] | None:
         """(owner, result or None while pending), or None for an unknown id."""
-        rows = self._rows("SELECT owner, state, kind, failed, body FROM futures WHERE request_id = ?", (request_id,))
+        rows = self._rows(
+            "SELECT owner, state, kind, failed, body FROM futures WHERE request_id = ?",
+            (request_id,),
+        )
         if not rows:
             return None
         owner, status, kind, failed, body = rows[0]
         if status != "done":
             return str(owner), None
         assert isinstance(body, bytes)
-        return str(owner), FutureResult(kind="proto" if kind == "proto" else "json", body=body, failed=bool(failed))
+        return str(owner), FutureResult(
+            kind="proto" if kind == "proto" else "json", body=body, failed=bool(failed)
+        )
 
     def interrupt_pending_futures(self, result: FutureResult) -> int:
         """At start-up: futures a previous process never finished get ``result`` (a failure)."""

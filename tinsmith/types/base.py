@@ -28,7 +28,9 @@ def _utf8(value: str) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise ValueError(f"text is not valid unicode (lone surrogate at index {exc.start})") from None
+        raise ValueError(
+            f"text is not valid unicode (lone surrogate at index {exc.start})"
+        ) from None
     return value
 
 

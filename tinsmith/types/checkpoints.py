@@ -45,7 +45,9 @@ class ParsedCheckpointTinkerPath(WireModel):
             raise ValueError(f"path {tinker_path!r} must look like tinker://<run>/<kind>/<name>")
         run, kind, name = parts
         if kind not in _KIND_TO_TYPE:
-            raise ValueError(f"path {tinker_path!r}: kind {kind!r} is not one of {sorted(_KIND_TO_TYPE)}")
+            raise ValueError(
+                f"path {tinker_path!r}: kind {kind!r} is not one of {sorted(_KIND_TO_TYPE)}"
+            )
         return cls(
             tinker_path=tinker_path,
             training_run_id=run,

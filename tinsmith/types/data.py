@@ -101,7 +101,9 @@ class ModelInput(WireModel):
         out: list[int] = []
         for chunk in self.chunks:
             if not isinstance(chunk, EncodedTextChunk):
-                raise ValueError(f"chunk of type {chunk.type!r} has no token ids (only encoded_text does)")
+                raise ValueError(
+                    f"chunk of type {chunk.type!r} has no token ids (only encoded_text does)"
+                )
             out.extend(chunk.tokens)
         return out
 
@@ -137,7 +139,9 @@ class SampledProvenanceSpan(WireModel):
     type: Literal["sampled"] = "sampled"
 
 
-ProvenanceSpan = Annotated[PromptProvenanceSpan | SampledProvenanceSpan, Field(discriminator="type")]
+ProvenanceSpan = Annotated[
+    PromptProvenanceSpan | SampledProvenanceSpan, Field(discriminator="type")
+]
 
 
 class Datum(WireModel):

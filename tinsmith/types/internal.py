@@ -10,8 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from tinsmith.storage.base import StoredObject
-from tinsmith.storage.transfer import ArchiveRef
+from tinsmith.types.archives import ArchiveRef, StoredObject
 from tinsmith.types.base import InternalModel
 from tinsmith.types.training import AdamParams, LoraConfig
 
@@ -53,7 +52,9 @@ class RankWork(InternalModel):
     loss_fn_config: dict[str, float | str] = Field(default_factory=dict)
     forward_only: bool
     micro_batches: list[MicroBatch]
-    grad_scale: float = Field(description="Multiplies the loss before backward (undoes DP averaging).")
+    grad_scale: float = Field(
+        description="Multiplies the loss before backward (undoes DP averaging)."
+    )
 
 
 class DatumResult(InternalModel):
@@ -96,7 +97,9 @@ class SampleWork(InternalModel):
     prompt_logprobs: bool
     topk_prompt_logprobs: int
     topk_sample_logprobs: int
-    adapter_key: str | None = Field(description="Loaded adapter to use; None samples the base model.")
+    adapter_key: str | None = Field(
+        description="Loaded adapter to use; None samples the base model."
+    )
 
 
 class WorkerStatus(InternalModel):
@@ -107,9 +110,13 @@ class WorkerStatus(InternalModel):
     pid: int
     rss_bytes: int
     adapters: int
-    adapter_param_bytes: int = Field(default=0, description="Adapter weights plus optimizer state (trainer).")
+    adapter_param_bytes: int = Field(
+        default=0, description="Adapter weights plus optimizer state (trainer)."
+    )
     node_id: str = Field(default="", description="The Ray node the worker runs on.")
-    node_resources: dict[str, float] = Field(default_factory=dict, description="That node's Ray resources.")
+    node_resources: dict[str, float] = Field(
+        default_factory=dict, description="That node's Ray resources."
+    )
 
 
 class ModelStatus(InternalModel):
@@ -117,9 +124,15 @@ class ModelStatus(InternalModel):
     training_models: int
     workers: list[WorkerStatus] = Field(description="Live workers only.")
     sampler_alive: list[bool] = Field(default_factory=list, description="Per sampler replica.")
-    sampler_requests: list[int] = Field(default_factory=list, description="Sample requests served, per replica.")
-    sampler_restarts: list[int] = Field(default_factory=list, description="Times each replica was replaced.")
-    trainer_restarts: int = Field(default=0, description="Times the trainer ranks were restarted after one died.")
+    sampler_requests: list[int] = Field(
+        default_factory=list, description="Sample requests served, per replica."
+    )
+    sampler_restarts: list[int] = Field(
+        default_factory=list, description="Times each replica was replaced."
+    )
+    trainer_restarts: int = Field(
+        default=0, description="Times the trainer ranks were restarted after one died."
+    )
 
 
 class CheckpointMeta(InternalModel):

@@ -17,7 +17,14 @@ import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
 
-from tinsmith.types.data import Datum, EncodedTextChunk, ImageChunk, ModelInput, ModelInputChunk, TensorData
+from tinsmith.types.data import (
+    Datum,
+    EncodedTextChunk,
+    ImageChunk,
+    ModelInput,
+    ModelInputChunk,
+    TensorData,
+)
 from tinsmith.types.requests import ForwardBackwardRequest
 from tinsmith.types.sampling import SampleResponse, TopkLogprobs
 from tinsmith.types.training import ForwardBackwardInput, ForwardBackwardOutput
@@ -72,7 +79,12 @@ _MESSAGES: dict[str, list[_FieldSpec]] = {
         _f("logprobs", 3, _B, opt=True),
         _f("topk_sampled_logprobs", 4, _M, ref="TopkLogprobs", opt=True),
     ],
-    "TopkLogprobs": [_f("token_ids", 1, _B), _f("logprobs", 2, _B), _f("k", 3, _U32), _f("length", 4, _U32)],
+    "TopkLogprobs": [
+        _f("token_ids", 1, _B),
+        _f("logprobs", 2, _B),
+        _f("k", 3, _U32),
+        _f("length", 4, _U32),
+    ],
     "SparseCsr": [_f("values", 1, _B), _f("crow_indices", 2, _B), _f("col_indices", 3, _B)],
     "Tensor": [
         _f("dense", 1, _B, oneof="encoding"),
@@ -116,8 +128,16 @@ _MESSAGES: dict[str, list[_FieldSpec]] = {
         _f("prompt_tokens", 1, _M, ref="PromptProvenanceSpan", oneof="span"),
         _f("sampled_tokens", 2, _M, ref="SampledProvenanceSpan", oneof="span"),
     ],
-    "PromptProvenanceSpan": [_f("sequence_id", 1, _S), _f("offset", 2, _I64), _f("length", 3, _I64)],
-    "SampledProvenanceSpan": [_f("sequence_id", 1, _S), _f("offset", 2, _I64), _f("length", 3, _I64)],
+    "PromptProvenanceSpan": [
+        _f("sequence_id", 1, _S),
+        _f("offset", 2, _I64),
+        _f("length", 3, _I64),
+    ],
+    "SampledProvenanceSpan": [
+        _f("sequence_id", 1, _S),
+        _f("offset", 2, _I64),
+        _f("length", 3, _I64),
+    ],
     "Chunk": [
         _f("encoded_text", 1, _M, ref="EncodedTextChunk", oneof="chunk"),
         _f("image", 2, _M, ref="ImageChunk", oneof="chunk"),
@@ -159,7 +179,9 @@ STOP_REASON_STOP, STOP_REASON_LENGTH = 0, 1
 
 
 def _build_file() -> descriptor_pb2.FileDescriptorProto:
-    fdp = descriptor_pb2.FileDescriptorProto(name="tinsmith_tinker_public.proto", package=_PKG, syntax="proto3")
+    fdp = descriptor_pb2.FileDescriptorProto(
+        name="tinsmith_tinker_public.proto", package=_PKG, syntax="proto3"
+    )
     for enum_name, values in _ENUMS.items():
         enum = fdp.enum_type.add(name=enum_name)
         for value_name, number in values:
@@ -224,7 +246,9 @@ def _at(where: str) -> Iterator[None]:
 
 def _frombuffer(raw: bytes, dtype: np.dtype, where: str) -> np.ndarray:
     if len(raw) % dtype.itemsize:
-        raise ValueError(f"{where} has {len(raw)} bytes, not a multiple of {dtype.itemsize} ({dtype.name} values)")
+        raise ValueError(
+            f"{where} has {len(raw)} bytes, not a multiple of {dtype.itemsize} ({dtype.name} values)"
+        )
     return np.frombuffer(raw, dtype=dtype)
 
 
@@ -243,14 +267,20 @@ def _tensor_from_proto(tensor: Message) -> TensorData:
     if msg.dtype == DTYPE_BFLOAT16:
         arr = (arr.astype(np.uint32) << 16).view(np.float32)
     if np.issubdtype(arr.dtype, np.integer):
-        out = TensorData(data=arr.astype(np.int64).tolist(), dtype="int64", shape=shape or [arr.size])
+        out = TensorData(
+            data=arr.astype(np.int64).tolist(), dtype="int64", shape=shape or [arr.size]
+        )
     else:
-        out = TensorData(data=arr.astype(np.float32).tolist(), dtype="float32", shape=shape or [arr.size])
+        out = TensorData(
+            data=arr.astype(np.float32).tolist(), dtype="float32", shape=shape or [arr.size]
+        )
     if sparse:
         crow, col = _csr_indices(tensor.sparse_csr, arr.size, shape)
         return out.model_copy(update={"sparse_crow_indices": crow, "sparse_col_indices": col})
     if shape and math.prod(shape) != arr.size:
-        raise ValueError(f"shape {shape} needs {math.prod(shape)} values, but dense holds {arr.size}")
+        raise ValueError(
+            f"shape {shape} needs {math.prod(shape)} values, but dense holds {arr.size}"
+        )
     return out
 
 
@@ -262,7 +292,9 @@ def _csr_indices(csr: Message, nnz: int, shape: list[int]) -> tuple[list[int], l
     crow = _frombuffer(csr.crow_indices, np.dtype("<i8"), "sparse_csr.crow_indices")
     col = _frombuffer(csr.col_indices, np.dtype("<i8"), "sparse_csr.col_indices")
     if crow.size != rows + 1 or crow[0] != 0 or crow[-1] != nnz or bool(np.any(np.diff(crow) < 0)):
-        raise ValueError(f"sparse_csr.crow_indices must be {rows + 1} non-decreasing offsets from 0 to {nnz}")
+        raise ValueError(
+            f"sparse_csr.crow_indices must be {rows + 1} non-decreasing offsets from 0 to {nnz}"
+        )
     if col.size != nnz or bool(np.any((col < 0) | (col >= cols))):
         raise ValueError(f"sparse_csr.col_indices must be {nnz} column indices in [0, {cols})")
     return crow.tolist(), col.tolist()
@@ -312,7 +344,9 @@ def decode_forward_backward_request(body: bytes) -> ForwardBackwardRequest:
         model_id=m.model_id,
         seq_id=m.seq_id if m.seq_id else None,
         forward_only=m.forward_only,
-        forward_backward_input=ForwardBackwardInput(data=data, loss_fn=m.loss_fn, loss_fn_config=config or None),
+        forward_backward_input=ForwardBackwardInput(
+            data=data, loss_fn=m.loss_fn, loss_fn_config=config or None
+        ),
     )
 
 
@@ -343,7 +377,9 @@ def encode_forward_backward_request(req: ForwardBackwardRequest) -> bytes:
         d = m.data.add()
         for chunk in datum.model_input.chunks:
             if isinstance(chunk, EncodedTextChunk):
-                d.model_input.add().encoded_text.tokens = np.asarray(chunk.tokens, dtype="<i4").tobytes()
+                d.model_input.add().encoded_text.tokens = np.asarray(
+                    chunk.tokens, dtype="<i4"
+                ).tobytes()
         for key, td in datum.loss_fn_inputs.items():
             t = d.loss_fn_inputs[key]
             dtype = "<i8" if td.dtype == "int64" else "<f4"

@@ -10,7 +10,14 @@ from tinsmith.types.base import Seed, WireModel
 from tinsmith.types.data import Datum, LossFnOutput
 
 LossFnType = Literal[
-    "cross_entropy", "importance_sampling", "ppo", "cispo", "dro", "gspo", "stable_reinforce", "custom"
+    "cross_entropy",
+    "importance_sampling",
+    "ppo",
+    "cispo",
+    "dro",
+    "gspo",
+    "stable_reinforce",
+    "custom",
 ]
 
 
@@ -31,7 +38,9 @@ class DimuonOptimizerConfig(WireModel):
     version: Literal[1] = 1
 
 
-OptimizerConfig = Annotated[AdamOptimizerConfig | DimuonOptimizerConfig, Field(discriminator="type")]
+OptimizerConfig = Annotated[
+    AdamOptimizerConfig | DimuonOptimizerConfig, Field(discriminator="type")
+]
 
 
 class AdamParams(WireModel):

@@ -1,0 +1,94 @@
+"""Settings the actors are built with: the trainer's and the sampler's (part of the cluster config).
+
+They live below ``tinsmith.cluster`` so that the actors take plain settings objects without
+importing the layer that creates them; ``tinsmith.cluster.config`` embeds them in its schema.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainerConfig(_Settings):
+    """DeepSpeed trainer ranks (one Ray actor each) for every base model."""
+
+    num_ranks: int = Field(
+        default=1, ge=1, description="Data-parallel trainer ranks per base model."
+    )
+    zero_stage: Literal[0, 1, 2, 3] = Field(
+        default=1,
+        description=(
+            "DeepSpeed ZeRO stage. 1 shards AdamW state and reduces gradients once per optim_step; 2 also shards"
+            " gradients but reduces them after every micro-batch's backward, which a LoRA's small gradients do not"
+            " repay; 3 also shards the adapter's weights, gathered for every forward."
+        ),
+    )
+    dtype: Literal["float32", "bfloat16"] = Field(
+        default="float32",
+        description="Training dtype of the base model and adapters; AdamW keeps fp32 master weights either way.",
+    )
+    micro_batch_tokens: int = Field(
+        default=4096,
+        ge=1,
+        description="Token budget of one micro-batch (padded length x datums); bigger batches are split.",
+    )
+    max_padding_fraction: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="A micro-batch closes early rather than let padding exceed this share of its tokens.",
+    )
+    num_cpus_per_rank: float = Field(
+        default=0, ge=0, description="Ray CPU resource per trainer rank."
+    )
+    num_gpus_per_rank: float = Field(
+        default=0, ge=0, description="Ray GPU resource per trainer rank."
+    )
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources per trainer rank, e.g. {trainer: 1} to land on nodes started with them.",
+    )
+    torch_threads: int | None = Field(
+        default=None, ge=1, description="torch intra-op threads per rank (default: cores / ranks)."
+    )
+
+
+class SamplerConfig(_Settings):
+    """vLLM sampler replicas for every base model."""
+
+    num_replicas: int = Field(
+        default=1, ge=0, description="vLLM engine replicas per base model (0: train only)."
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        default="float32", description="vLLM dtype."
+    )
+    max_model_len: int = Field(default=2048, ge=16, description="vLLM max_model_len.")
+    max_loras: int = Field(default=4, ge=1, description="Adapters vLLM keeps active in one batch.")
+    max_lora_rank: Literal[8, 16, 32, 64, 128, 256] = Field(
+        default=32,
+        description=(
+            "Largest LoRA rank the sampler serves; training clients with a larger rank are refused. "
+            "vLLM pads every adapter to this rank, so its sampling cost grows with it."
+        ),
+    )
+    max_cpu_loras: int = Field(default=32, ge=1, description="Adapters cached in memory by vLLM.")
+    kv_cache_gib: float = Field(
+        default=1.0, gt=0, description="KV cache size in GiB (CPU backend)."
+    )
+    gpu_memory_utilization: float = Field(
+        default=0.4, gt=0, le=1, description="vLLM GPU memory share."
+    )
+    enforce_eager: bool = Field(
+        default=True, description="Skip CUDA graphs / compilation (faster start)."
+    )
+    num_cpus: float = Field(default=0, ge=0, description="Ray CPU resource per replica.")
+    num_gpus: float = Field(default=0, ge=0, description="Ray GPU resource per replica.")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources per replica, e.g. {sampler: 1}."
+    )
