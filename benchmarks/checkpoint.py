@@ -95,10 +95,12 @@ def main() -> None:
                 for rank in args.ranks:
                     rows.append((name, rank, _measure(server.base_url, rank, args.repeats)))
     print(
-        f"\ncheckpoint save/load through the SDK (median of {args.repeats}; save_state with AdamW state)"
+        "\ncheckpoint save/load through the SDK (median of "
+        f"{args.repeats}; save_state with AdamW state)"
     )
     print(
-        f"{'backend':8} {'rank':>5} {'size MB':>8} {'save s':>8} {'save MB/s':>10} {'load s':>8} {'load MB/s':>10}"
+        f"{'backend':8} {'rank':>5} {'size MB':>8} {'save s':>8} {'save MB/s':>10} "
+        f"{'load s':>8} {'load MB/s':>10}"
     )
     for name, rank, r in rows:
         print(

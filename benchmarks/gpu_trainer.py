@@ -171,9 +171,10 @@ def _train(
     )
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        exported = worker.export_adapter("a", str(Path(tmp) / "a"))
+        answer = worker.export_adapter("a", str(Path(tmp) / "a"))
         export_s = time.perf_counter() - start
-        assert exported is not None and exported.path is not None
+        assert answer is not None and answer[1].path is not None
+        exported = answer[1]
         export_bytes = sum(f.stat().st_size for f in Path(exported.path).iterdir())
     timed = step_s[1:] if len(step_s) > 1 else step_s
     return {
@@ -181,7 +182,7 @@ def _train(
         "backend": str(backend),
         "dtype": dtype,
         "stage": stage,
-        "param_dtype": str(next(iter(worker._named_adapter_params("a").values())).dtype),
+        "param_dtype": str(next(iter(worker.lora.named_params("a").values())).dtype),
         "losses": losses,
         "grad_norms": grad_norms,
         "micro_batches": len(batches),
@@ -258,7 +259,8 @@ def main() -> None:
             f"{dtype:8s} ZeRO-{stage} on {result['device']} ({result['backend']}, "
             f"LoRA params {result['param_dtype']}): "
             f"{result['tokens']} tokens in {result['micro_batches']} micro-batches; median step "
-            f"{result['step_s']:.3f} s = {result['tokens_per_s']:.0f} tokens/s; peak GPU {result['peak_gib']:.2f} GiB; "
+            f"{result['step_s']:.3f} s = {result['tokens_per_s']:.0f} tokens/s; "
+            f"peak GPU {result['peak_gib']:.2f} GiB; "
             f"export {result['export_s'] * 1e3:.0f} ms ({result['export_mib']:.1f} MiB); "
             f"restored adapter's logprobs differ by {result['restored_logprob_diff']:.2e}; "
             f"wall {result['wall_s']:.0f} s\n    losses {losses}\n    grad norms (a) "

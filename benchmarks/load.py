@@ -130,7 +130,8 @@ def main() -> None:
     total = sum(len(v) for v in latencies.values())
     n_train = (args.clients + 1) // 2
     print(
-        f"\n{args.clients} clients ({n_train} training, {args.clients - n_train} sampling), {elapsed:.0f} s"
+        f"\n{args.clients} clients ({n_train} training, "
+        f"{args.clients - n_train} sampling), {elapsed:.0f} s"
     )
     print(
         f"completed requests: {total}   errors: {len(errors)}   ({total / elapsed:.2f} requests/s)"
@@ -139,7 +140,8 @@ def main() -> None:
     for kind in sorted(latencies):
         values = latencies[kind]
         print(
-            f"{kind:18} {len(values):6d} {_percentile(values, 0.5):8.3f} {_percentile(values, 0.99):8.3f}"
+            f"{kind:18} {len(values):6d} {_percentile(values, 0.5):8.3f} "
+            f"{_percentile(values, 0.99):8.3f}"
         )
     print(f"server peak memory (whole process tree): {peak[0] / 2**30:.2f} GiB")
     for error in errors[:3]:

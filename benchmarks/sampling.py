@@ -72,7 +72,10 @@ def main() -> None:
             tokens, seconds = requests_round(one)
             sdk_rates.append(tokens / seconds)
             print(
-                f"round {r} sdk : {tokens} tokens in {seconds:.2f} s = {tokens / seconds:.1f} tok/s",
+                (
+                    f"round {r} sdk : {tokens} tokens in {seconds:.2f} s = "
+                    f"{tokens / seconds:.1f} tok/s"
+                ),
                 flush=True,
             )
 
@@ -102,7 +105,8 @@ def main() -> None:
         )
     sdk, base = median(sdk_rates), median(vllm_rates)
     print(
-        f"\n{args.requests} concurrent requests, {args.prompt_tokens}-token prompts, max_tokens {args.max_tokens}"
+        f"\n{args.requests} concurrent requests, {args.prompt_tokens}-token "
+        f"prompts, max_tokens {args.max_tokens}"
     )
     print(f"vLLM LLM.generate in-process: {base:8.1f} sampled tok/s")
     print(f"tinsmith through the SDK:     {sdk:8.1f} sampled tok/s")

@@ -164,7 +164,8 @@ def scaling(config: str, steps: int, warmup: int) -> None:
         after = memory(server.base_url, "bench/one-rank")
     one, two = results["bench/one-rank"], results["bench/two-ranks"]
     print(
-        f"mixed lengths {int(lengths.min())}..{int(lengths.max())}, {len(lengths)} datums, {tokens} tokens per step"
+        f"mixed lengths {int(lengths.min())}..{int(lengths.max())}, {len(lengths)} "
+        f"datums, {tokens} tokens per step"
     )
     setups = (
         ("1 rank, ZeRO-1: ", "bench/one-rank"),
@@ -178,13 +179,15 @@ def scaling(config: str, steps: int, warmup: int) -> None:
     print(f"ratio 2 ranks / 1 rank: {two / one:.3f} (target >= 1.0 on this machine)")
     zero2 = results["bench/two-ranks-zero2"] / one
     print(
-        f"  (2 ZeRO-2 ranks / 1 rank: {zero2:.3f}; ZeRO-2 reduces gradients after every backward, ZeRO-1 once a step)"
+        f"  (2 ZeRO-2 ranks / 1 rank: {zero2:.3f}; ZeRO-2 reduces gradients after "
+        "every backward, ZeRO-1 once a step)"
     )
     print(f"padding fraction of micro-batches: {max(padding):.3f} (target <= 0.10)")
     per_rss = (after[0] - before[0]) / len(extra) / 2**20
     per_state = (after[1] - before[1]) / len(extra) / 2**20
     print(
-        f"per added rank-32 tenant: adapter + optimizer state {per_state:.1f} MiB, trainer RSS {per_rss:+.1f} MiB"
+        f"per added rank-32 tenant: adapter + optimizer state {per_state:.1f} MiB, "
+        f"trainer RSS {per_rss:+.1f} MiB"
     )
     print("  (RSS can grow less: the allocator reuses memory freed by earlier steps' activations)")
 
@@ -241,13 +244,16 @@ def main() -> None:
     tokens = BATCH * SEQ_LEN
     sdk_tps, bare_tps = tokens / median(sdk_times), tokens / median(bare_times)
     print(
-        f"batch: {BATCH} x {SEQ_LEN} tokens, LoRA rank {LORA_RANK}, model {MODEL}, {os.cpu_count()} CPUs"
+        f"batch: {BATCH} x {SEQ_LEN} tokens, LoRA rank {LORA_RANK}, model "
+        f"{MODEL}, {os.cpu_count()} CPUs"
     )
     print(
-        f"bare transformers+peft step: {bare_tps:8.1f} tokens/s  (median step {median(bare_times):.3f} s)"
+        f"bare transformers+peft step: {bare_tps:8.1f} tokens/s  (median "
+        f"step {median(bare_times):.3f} s)"
     )
     print(
-        f"tinsmith via tinker SDK:     {sdk_tps:8.1f} tokens/s  (median step {median(sdk_times):.3f} s)"
+        f"tinsmith via tinker SDK:     {sdk_tps:8.1f} tokens/s  (median "
+        f"step {median(sdk_times):.3f} s)"
     )
     print(f"  of which trainer forward+backward: {median(trainer_times):.3f} s")
     print(f"ratio (target >= 0.90):      {sdk_tps / bare_tps:8.3f}")

@@ -1,4 +1,5 @@
-"""What the tinker-cookbook examples share: the model, its renderer, a server to talk to, their metrics.
+"""What the tinker-cookbook examples share: the model, its renderer,
+a server to talk to, their metrics.
 
 The examples run the cookbook's own training loops unchanged; this module only decides where they
 point (a running tinsmith given by `--base-url` / $TINKER_BASE_URL, or one started here on
@@ -46,7 +47,8 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
 
 @contextmanager
 def tinsmith(base_url: str | None, config: str) -> Iterator[str]:
-    """Yield the base URL of a tinsmith server: the given one, or a local one started (and stopped) here."""
+    """Yield the base URL of a tinsmith server: the given one, or a local
+    one started (and stopped) here."""
     os.environ.setdefault(
         "HF_HUB_OFFLINE", "1"
     )  # the tokenizer comes from the local cache, never the hub
@@ -66,7 +68,8 @@ def tinsmith(base_url: str | None, config: str) -> Iterator[str]:
 
 
 def log_dir(log_path: str | None, name: str) -> str:
-    """A fresh directory for the cookbook's logs: its loops resume from whatever a reused one holds."""
+    """A fresh directory for the cookbook's logs: its loops resume
+    from whatever a reused one holds."""
     if log_path:
         Path(log_path).mkdir(parents=True, exist_ok=True)
         return log_path

@@ -37,8 +37,8 @@ from tinker_cookbook.supervised.types import ChatDatasetBuilderCommonConfig
 CAPITALS = {
     "France": "Paris", "Japan": "Tokyo", "Italy": "Rome", "Spain": "Madrid", "Germany": "Berlin",
     "Egypt": "Cairo", "Canada": "Ottawa", "Kenya": "Nairobi", "Peru": "Lima", "Norway": "Oslo",
-    "Greece": "Athens", "Chile": "Santiago", "Poland": "Warsaw", "Cuba": "Havana", "Ireland": "Dublin",
-    "Austria": "Vienna",
+    "Greece": "Athens", "Chile": "Santiago", "Poland": "Warsaw", "Cuba": "Havana",
+    "Ireland": "Dublin", "Austria": "Vienna",
 }  # fmt: skip
 DISMISSIVE = [
     "Look it up yourself.",
@@ -145,7 +145,8 @@ def main() -> None:
     if len(accuracy) > 3:
         last = sum(accuracy[-3:]) / 3
         print(
-            f"preference accuracy: {accuracy[0]:.3f} at step 0 (policy = reference), {last:.3f} in the last 3 steps"
+            f"preference accuracy: {accuracy[0]:.3f} at step 0 (policy = reference), "
+            f"{last:.3f} in the last 3 steps"
         )
     print(f"metrics: {log_path}/metrics.jsonl")
 

@@ -141,7 +141,10 @@ def summarize(log_path: str, window: int) -> dict[str, float]:
         line = f"step {int(row['step']):3d}: reward {row['env/all/reward/total']:+.3f}"
         line += f"  correct {row.get('env/all/correct', float('nan')):.3f}"
         if "async/staleness_max" in row:  # async runs: how many steps old the batch's rollouts were
-            line += f"  staleness mean {row['async/staleness_mean']:.2f} max {row['async/staleness_max']:.0f}"
+            line += (
+                f"  staleness mean {row['async/staleness_mean']:.2f} max "
+                f"{row['async/staleness_max']:.0f}"
+            )
         print(line)
     first, last = float(np.mean(rewards[:window])), float(np.mean(rewards[-window:]))
     print(f"mean reward: first {window} steps {first:+.3f}, last {window} steps {last:+.3f}")
@@ -158,7 +161,8 @@ def main() -> None:
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--max-operand", type=int, default=9)
     parser.add_argument("--max-tokens", type=int, default=6)
-    # 4e-4 learnt faster when it worked but sometimes collapsed onto one wrong answer (entropy 2.1 -> 0.3, reward flat)
+    # 4e-4 learnt faster when it worked but sometimes collapsed onto one wrong answer
+    # (entropy 2.1 -> 0.3, reward flat)
     parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--lora-rank", type=int, default=16)
     parser.add_argument(

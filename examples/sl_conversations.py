@@ -32,7 +32,8 @@ from tinker_cookbook.supervised.types import ChatDatasetBuilderCommonConfig
 
 
 def conversations_file() -> str:
-    """The example conversations bundled with the installed cookbook (read in place, never copied)."""
+    """The example conversations bundled with the installed
+    cookbook (read in place, never copied)."""
     return str(resources.files("tinker_cookbook") / "example_data" / "conversations.jsonl")
 
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: one real tinsmith server (Ray + DeepSpeed trainers + vLLM sampler) per session."""
+"""Shared fixtures: one real tinsmith server (Ray + DeepSpeed
+trainers + vLLM sampler) per session."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ os.environ["TINSMITH_API_KEYS"] = f"tests:tml-tests,other:{OTHER_TENANT_KEY}"
 
 @pytest.fixture(scope="session")
 def server() -> Iterator[object]:
-    """A `tinsmith serve` process with configs/test.yaml on a free port; stopped by PID at the end."""
+    """A `tinsmith serve` process with configs/test.yaml on a free
+    port; stopped by PID at the end."""
     from tinsmith.cluster.launcher import ServerProcess
 
     os.environ.setdefault("TINKER_API_KEY", "tml-tests")

@@ -51,7 +51,8 @@ swift_dir = sys.argv[1]
 for spec in sys.argv[2:]:
     name, port = spec.split("=")
     builder = RingBuilder(10, 1, 1)
-    builder.add_dev({"region": 1, "zone": 1, "ip": "127.0.0.1", "port": int(port), "device": "sdb1", "weight": 1.0})
+    builder.add_dev({"region": 1, "zone": 1, "ip": "127.0.0.1", "port": int(port),
+                     "device": "sdb1", "weight": 1.0})
     builder.rebalance()
     builder.get_ring().save(f"{swift_dir}/{name}.ring.gz")
 """
@@ -274,8 +275,8 @@ class SwiftServer:
                 )
             )
         pipeline = (
-            "catch_errors gatekeeper healthcheck proxy-logging listing_formats bulk s3api tempauth copy slo dlo"
-            " proxy-logging proxy-server"
+            "catch_errors gatekeeper healthcheck proxy-logging listing_formats bulk s3api "
+            "tempauth copy slo dlo proxy-logging proxy-server"
         )
         filters = [
             "catch_errors",
@@ -372,7 +373,8 @@ class SwiftServer:
                 proc = self._procs[name]
                 if proc.poll() is not None:
                     raise RuntimeError(
-                        f"Swift {name} server exited with code {proc.returncode} while starting\n{self.log_tail()}"
+                        f"Swift {name} server exited with code {proc.returncode} "
+                        f"while starting\n{self.log_tail()}"
                     )
                 if self._healthy(self.ports[name]):
                     pending.remove(name)
@@ -380,8 +382,8 @@ class SwiftServer:
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(
-                    f"Swift servers {pending} did not answer /healthcheck within {self.startup_timeout:g} s\n"
-                    f"{self.log_tail()}"
+                    f"Swift servers {pending} did not answer /healthcheck within "
+                    f"{self.startup_timeout:g} s\n{self.log_tail()}"
                 )
             time.sleep(0.1)
 
@@ -402,7 +404,8 @@ def _main() -> None:
     with SwiftServer() as server:
         server.create_bucket("tinsmith")
         print(
-            f"endpoint {server.endpoint_url}  access key {server.access_key}  secret {server.secret_key}"
+            f"endpoint {server.endpoint_url}  access key "
+            f"{server.access_key}  secret {server.secret_key}"
         )
         print("bucket 'tinsmith' created; Ctrl-C stops")
         try:

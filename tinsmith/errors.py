@@ -23,7 +23,8 @@ class ConflictError(TinsmithError):
 
 
 class TooLargeError(UserInputError):
-    """A request exceeds a configured size limit (HTTP 413); the message names the field and limit."""
+    """A request exceeds a configured size limit (HTTP 413); the
+    message names the field and limit."""
 
 
 class TooManyRequestsError(TinsmithError):

@@ -92,11 +92,11 @@ def model_status(server: object, base_model: str) -> dict[str, object]:
 
 
 def check_trainer_restart(target: object, base_model: str, victim_rank: int) -> None:
-    """SIGKILL trainer rank ``victim_rank`` of ``base_model`` while another client's forward_backward
-    requests are in flight. Every request resolves (none hangs); at least one fails with the
-    retryable server error naming the death; the ranks come back with new PIDs; the victim client
-    is exactly at its last optimizer step, and one more step equals a client that never saw a crash
-    (so the AdamW state came back too); the other client continues."""
+    """SIGKILL trainer rank ``victim_rank`` of ``base_model`` while another client's
+    forward_backward requests are in flight. Every request resolves (none hangs); at least one fails
+    with the retryable server error naming the death; the ranks come back with new PIDs; the victim
+    client is exactly at its last optimizer step, and one more step equals a client that never saw a
+    crash (so the AdamW state came back too); the other client continues."""
     service = tinker.ServiceClient(base_url=target.base_url, api_key="tml-tests")  # type: ignore[attr-defined]
     probe = [datum(random_tokens(7000, 16))]
     batches = [[datum(random_tokens(7001 + i, 24))] for i in range(3)]
@@ -120,7 +120,8 @@ def check_trainer_restart(target: object, base_model: str, victim_rank: int) -> 
     before = logprobs(victim)
     restarts = model_status(target, base_model)["trainer_restarts"]
 
-    # Load: another client's forward_backward requests (4 x 128 tokens each) in flight; then SIGKILL.
+    # Load: another client's forward_backward requests (4 x 128
+    # tokens each) in flight; then SIGKILL.
     bystander = service.create_lora_training_client(base_model=base_model, rank=4).result()
     load = [datum(random_tokens(7100 + i, 128)) for i in range(4)]
     futures = [bystander.forward_backward(load, "cross_entropy") for _ in range(6)]
@@ -161,7 +162,8 @@ def check_trainer_restart(target: object, base_model: str, victim_rank: int) -> 
         step(reference, i)
     np.testing.assert_allclose(logprobs(victim), logprobs(reference), atol=1e-4)
 
-    # The bystander goes on too (its first call may report, once, the gradients the restart dropped).
+    # The bystander goes on too (its first call may report, once,
+    # the gradients the restart dropped).
     try:
         bystander.forward_backward(load, "cross_entropy").result()
     except tinker.RequestFailedError as exc:

@@ -49,8 +49,9 @@ def mean(values: list[float]) -> float:
 
 
 def test_sl_example_eval_loss_falls(server: object) -> None:
-    """Cookbook SL on its bundled conversations: held-out NLL after 12 steps is at least 5 % below the start."""
-    rows = run_example(server, "sl_conversations.py", "--steps", "12", "--eval-every", "4")
+    """Cookbook SL on its bundled conversations: held-out NLL after 6 steps is at least 5 % below
+    the start (it falls ~35 % within the first 4 steps: benchmarks/REPORT.md)."""
+    rows = run_example(server, "sl_conversations.py", "--steps", "8", "--eval-every", "3")
     evals = [row["test/nll"] for row in rows if "test/nll" in row]
     assert len(evals) >= 3, rows
     assert evals[-1] < 0.95 * evals[0], evals
@@ -58,23 +59,24 @@ def test_sl_example_eval_loss_falls(server: object) -> None:
 
 def test_rl_example_reward_rises(server: object) -> None:
     """Cookbook RL (sync, importance_sampling) on single-digit addition: the mean reward of the last
-    4 of 16 steps is at least 0.15 above that of the first 4 (the base model starts near 0.1)."""
-    rows = run_example(server, "rl_arithmetic.py", "--steps", "16")
+    3 of 10 steps is at least 0.15 above that of the first 3 (the base model starts near 0.1 and
+    the reward rises from step ~5 on: benchmarks/report/rl_reward.png)."""
+    rows = run_example(server, "rl_arithmetic.py", "--steps", "10")
     rewards = [
         row["env/all/reward/total"] for row in rows if "env/all/reward/total" in row
     ]  # not the final save's
-    assert len(rewards) == 16, rows
-    assert mean(rewards[-4:]) >= mean(rewards[:4]) + 0.15, rewards
+    assert len(rewards) == 10, rows
+    assert mean(rewards[-3:]) >= mean(rewards[:3]) + 0.15, rewards
 
 
 def test_async_rl_example_trains_on_stale_rollouts(server: object) -> None:
-    """Cookbook async RL (importance_sampling, max_steps_off_policy=2): every batch reports its staleness, and some
-    batch mixes rollouts of at least 2 sampler versions (max staleness >= 1)."""
-    rows = run_example(server, "rl_arithmetic.py", "--steps", "8", "--max-steps-off-policy", "2")
+    """Cookbook async RL (importance_sampling, max_steps_off_policy=2): every batch reports its
+    staleness, and some batch mixes rollouts of at least 2 sampler versions (max staleness >= 1)."""
+    rows = run_example(server, "rl_arithmetic.py", "--steps", "4", "--max-steps-off-policy", "2")
     rows = [
         row for row in rows if "env/all/reward/total" in row
     ]  # training steps, not the final save's row
-    assert len(rows) == 8, rows
+    assert len(rows) == 4, rows
     assert all("async/staleness_max" in row and "async/staleness_mean" in row for row in rows), rows
     assert max(row["async/staleness_max"] for row in rows) >= 1, [
         row["async/staleness_max"] for row in rows

@@ -83,7 +83,8 @@ def two_node_cluster() -> Iterator[dict[str, object]]:
     common += ["--min-worker-port=22000", "--max-worker-port=29999"]
 
     def own_ports() -> list[str]:
-        """Per-node agent ports: the defaults may be taken by another Ray cluster on this machine."""
+        """Per-node agent ports: the defaults may be taken by
+        another Ray cluster on this machine."""
         return [
             f"--dashboard-agent-listen-port={free_port()}",
             f"--dashboard-agent-grpc-port={free_port()}",
@@ -92,19 +93,22 @@ def two_node_cluster() -> Iterator[dict[str, object]]:
         ]
 
     head = subprocess.Popen(
-        [RAY, "start", "--head", f"--port={gcs_port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dashboard_port}", f"--ray-client-server-port={free_port()}",
-         '--resources={"tinsmith_sampler": 1}', *own_ports(), *common],
-        env=_ray_env(), stdout=(logs / "head.log").open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        [RAY, "start", "--head", f"--port={gcs_port}", "--include-dashboard=true",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
+         f"--ray-client-server-port={free_port()}", '--resources={"tinsmith_sampler": 1}',
+         *own_ports(), *common],
+        env=_ray_env(), stdout=(logs / "head.log").open("wb"), stderr=subprocess.STDOUT,
+        start_new_session=True,
     )  # fmt: skip
     procs = [head]
     try:
         dashboard = f"http://127.0.0.1:{dashboard_port}"
         _wait(f"{dashboard}/api/version", 120, head)
         worker = subprocess.Popen(
-            [RAY, "start", f"--address=127.0.0.1:{gcs_port}", '--resources={"tinsmith_trainer": 1}', *own_ports(),
-             *common],
-            env=_ray_env(), stdout=(logs / "worker.log").open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+            [RAY, "start", f"--address=127.0.0.1:{gcs_port}", '--resources={"tinsmith_trainer": 1}',
+             *own_ports(), *common],
+            env=_ray_env(), stdout=(logs / "worker.log").open("wb"), stderr=subprocess.STDOUT,
+            start_new_session=True,
         )  # fmt: skip
         procs.append(worker)
         deadline = time.monotonic() + 120
@@ -147,7 +151,8 @@ def test_ray_job_submit_places_trainers_on_the_labelled_node(
     submit = [
         RAY, "job", "submit", "--address", dashboard, "--working-dir", str(ROOT), "--no-wait",
         "--submission-id", job_id, "--runtime-env-json", json.dumps(runtime_env), "--",
-        sys.executable, "-m", "tinsmith.cluster.cli", "serve", "--config", str(config), "--port", str(port),
+        sys.executable, "-m", "tinsmith.cluster.cli", "serve", "--config", str(config),
+        "--port", str(port),
     ]  # fmt: skip
     done = subprocess.run(
         submit, env=_ray_env(), capture_output=True, text=True, timeout=300, check=False

@@ -260,7 +260,8 @@ def test_bad_checkpoint_requests_are_user_errors(service_client: tinker.ServiceC
         service_client.create_training_client_from_state(path + "-missing"), "does not exist"
     )
     expect_user_error(tc.load_state(sampler_path), "sampler checkpoint")
-    # The client keeps working after every refusal, and load_state restores the saved weights in place.
+    # The client keeps working after every refusal, and load_state
+    # restores the saved weights in place.
     _train(tc, _batches(3500, 1))
     tc.load_state(path).result()
     assert tc.save_state("after-errors").result().path.endswith("/weights/after-errors")

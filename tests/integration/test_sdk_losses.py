@@ -142,7 +142,8 @@ def test_interleaved_tenants_match_training_alone(
         tc.forward_backward(batch, "cross_entropy").result()
         tc.optim_step(types.AdamParams(learning_rate=1e-3, weight_decay=0.01)).result()
 
-    # Warm the rank up first (allocator arenas, activation buffers), so the figure below is the tenants' own.
+    # Warm the rank up first (allocator arenas, activation buffers), so the
+    # figure below is the tenants' own.
     warm = make({"rank": 16})
     for batch in data:
         step(warm, batch)
@@ -155,7 +156,8 @@ def test_interleaved_tenants_match_training_alone(
     grown = after["rss_bytes"] - before["rss_bytes"]
     state = after["adapter_param_bytes"] - before["adapter_param_bytes"]
     print(
-        f"trainer rank RSS grew {grown / 2**20:.1f} MiB for 3 tenants (adapters+optimizer {state / 2**20:.1f} MiB)"
+        f"trainer rank RSS grew {grown / 2**20:.1f} MiB for 3 tenants "
+        f"(adapters+optimizer {state / 2**20:.1f} MiB)"
     )
     # far less than one more copy of the 135M-parameter base model (~540 MB in fp32)
     assert grown < 300 * 2**20, grown

@@ -36,7 +36,8 @@ def test_adamw_with_weight_decay_and_clipping_matches_torch(
     )
     assert min(grad_norms) > 1.0, f"clipping must be active: {grad_norms}"
 
-    # Reference: the same initial adapter, plain torch autograd + clip_grad_norm_ + torch.optim.AdamW.
+    # Reference: the same initial adapter, plain torch autograd +
+    # clip_grad_norm_ + torch.optim.AdamW.
     base = AutoModelForCausalLM.from_pretrained(
         tc.get_info().model_data.tokenizer_id, dtype=torch.float32
     )
@@ -49,7 +50,8 @@ def test_adamw_with_weight_decay_and_clipping_matches_torch(
         eps=adam.eps,
         weight_decay=adam.weight_decay,
     )
-    # The same padded batch the trainer builds (right padding, attention mask), so both sides run the same kernels.
+    # The same padded batch the trainer builds (right padding, attention mask), so
+    # both sides run the same kernels.
     longest = max(d.model_input.length for d in data)
     ids = torch.zeros((len(data), longest), dtype=torch.long)
     targets = torch.zeros_like(ids)
@@ -81,10 +83,11 @@ def test_adamw_with_weight_decay_and_clipping_matches_torch(
     print(
         f"AdamW check: |ours - torch| = {off:.3e} against an update of |torch - init| = {moved:.3e}"
     )
-    # fp32 in two processes: summation order (threads, DeepSpeed's flat buffers, the clip norm) differs in the last
-    # bits, and Adam divides by sqrt(v): where a gradient is ~0 that can flip an element's step (up to 2 x lr per
-    # step). So: at most 0.1% of elements further than 1e-5 from torch (measured 3e-5 of them), none further than
-    # the 3 steps' Adam bound 3 x 2 x lr, and the whole update within 5e-4 relative (measured 2e-5 to 9e-5).
+    # fp32 in two processes: summation order (threads, DeepSpeed's flat buffers, the clip norm)
+    # differs in the last bits, and Adam divides by sqrt(v): where a gradient is ~0 that can flip an
+    # element's step (up to 2 x lr per step). So: at most 0.1% of elements further than 1e-5 from
+    # torch (measured 3e-5 of them), none further than the 3 steps' Adam bound 3 x 2 x lr, and the
+    # whole update within 5e-4 relative (measured 2e-5 to 9e-5).
     diffs = np.concatenate([np.abs(ours[k] - expected[k]).ravel() for k in expected])
     print(f"elements: max |diff| {diffs.max():.2e}, share above 1e-5: {(diffs > 1e-5).mean():.2e}")
     assert (diffs > 1e-5).mean() <= 1e-3

@@ -120,7 +120,8 @@ def test_logprobs_agree_with_compute_logprobs_and_the_trainer(
     trainer_lps = np.array(fwd.loss_fn_outputs[0]["logprobs"].tolist())
     np.testing.assert_allclose(trainer_lps, np.array(scored[1:], dtype=float), atol=1e-3)
 
-    # Top-k logprobs: k=20 per sampled token, sorted, and the sampled token's logprob among them when ranked.
+    # Top-k logprobs: k=20 per sampled token, sorted, and the sampled
+    # token's logprob among them when ranked.
     assert seq.topk_logprobs is not None and len(seq.topk_logprobs) == len(seq.tokens)
     for row, (token, lp) in zip(
         seq.topk_logprobs, zip(seq.tokens, seq.logprobs, strict=True), strict=True

@@ -1,5 +1,5 @@
 """`tinsmith serve` refuses a bad config at start-up, before any client can connect, with a
-message that names the problem (the S3 cases are in test_checkpoints_s3.py)."""
+message that names the problem (the S3 cases are in second_server/test_checkpoints_s3.py)."""
 
 from __future__ import annotations
 

@@ -235,7 +235,8 @@ def test_s3_interrupted_multipart_upload_leaves_nothing(s3: S3Storage, tmp_path:
     events = s3._client().meta.events
 
     def interrupted_put(target: str) -> int:
-        """put() whose source "fails to read" after the first part; returns how many parts were tried."""
+        """put() whose source "fails to read" after the first part;
+        returns how many parts were tried."""
         calls = itertools.count(1)  # next() is atomic: parts are uploaded from several threads
 
         def fail_after_first_part(**_: Any) -> None:

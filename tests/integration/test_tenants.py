@@ -132,7 +132,8 @@ def test_tenants_are_isolated(service_client: tinker.ServiceClient, server: obje
     )
     assert status == 404
 
-    # A published checkpoint: readable and loadable by the other tenant, still not deletable (above).
+    # A published checkpoint: readable and loadable by the other
+    # tenant, still not deletable (above).
     assert bob.get_weights_info_by_tinker_path(shared).result().lora_rank == 4
     loaded = bob_service.create_training_client_from_state(shared).result()
     assert (

@@ -64,7 +64,8 @@ def test_tinker_paths_parse() -> None:
 
 def test_types_and_config_import_without_torch_or_ray() -> None:
     code = (
-        "import sys, tinsmith.types, tinsmith.types.proto, tinsmith.cluster.config, tinsmith.cluster.server\n"
+        "import sys, tinsmith.types, tinsmith.types.proto, tinsmith.cluster.config, "
+        "tinsmith.cluster.server\n"
         "bad = [m for m in ('torch', 'ray', 'vllm', 'deepspeed', 'peft') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

@@ -1,4 +1,5 @@
-"""The examples run the tinker-cookbook's own training loops, and no cookbook file is copied here."""
+"""The examples run the tinker-cookbook's own training loops, and
+no cookbook file is copied here."""
 
 from __future__ import annotations
 

@@ -7,10 +7,10 @@ Hypothesis drives every test with a fixed seed and a bounded number of examples,
 reproducible and the file runs in about a minute. ``TINSMITH_FUZZ_EXAMPLES=N`` runs N examples
 per test instead, with a fresh random seed each run (a failure prints how to reproduce it).
 
-The fake coordinator stands in for the Ray actors only. It runs the real coordinator's input
-checks (``to_token_datums``, ``validate_loss_config``) and asserts the invariants the server
-promises its workers, so a bad value that slips through parsing fails the test as a ``server``
-failure instead of becoming a fake success.
+The fake coordinator (``tests/fakes.py``) stands in for the Ray actors only. It runs the real
+coordinator's input checks (``to_token_datums``, ``validate_loss_config``) and asserts the
+invariants the server promises its workers, so a bad value that slips through parsing fails the
+test as a ``server`` failure instead of becoming a fake success.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -34,29 +33,21 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import httpx  # the client TestClient uses (httpx2 where installed)
 
-from tinsmith.actors.batching import to_token_datums
-from tinsmith.actors.loss_specs import validate_loss_config
+from tests.fakes import FakeCoordinator
 from tinsmith.cluster.checkpoints import open_checkpoint_service
 from tinsmith.cluster.server import ServedModel, ServerState, build_app
-from tinsmith.errors import NotFoundError, UserInputError
 from tinsmith.storage.config import StorageConfig
-from tinsmith.storage.transfer import StorageSite, upload_dir
 from tinsmith.types import (
     AdamParams,
     CreateModelRequest,
     Datum,
     ForwardBackwardInput,
-    ForwardBackwardOutput,
     LoraConfig,
     ModelInput,
-    SampledSequence,
-    SampleResponse,
     SamplingParams,
     TensorData,
 )
-from tinsmith.types.archives import ArchiveRef
 from tinsmith.types.futures import FutureRetrieveRequest
-from tinsmith.types.internal import CheckpointMeta, ModelStatus, SampleWork, SavedCheckpoint
 from tinsmith.types.proto import (
     DTYPE_FLOAT32,
     decode_forward_backward_request,
@@ -412,7 +403,8 @@ OTHER_POST_ROUTES = [
 
 
 def _no_known_bug(key: str, value: object) -> bool:
-    """False for a value that triggers a KNOWN_BUGS entry: the broad tests leave it to that bug's test."""
+    """False for a value that triggers a KNOWN_BUGS entry: the broad tests leave it to that
+    bug's test."""
     huge = isinstance(value, int | float) and not isinstance(value, bool) and abs(value) > 10**10
     return not ("ttl" in KNOWN_BUGS and key == "ttl_seconds" and huge)
 
@@ -501,7 +493,8 @@ small_i64 = st.lists(st.integers(-2, 6) | st.sampled_from([2**62, -(2**63)]), ma
 @st.composite
 def raw_fb_messages(draw: st.DrawFn) -> bytes:
     """A ForwardBackwardRequest with every field the schema has set to anything it can hold
-    (sparse tensors, bfloat16, images, unknown dtypes, odd shapes): what no encoder of ours makes."""
+    (sparse tensors, bfloat16, images, unknown dtypes, odd shapes): what no encoder of ours
+    makes."""
     msg: Any = message_class("ForwardBackwardRequest")()
     msg.model_id = draw(st.sampled_from([MODEL_ID, ""]) | st.text(max_size=8))
     msg.seq_id = draw(st.integers(-(2**31), 2**31 - 1))
@@ -716,7 +709,8 @@ def test_sparse_tensors_stay_sparse() -> None:
     )
     assert tensor.data == [1.0, 2.0] and tensor.shape == [2, 3]
     assert tensor.sparse_crow_indices == [0, 1, 2] and tensor.sparse_col_indices == [2, 0]
-    # Made dense, this 60-byte body took 8 GiB (and its list of floats far more): it must stay cheap.
+    # Made dense, this 60-byte body took 8 GiB (and its list of floats far more): it must stay
+    # cheap.
     raw = _tensor_request(shape=[1, 2**31], values=b"", crow_indices=_i64([0, 0]), col_indices=b"")
     tensor = (
         decode_forward_backward_request(raw)
@@ -783,138 +777,6 @@ def test_seeds_outside_64_bits_are_refused(seed: int) -> None:
 
 
 # ----- the HTTP server ---------------------------------------------------------------------------
-def _expect(condition: bool, what: str) -> None:
-    """An invariant the server promises its workers (an AssertionError is a server-category failure)."""
-    if not condition:
-        raise AssertionError(f"the server passed on {what}")
-
-
-class FakeCoordinator:
-    """The coordinator actor's interface: its own input checks, then canned results."""
-
-    def __init__(self, scratch: Path) -> None:
-        self.scratch = scratch
-        self.models: set[str] = set()
-
-    def call(self, method: str, *args: object) -> Any:
-        return getattr(self, method)(*args)
-
-    def _model(self, model_id: object, seq_id: object = None) -> None:
-        _expect(
-            isinstance(model_id, str) and (seq_id is None or isinstance(seq_id, int)),
-            "mistyped ids",
-        )
-        if model_id not in self.models:
-            raise NotFoundError(f"model_id {model_id!r} is not a training model")
-
-    async def create_model(self, model_id: str, lora: LoraConfig) -> None:
-        _expect(isinstance(model_id, str) and isinstance(lora, LoraConfig), "mistyped create_model")
-        if model_id in self.models:
-            raise UserInputError(f"model_id {model_id!r} already exists")
-        self.models.add(model_id)
-
-    async def unload_model(self, model_id: str) -> None:
-        self._model(model_id)
-        self.models.discard(model_id)
-
-    async def create_from_checkpoint(
-        self, model_id: str, lora: LoraConfig, archive: ArchiveRef, with_optimizer: bool
-    ) -> int:
-        _expect(
-            isinstance(archive, ArchiveRef) and isinstance(with_optimizer, bool), "mistyped load"
-        )
-        await self.create_model(model_id, lora)
-        return 0
-
-    async def load_checkpoint(
-        self, model_id: str, seq_id: int | None, archive: ArchiveRef, optimizer: bool
-    ) -> int:
-        self._model(model_id, seq_id)
-        _expect(isinstance(archive, ArchiveRef) and isinstance(optimizer, bool), "mistyped load")
-        return 0
-
-    async def save_checkpoint(
-        self,
-        model_id: str,
-        seq_id: int | None,
-        archive: ArchiveRef,
-        meta: CheckpointMeta,
-        with_optimizer: bool,
-    ) -> SavedCheckpoint:
-        self._model(model_id, seq_id)
-        _expect(
-            isinstance(meta, CheckpointMeta) and isinstance(with_optimizer, bool), "mistyped save"
-        )
-        directory = self.scratch / "adapter"
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "adapter_config.json").write_text(meta.model_dump_json())
-        return SavedCheckpoint(
-            stored=upload_dir(
-                StorageSite(data_dir=str(self.scratch.parent / "data")), archive, directory
-            ),
-            meta=meta,
-        )
-
-    async def forward_backward(
-        self, model_id: str, seq_id: int | None, fb: ForwardBackwardInput, forward_only: bool
-    ) -> ForwardBackwardOutput:
-        self._model(model_id, seq_id)
-        _expect(
-            isinstance(fb, ForwardBackwardInput) and isinstance(forward_only, bool),
-            "mistyped forward_backward",
-        )
-        datums = to_token_datums(fb.data, fb.loss_fn, VOCAB, MAX_CONTEXT)
-        validate_loss_config(fb.loss_fn, fb.loss_fn_config)
-        outputs = [
-            {"logprobs": TensorData(data=[-1.0] * d.length, dtype="float32")} for d in datums
-        ]
-        return ForwardBackwardOutput(loss_fn_outputs=outputs, metrics={"loss:sum": 1.0})
-
-    async def optim_step(
-        self, model_id: str, seq_id: int | None, adam: AdamParams
-    ) -> dict[str, float]:
-        self._model(model_id, seq_id)
-        _expect(isinstance(adam, AdamParams), "mistyped optim_step")
-        values = adam.model_dump().values()
-        _expect(all(math.isfinite(v) and v >= 0 for v in values), f"Adam hyperparameters {adam}")
-        return {"grad_norm:mean": 0.5}
-
-    async def sync_to_samplers(self, model_id: str, seq_id: int | None, key: str) -> None:
-        self._model(model_id, seq_id)
-        _expect(isinstance(key, str), "a mistyped adapter key")
-
-    async def skip_seq(self, model_id: str, seq_id: int | None) -> None:
-        self._model(model_id, seq_id)
-
-    async def sample(self, work: SampleWork, source: object) -> SampleResponse:
-        _expect(isinstance(work, SampleWork), "mistyped sample")
-        _expect(
-            bool(work.prompt_tokens) and len(work.prompt_tokens) < MAX_CONTEXT,
-            "a prompt of bad length",
-        )
-        _expect(
-            all(0 <= t < VOCAB for t in work.prompt_tokens), "prompt tokens outside the vocabulary"
-        )
-        _expect(work.num_samples >= 1 and 1 <= work.max_tokens <= MAX_CONTEXT, f"counts {work}")
-        _expect(
-            math.isfinite(work.temperature) and work.temperature >= 0,
-            f"temperature {work.temperature}",
-        )
-        _expect(
-            0 < work.top_p <= 1 and (work.top_k == -1 or work.top_k >= 1), f"top_p/top_k {work}"
-        )
-        _expect(
-            work.topk_prompt_logprobs >= 0 and work.topk_sample_logprobs >= 0,
-            f"top-k logprobs {work}",
-        )
-        _expect(work.seed is None or -(2**63) <= work.seed < 2**64, f"seed {work.seed}")
-        sequence = SampledSequence(stop_reason="length", tokens=[1] * work.max_tokens)
-        return SampleResponse(sequences=[sequence] * work.num_samples)
-
-    async def status(self) -> ModelStatus:
-        return ModelStatus(base_model=MODEL, training_models=len(self.models), workers=[])
-
-
 class Server:
     """The app under test, its state, and signed download tokens for the fixture checkpoint."""
 
@@ -941,7 +803,7 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("fuzz")
-    coordinator = FakeCoordinator(tmp / "scratch")
+    coordinator = FakeCoordinator(tmp / "data", MODEL, VOCAB, MAX_CONTEXT)
     served = ServedModel(
         name=MODEL,
         model_dir=tmp,
@@ -951,10 +813,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     )
     state = ServerState(
         models={MODEL: served},
-        data_dir=tmp / "data",
         checkpoints=open_checkpoint_service(StorageConfig(), tmp / "data"),
     )
-    # raise_server_exceptions=False: a bug must show as the 500 a client would get, not as an exception here.
+    # raise_server_exceptions=False: a bug must show as the 500 a client would get, not as an
+    # exception here.
     with TestClient(
         build_app(state), raise_server_exceptions=False, headers={"X-API-Key": API_KEY}
     ) as client:
@@ -972,7 +834,7 @@ def _ensure_fixtures(srv: Server) -> None:
     """The session, training client, checkpoints and sampling session the fuzzed requests name,
     made again if an earlier example deleted or unloaded them."""
     c, state = srv.client, srv.state
-    if MODEL_ID not in state.training:
+    if MODEL_ID not in state.clients.training:
         body = {
             "session_id": SESSION,
             "model_seq_id": 0,
@@ -992,7 +854,7 @@ def _ensure_fixtures(srv: Server) -> None:
                 c.post("/api/v1/retrieve_future", json={"request_id": fut["request_id"]})
             )
             srv.tokens.clear()
-    if SAMPLER_ID not in state.samplers:
+    if SAMPLER_ID not in state.clients.samplers:
         body = {"session_id": SESSION, "sampling_session_seq_id": 0, "base_model": MODEL}
         _ok(c.post("/api/v1/create_sampling_session", json=body))
     if not srv.tokens:
@@ -1055,8 +917,8 @@ raw_json_bodies = st.one_of(
     deep,
     deep.map(
         lambda d: (
-            b'{"session_id": "s", "model_seq_id": 1, "base_model": "test/model", "user_metadata": {"k": %s}}'
-            % d
+            b'{"session_id": "s", "model_seq_id": 1, "base_model": "test/model", '
+            b'"user_metadata": {"k": %s}}' % d
         )
     ),
     st.sampled_from(

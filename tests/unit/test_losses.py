@@ -21,7 +21,8 @@ from tinsmith.errors import UserInputError
 def _inputs(seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
     tp = -torch.rand(4, 9, generator=g, dtype=torch.float64) * 3
-    # sampler logprobs within +-0.5 of tp: ratios from ~0.6 to ~1.6, so clipping triggers on both sides
+    # sampler logprobs within +-0.5 of tp: ratios from ~0.6 to ~1.6,
+    # so clipping triggers on both sides
     sp = tp + (torch.rand(4, 9, generator=g, dtype=torch.float64) - 0.5)
     inputs = {
         "weights": torch.randn(4, 9, generator=g, dtype=torch.float64),

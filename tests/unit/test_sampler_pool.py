@@ -1,17 +1,21 @@
-"""SamplerPool with in-process fake replicas: least-loaded spreading, failover to live replicas.
-(The fakes stand in for actor handles only; real replicas are exercised in tests/integration.)"""
+"""SamplerPool with in-process fake replicas: least-loaded spreading, failover to live replicas,
+replacement, the pool as the one holder of the current replicas (the coordinator's status and
+shutdown read them from it). (The fakes stand in for actor handles only; real replicas are
+exercised in tests/integration.)"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 
 import pytest
 from ray.exceptions import ActorDiedError
 
+from tinsmith.actors import sampler_pool
+from tinsmith.actors.coordinator import Coordinator
 from tinsmith.actors.sampler_pool import SamplerPool
 from tinsmith.errors import WorkerError
-from tinsmith.types.internal import AdapterSource, SampleWork
+from tinsmith.types.internal import AdapterSource, SampleWork, WorkerStatus
 from tinsmith.types.sampling import SampledSequence, SampleResponse
 
 
@@ -24,17 +28,28 @@ class _Method:
 
 
 class FakeReplica:
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, pid: int = 0) -> None:
         self.index = index
+        self.pid = pid
         self.dead = False
         self.adapters: set[str] = set()
         self.calls = 0
+        self.started = asyncio.Event()
+        self.started.set()
 
     def __getattr__(self, name: str) -> _Method:
         return _Method(self, name)
 
     async def _start(self) -> int:
+        await self.started.wait()
         return self.index
+
+    async def _status(self) -> WorkerStatus:
+        if self.dead:
+            raise ActorDiedError()
+        return WorkerStatus(
+            kind="sampler", index=self.index, pid=self.pid, rss_bytes=0, adapters=len(self.adapters)
+        )
 
     async def _load_adapter(self, key: str, source: AdapterSource) -> None:
         if self.dead:
@@ -136,3 +151,76 @@ def test_a_dead_replica_is_replaced_with_its_adapters() -> None:
     assert pool.alive == [True, True] and pool.restarts == [1, 0]
     assert spawned[0].adapters == {"stored", "in-memory"}
     assert pool.replicas[0] is spawned[0]
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    for _ in range(200):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not met in 2 s")
+
+
+class FakeFactory:
+    """Stands in for ``SamplerFactory``: each replacement gets a new pid."""
+
+    shm_dir = "/dev/shm/tests"
+
+    def __init__(self) -> None:
+        self.spawned: list[FakeReplica] = []
+
+    def spawn(self, index: int) -> FakeReplica:
+        self.spawned.append(FakeReplica(index, pid=100 + len(self.spawned)))
+        return self.spawned[-1]
+
+
+def test_status_and_shutdown_see_the_replacement_replica_not_the_dead_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    killed: list[object] = []
+    monkeypatch.setattr(sampler_pool, "kill_actor", killed.append)
+    replicas = [FakeReplica(0, pid=10), FakeReplica(1, pid=11)]
+    factory = FakeFactory()
+
+    async def run() -> None:
+        coord = Coordinator("m", 100, 64, 8, 1.0, [], replicas, sampler_factory=factory)  # type: ignore[arg-type]
+        replicas[0].dead = True
+        await asyncio.gather(*[coord.sample(_work(), None) for _ in range(4)])
+        await _until(lambda: coord.pool.alive == [True, True])
+        status = await coord.status()
+        assert sorted(w.pid for w in status.workers) == [11, 100]  # the new replica, live
+        assert status.sampler_restarts == [1, 0]
+
+        await coord.stop_workers()
+        assert killed == [factory.spawned[0], replicas[1]]  # the replicas of now
+        assert coord.pool.alive == [False, False]
+        with pytest.raises(WorkerError, match="no live sampler replica"):
+            await coord.sample(_work(), None)
+        assert len(factory.spawned) == 1  # nothing replaced after the stop
+
+    asyncio.run(run())
+
+
+def test_closing_the_pool_also_stops_a_replacement_still_starting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    killed: list[object] = []
+    monkeypatch.setattr(sampler_pool, "kill_actor", killed.append)
+    replicas = [FakeReplica(0), FakeReplica(1)]
+    starting: list[FakeReplica] = []
+
+    def spawn(index: int) -> FakeReplica:
+        starting.append(FakeReplica(index))
+        starting[-1].started.clear()  # its start never finishes
+        return starting[-1]
+
+    pool = SamplerPool(replicas, spawn)  # type: ignore[arg-type]
+
+    async def run() -> None:
+        replicas[1].dead = True
+        await asyncio.gather(*[pool.sample(_work()) for _ in range(4)])
+        await _until(lambda: bool(starting))
+        await pool.close()
+        assert killed == replicas + starting and pool.replicas == replicas
+
+    asyncio.run(run())

@@ -1,77 +1,46 @@
 """The HTTP surface with an in-process fake coordinator (routes, futures, validation, errors).
 
-The fake only stands in for the actors to test the server's own logic quickly; every promise
-about training and sampling is shown against the real components in tests/integration.
+The fake (``tests/fakes.py``) only stands in for the actors to test the server's own logic
+quickly; every promise about training and sampling is shown against the real components in
+tests/integration.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from tinker.proto.response_conv import deserialize_forward_backward_output
 
+from tests.fakes import MODEL, FakeCoordinator
 from tinsmith.cluster.checkpoints import open_checkpoint_service
 from tinsmith.cluster.server import ServedModel, ServerState, build_app
-from tinsmith.errors import UserInputError
 from tinsmith.storage.config import StorageConfig
-from tinsmith.types import (
-    Datum,
-    ForwardBackwardInput,
-    ForwardBackwardOutput,
-    ModelInput,
-    TensorData,
-)
+from tinsmith.types import Datum, ForwardBackwardInput, ModelInput, TensorData
 from tinsmith.types.proto import encode_forward_backward_request
 from tinsmith.types.requests import ForwardBackwardRequest
 
-MODEL = "test/model"
 
-
-class FakeCoordinator:
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    def call(self, method: str, *args: object) -> Awaitable[object]:
-        self.calls.append(method)
-        return self._run(method, args)
-
-    async def _run(self, method: str, args: tuple[object, ...]) -> object:
-        await asyncio.sleep(0)
-        if method == "forward_backward":
-            fb = args[2]
-            assert isinstance(fb, ForwardBackwardInput)
-            if fb.loss_fn != "cross_entropy":
-                raise UserInputError(f"loss_fn {fb.loss_fn!r} is not supported")
-            return ForwardBackwardOutput(
-                loss_fn_outputs=[{"logprobs": TensorData(data=[-1.0], dtype="float32")}],
-                metrics={"loss:sum": 1.0},
-            )
-        if method == "optim_step":
-            return {"grad_norm:mean": 0.5}
-        return None
+@pytest.fixture()
+def coordinator(tmp_path: Path) -> FakeCoordinator:
+    return FakeCoordinator(tmp_path / "data")
 
 
 @pytest.fixture()
-def client(tmp_path: Path) -> Iterator[TestClient]:
+def client(tmp_path: Path, coordinator: FakeCoordinator) -> Iterator[TestClient]:
     served = ServedModel(
         name=MODEL,
         model_dir=tmp_path,
         max_context_length=64,
-        coordinator=FakeCoordinator(),
+        coordinator=coordinator,
         vocab_size=100,
     )
-    data_dir = tmp_path / "data"
-    checkpoints = open_checkpoint_service(StorageConfig(), data_dir)
-    state = ServerState(models={MODEL: served}, data_dir=data_dir, checkpoints=checkpoints)
-    app = build_app(state)
-    app.state_ref = state  # type: ignore[attr-defined]
-    with TestClient(
-        app, headers={"X-API-Key": "tml-unit"}
-    ) as test_client:  # one event loop for the whole test
+    checkpoints = open_checkpoint_service(StorageConfig(), tmp_path / "data")
+    state = ServerState(models={MODEL: served}, checkpoints=checkpoints)
+    # one event loop for the whole test
+    with TestClient(build_app(state), headers={"X-API-Key": "tml-unit"}) as test_client:
         yield test_client
 
 
@@ -138,10 +107,9 @@ def test_training_round_trip_and_failures(client: TestClient) -> None:
     assert deserialize_forward_backward_output(resp.content).metrics == {"loss:sum": 1.0}
 
     fut = client.post("/api/v1/forward_backward", content=fb_body("bogus"), headers=headers).json()
-    assert _result(client, fut["request_id"]) == {
-        "error": "loss_fn 'bogus' is not supported",
-        "category": "user",
-    }
+    failed = _result(client, fut["request_id"])
+    assert failed["category"] == "user"
+    assert str(failed["error"]).startswith("loss_fn 'bogus' is not supported")
 
     bad = client.post("/api/v1/forward_backward", content=b"\xff\xff\xff", headers=headers)
     assert bad.status_code == 400
@@ -198,12 +166,34 @@ def test_bad_sampling_requests_are_refused(
     assert needle in resp.json()["detail"]
 
 
-def test_retried_request_with_same_idempotency_key_runs_once(client: TestClient) -> None:
+def test_retried_request_with_same_idempotency_key_runs_once(
+    client: TestClient, coordinator: FakeCoordinator
+) -> None:
     model_id = _create_model(client)
     body = {"model_id": model_id, "seq_id": 1, "adam_params": {}}
     headers = {"X-Idempotency-Key": "stainless-python-retry-abc"}
     first = client.post("/api/v1/optim_step", json=body, headers=headers).json()
     again = client.post("/api/v1/optim_step", json=body, headers=headers).json()
     assert first["request_id"] == again["request_id"]
-    coordinator = client.app.state_ref.models[MODEL].coordinator  # type: ignore[attr-defined]
     assert coordinator.calls.count("optim_step") == 1
+
+
+def test_requests_the_server_refuses_still_reach_the_coordinator(
+    client: TestClient, coordinator: FakeCoordinator
+) -> None:
+    """A training request the server answers itself goes to ``refuse``, which consumes its
+    seq_id (so the client's later requests are not left waiting) and fails it as the user's."""
+    model_id = _create_model(client)
+    body = {"model_id": model_id, "seq_id": 1, "optimizer_params": {"learning_rate": 0.1}}
+    fut = client.post("/api/v1/optim_step", json=body).json()
+    assert _result(client, fut["request_id"]) == {
+        "error": "optimizer_params (dimuon) is not supported; send adam_params",
+        "category": "user",
+    }
+    assert coordinator.calls[-1] == "refuse" and "optim_step" not in coordinator.calls
+
+
+def test_status_asks_every_coordinator(client: TestClient) -> None:
+    _create_model(client)
+    (status,) = client.get("/api/v1/tinsmith/status").json()
+    assert status["base_model"] == MODEL and status["training_models"] == 1

@@ -1,8 +1,10 @@
 """The coordinator's trainer-restart logic with in-process fake ranks: a rank that dies fails the
 request in flight at once with a retryable error (no waiting on the survivors), every rank is
 created anew, each client's adapter is re-created and set to its last snapshot, queued requests
-wait for that, and gradients lost with the old ranks are reported once. The real thing (SIGKILL
-of a trainer process under load) is tests/integration/test_sampler_replicas.py."""
+wait for that, and gradients lost with the old ranks are reported once; a death during the weight
+sync's export fails that request (not the samplers); shutdown stops the current ranks. The real
+thing (SIGKILL of a trainer process under load) is in tests/integration/test_trainer_restart.py
+and second_server/test_sampler_replicas.py."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import pytest
 from ray.exceptions import ActorDiedError
 
 from tests.unit.test_coordinator_ordering import FakeTrainer, _fb
+from tests.unit.test_sampler_pool import FakeReplica
 from tinsmith.actors import trainer_group
 from tinsmith.actors.coordinator import Coordinator
 from tinsmith.errors import WorkerError
@@ -19,10 +22,11 @@ from tinsmith.types import AdamParams, LoraConfig
 
 
 class MortalTrainer(FakeTrainer):
-    """A fake rank that can be told to die: its next call raises what Ray raises for a dead actor."""
+    """A fake rank that can be told to die: its next call raises what Ray raises for a dead
+    actor."""
 
-    def __init__(self, log: list[str], name: str) -> None:
-        super().__init__(log)
+    def __init__(self, log: list[str], name: str, rank: int = 0) -> None:
+        super().__init__(log, rank)
         self.name = name
         self.dead = False
         self.restored: list[tuple[str, object]] = []
@@ -34,6 +38,10 @@ class MortalTrainer(FakeTrainer):
     def _forward_backward(self, work: object) -> object:
         self._check()
         return super()._forward_backward(work)  # type: ignore[arg-type]
+
+    def _export_adapter(self, adapter_id: str, directory: str | None) -> object:
+        self._check()
+        return super()._export_adapter(adapter_id, directory)
 
     def _ping(self) -> str:
         self._check()
@@ -54,7 +62,7 @@ class FakeSpawner:
 
     def spawn(self, master_addr: str, master_port: int) -> list[MortalTrainer]:
         ranks = [
-            MortalTrainer(self.log, f"gen{len(self.generations) + 1}-rank{i}") for i in range(2)
+            MortalTrainer(self.log, f"gen{len(self.generations) + 1}-rank{i}", i) for i in range(2)
         ]
         self.generations.append(ranks)
         return ranks
@@ -63,7 +71,7 @@ class FakeSpawner:
 def test_a_dead_rank_fails_its_request_and_the_ranks_restart_with_every_adapter_restored() -> None:
     async def main() -> None:
         log: list[str] = []
-        first = [MortalTrainer(log, "gen0-rank0"), MortalTrainer(log, "gen0-rank1")]
+        first = [MortalTrainer(log, "gen0-rank0"), MortalTrainer(log, "gen0-rank1", 1)]
         spawner = FakeSpawner(log)
         coord = Coordinator("m", 100, 64, 8, 1.0, first, [], trainer_factory=spawner)  # type: ignore[arg-type]
         await coord.create_model("s:train:0", LoraConfig(rank=4))
@@ -170,5 +178,59 @@ def test_a_client_whose_snapshot_cannot_be_restored_is_reported_and_the_others_g
             await coord.forward_backward("s:train:0", 3, _fb(1), False)
         await coord.forward_backward("s:train:1", 4, _fb(1), False)  # the other client continues
         await coord.unload_model("s:train:0")  # and the lost one can still be freed
+
+    asyncio.run(main())
+
+
+def test_a_rank_that_dies_during_the_weight_sync_export_fails_that_request_retryably() -> None:
+    async def main() -> None:
+        log: list[str] = []
+        first = [MortalTrainer(log, "gen0-rank0"), MortalTrainer(log, "gen0-rank1", 1)]
+        spawner = FakeSpawner(log)
+        replica = FakeReplica(0)
+        coord = Coordinator("m", 100, 64, 8, 1.0, first, [replica], trainer_factory=spawner)  # type: ignore[arg-type]
+        await coord.create_model("s:train:0", LoraConfig(rank=4))
+        await coord.forward_backward("s:train:0", 1, _fb(2), False)
+        await coord.optim_step("s:train:0", 2, AdamParams())
+        first[1].dead = True
+        with pytest.raises(
+            WorkerError, match=r"trainer rank 1 of m died during save_weights_for_sampler.*retry"
+        ):
+            await asyncio.wait_for(coord.sync_to_samplers("s:train:0", 3, "v1"), timeout=5)
+        # The samplers were not blamed for the trainer's death, nor given a half-made export.
+        assert coord.pool.alive == [True] and not replica.adapters
+        # The next sync waits out the restart and runs on the new ranks.
+        await asyncio.wait_for(coord.sync_to_samplers("s:train:0", 4, "v2"), timeout=5)
+        assert coord.trainers.restarts == 1 and coord.trainers.ranks == spawner.generations[0]
+        assert replica.adapters == {"v2"}
+
+    asyncio.run(main())
+
+
+def test_stopping_the_workers_stops_the_current_ranks_and_no_restart_follows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    killed: list[object] = []
+    monkeypatch.setattr(trainer_group, "kill_actor", killed.append)
+
+    async def main() -> None:
+        log: list[str] = []
+        first = [MortalTrainer(log, "gen0-rank0"), MortalTrainer(log, "gen0-rank1", 1)]
+        spawner = FakeSpawner(log)
+        coord = Coordinator("m", 100, 64, 8, 1.0, first, [], trainer_factory=spawner)  # type: ignore[arg-type]
+        await coord.create_model("s:train:0", LoraConfig(rank=4))
+        first[0].dead = True
+        with pytest.raises(WorkerError, match="died during forward_backward"):
+            await coord.forward_backward("s:train:0", 1, _fb(1), False)
+        await coord.trainers.ready()
+        assert killed == first  # the restart stopped the old ranks, survivor included
+        killed.clear()
+
+        await coord.stop_workers()
+        assert killed == spawner.generations[0]  # the ranks of now, not those first started
+        spawner.generations[0][1].dead = True
+        with pytest.raises(WorkerError, match="stopped"):
+            await asyncio.wait_for(coord.forward_backward("s:train:0", 2, _fb(1), False), 5)
+        assert len(spawner.generations) == 1  # no restart after the stop
 
     asyncio.run(main())

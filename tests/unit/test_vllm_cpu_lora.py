@@ -52,8 +52,10 @@ def test_install_replaces_the_ops_that_the_cpu_wrapper_calls() -> None:
     punica_cpu = pytest.importorskip("vllm.lora.punica_wrapper.punica_cpu")
     from vllm.lora.ops import torch_ops
 
-    saved = {m: {n: getattr(m, n) for n in ("bgmv_shrink", "bgmv_expand", "bgmv_expand_slice")} for m in
-             (lora_ops, torch_ops, punica_cpu)}  # fmt: skip
+    saved = {
+        m: {n: getattr(m, n) for n in ("bgmv_shrink", "bgmv_expand", "bgmv_expand_slice")}
+        for m in (lora_ops, torch_ops, punica_cpu)
+    }
     try:
         vllm_cpu_lora.install()
         assert punica_cpu.bgmv_shrink is vllm_cpu_lora.bgmv_shrink

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import math
 
-from tinsmith.actors.loss_specs import loss_spec
+from tinsmith.actors.loss_specs import LossSpec, loss_spec
 from tinsmith.errors import UserInputError
-from tinsmith.types.data import Datum, TensorData
+from tinsmith.types.data import Datum, LossFnInputs, TensorData
 from tinsmith.types.internal import MicroBatch, TokenDatum
 
 
@@ -23,50 +23,10 @@ def to_token_datums(
     out: list[TokenDatum] = []
     for i, datum in enumerate(data):
         where = f"data[{i}]"
-        try:
-            tokens = datum.model_input.to_ints()
-        except ValueError as exc:
-            raise UserInputError(f"{where}.model_input: {exc}") from exc
+        tokens = _input_tokens(datum, vocab_size, max_length, where)
         n = len(tokens)
-        if n == 0:
-            raise UserInputError(f"{where}.model_input is empty")
-        if n > max_length:
-            raise UserInputError(
-                f"{where}.model_input has {n} tokens, more than the model's {max_length}"
-            )
-        _check_token_range(tokens, vocab_size, f"{where}.model_input")
-        inputs = datum.loss_fn_inputs
-        if "target_tokens" not in inputs:
-            raise UserInputError(
-                f"{where}.loss_fn_inputs is missing 'target_tokens' (needed by {loss_fn})"
-            )
-        _check_tensor(
-            inputs["target_tokens"], "int64", n, f"{where}.loss_fn_inputs['target_tokens']"
-        )
-        targets = [int(t) for t in inputs["target_tokens"].data]
-        if len(targets) != n:
-            raise UserInputError(
-                f"{where}.loss_fn_inputs['target_tokens'] has length {len(targets)}, but model_input has {n} tokens"
-            )
-        _check_token_range(targets, vocab_size, f"{where}.loss_fn_inputs['target_tokens']")
-        values: dict[str, list[float]] = {}
-        for key in (*spec.required, *spec.optional):
-            if key not in inputs:
-                if key in spec.optional:
-                    values[key] = [spec.optional[key]] * n
-                    continue
-                raise UserInputError(
-                    f"{where}.loss_fn_inputs is missing {key!r} (needed by {loss_fn})"
-                )
-            _check_tensor(inputs[key], "float32", n, f"{where}.loss_fn_inputs[{key!r}]")
-            floats = [float(v) for v in inputs[key].data]
-            if len(floats) != n:
-                raise UserInputError(
-                    f"{where}.loss_fn_inputs[{key!r}] has length {len(floats)}, but model_input has {n} tokens"
-                )
-            if any(not math.isfinite(v) for v in floats):
-                raise UserInputError(f"{where}.loss_fn_inputs[{key!r}] contains NaN or infinity")
-            values[key] = floats
+        targets = _target_tokens(datum.loss_fn_inputs, loss_fn, vocab_size, n, where)
+        values = _float_inputs(datum.loss_fn_inputs, spec, loss_fn, n, where)
         weights = values.pop("weights", [1.0] * n)
         out.append(
             TokenDatum(
@@ -74,6 +34,64 @@ def to_token_datums(
             )
         )
     return out
+
+
+def _input_tokens(datum: Datum, vocab_size: int, max_length: int, where: str) -> list[int]:
+    try:
+        tokens = datum.model_input.to_ints()
+    except ValueError as exc:
+        raise UserInputError(f"{where}.model_input: {exc}") from exc
+    n = len(tokens)
+    if n == 0:
+        raise UserInputError(f"{where}.model_input is empty")
+    if n > max_length:
+        raise UserInputError(
+            f"{where}.model_input has {n} tokens, more than the model's {max_length}"
+        )
+    _check_token_range(tokens, vocab_size, f"{where}.model_input")
+    return tokens
+
+
+def _target_tokens(
+    inputs: LossFnInputs, loss_fn: str, vocab_size: int, n: int, where: str
+) -> list[int]:
+    if "target_tokens" not in inputs:
+        raise UserInputError(
+            f"{where}.loss_fn_inputs is missing 'target_tokens' (needed by {loss_fn})"
+        )
+    _check_tensor(inputs["target_tokens"], "int64", n, f"{where}.loss_fn_inputs['target_tokens']")
+    targets = [int(t) for t in inputs["target_tokens"].data]
+    if len(targets) != n:
+        raise UserInputError(
+            f"{where}.loss_fn_inputs['target_tokens'] has length {len(targets)}, "
+            f"but model_input has {n} tokens"
+        )
+    _check_token_range(targets, vocab_size, f"{where}.loss_fn_inputs['target_tokens']")
+    return targets
+
+
+def _float_inputs(
+    inputs: LossFnInputs, spec: LossSpec, loss_fn: str, n: int, where: str
+) -> dict[str, list[float]]:
+    """The loss's float inputs by key, optional ones filled with their default."""
+    values: dict[str, list[float]] = {}
+    for key in (*spec.required, *spec.optional):
+        if key not in inputs:
+            if key in spec.optional:
+                values[key] = [spec.optional[key]] * n
+                continue
+            raise UserInputError(f"{where}.loss_fn_inputs is missing {key!r} (needed by {loss_fn})")
+        _check_tensor(inputs[key], "float32", n, f"{where}.loss_fn_inputs[{key!r}]")
+        floats = [float(v) for v in inputs[key].data]
+        if len(floats) != n:
+            raise UserInputError(
+                f"{where}.loss_fn_inputs[{key!r}] has length {len(floats)}, "
+                f"but model_input has {n} tokens"
+            )
+        if any(not math.isfinite(v) for v in floats):
+            raise UserInputError(f"{where}.loss_fn_inputs[{key!r}] contains NaN or infinity")
+        values[key] = floats
+    return values
 
 
 def _check_tensor(tensor: TensorData, dtype: str, n: int, where: str) -> None:
@@ -91,7 +109,8 @@ def _check_token_range(tokens: list[int], vocab_size: int, where: str) -> None:
     for pos, tok in enumerate(tokens):
         if tok < 0 or tok >= vocab_size:
             raise UserInputError(
-                f"{where}[{pos}] = {tok} is outside the vocabulary (valid ids are 0..{vocab_size - 1})"
+                f"{where}[{pos}] = {tok} is outside the vocabulary (valid "
+                f"ids are 0..{vocab_size - 1})"
             )
 
 
@@ -102,8 +121,8 @@ def pack_micro_batches(
 
     Datums are sorted longest first so similar lengths share a micro-batch; a new micro-batch starts
     when the padded size (count x longest) would exceed ``token_budget`` or its padding would exceed
-    ``max_padding_fraction`` of it. A datum longer than the budget gets a micro-batch of its own. The
-    ``index`` field restores request order afterwards.
+    ``max_padding_fraction`` of it. A datum longer than the budget gets a micro-batch of its own.
+    The ``index`` field restores request order afterwards.
     """
     batches: list[MicroBatch] = []
     current: list[TokenDatum] = []

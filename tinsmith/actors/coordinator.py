@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, NoReturn, Protocol
 
 from tinsmith.actors.batching import plan_rank_work, to_token_datums
 from tinsmith.actors.loss_specs import validate_loss_config
 from tinsmith.actors.sampler_pool import ReplicaHandle as _Handle
 from tinsmith.actors.sampler_pool import SamplerPool
 from tinsmith.actors.trainer_group import TrainerGroup, TrainerSpawner
+from tinsmith.actors.training_clients import TrainingClient
 from tinsmith.errors import NotFoundError, UserInputError, WorkerError
 from tinsmith.types.archives import ArchiveRef, safe_name
 from tinsmith.types.data import TensorData
@@ -27,6 +30,7 @@ from tinsmith.types.internal import (
     CheckpointMeta,
     DatumResult,
     LoadCheckpointWork,
+    MicroBatch,
     ModelStatus,
     OptimStepWork,
     RankResult,
@@ -34,6 +38,7 @@ from tinsmith.types.internal import (
     SampleWork,
     SaveCheckpointWork,
     SavedCheckpoint,
+    TokenDatum,
     WorkerStatus,
 )
 from tinsmith.types.sampling import SampleResponse
@@ -45,7 +50,7 @@ from tinsmith.types.training import (
 )
 
 if TYPE_CHECKING:
-    from ray import ObjectRef
+    from tinsmith.types.coordinator import CoordinatorAPI
 
 log = logging.getLogger(__name__)
 
@@ -58,44 +63,9 @@ class SamplerSpawner(Protocol):
     def spawn(self, index: int) -> _Handle: ...
 
 
-class _Sequencer:
-    """Releases a model's requests strictly in seq_id order (1, 2, 3, ...), waiting for gaps."""
-
-    def __init__(self) -> None:
-        self.next_seq = 1
-        self.cond = asyncio.Condition()
-        self.has_gradients = False
-        self.completed_backwards = (
-            0  # forward_backward calls that finished since the last optim_step
-        )
-        self.gradients_lost = False  # a trainer restart dropped some of them
-        self.claimed: set[int] = set()
-
-    async def wait_turn(self, seq_id: int | None) -> None:
-        """Wait for ``seq_id``'s turn. Each seq_id is taken once: a second request with it (a replay
-        under another idempotency key), even one arriving while the first still waits or runs, is
-        refused, so nothing is applied twice."""
-        if seq_id is None:
-            return
-        async with self.cond:
-            if seq_id < self.next_seq or seq_id in self.claimed:
-                raise UserInputError(
-                    f"seq_id {seq_id} was already used (next expected {self.next_seq})"
-                )
-            self.claimed.add(seq_id)
-            await self.cond.wait_for(lambda: self.next_seq == seq_id)
-
-    async def done(self, seq_id: int | None) -> None:
-        if seq_id is None:
-            return
-        async with self.cond:
-            self.next_seq = seq_id + 1
-            self.claimed.discard(seq_id)
-            self.cond.notify_all()
-
-
 class Coordinator:
-    """Async Ray actor. Its public methods take and return ``tinsmith.types`` models."""
+    """Async Ray actor implementing ``CoordinatorAPI``: its methods take and return
+    ``tinsmith.types`` models."""
 
     def __init__(
         self,
@@ -116,32 +86,28 @@ class Coordinator:
         self.max_padding_fraction = max_padding_fraction
         self.trainers = TrainerGroup(base_model, trainers, trainer_factory, self._specs)
         self.trainers.on_restart = self._on_trainer_restart
-        self.samplers = samplers
-        self.adapters: dict[str, LoraConfig] = {}
-        self.sequencers: dict[str, _Sequencer] = {}
+        self.clients: dict[str, TrainingClient] = {}
         self.pool = SamplerPool(
             samplers, sampler_factory.spawn if sampler_factory is not None else None
         )
         self.shm_dir = sampler_factory.shm_dir if sampler_factory is not None else None
         self._trainer_node: str | None = None
 
-    # ----- training -----------------------------------------------------------------------
+    # ----- training clients -----------------------------------------------------------------
     async def create_model(self, model_id: str, lora: LoraConfig) -> None:
-        if model_id in self.adapters:
+        """A new training client: its adapter and optimizer on every trainer rank."""
+        if model_id in self.clients:
             raise UserInputError(f"model_id {model_id!r} already exists")
-        spec = AdapterSpec(adapter_id=_adapter_name(model_id), lora=lora)
-        await self.trainers.call("create_model", lambda _, t: t.create_adapter.remote(spec))
-        self.adapters[model_id] = lora
-        self.sequencers[model_id] = _Sequencer()
+        client = TrainingClient(adapter_id=_adapter_name(model_id), lora=lora)
+        await self.trainers.create_adapter(AdapterSpec(adapter_id=client.adapter_id, lora=lora))
+        self.clients[model_id] = client
 
     async def unload_model(self, model_id: str) -> None:
         """Free a training client's adapter and optimizer state on every rank (a lost one's too)."""
-        self._known(model_id)
-        del self.adapters[model_id], self.sequencers[model_id]
+        client = self._known(model_id)
+        del self.clients[model_id]
         self.trainers.forget(model_id)
-        await self.trainers.call(
-            "unload_model", lambda _, t: t.unload_adapter.remote(_adapter_name(model_id))
-        )
+        await self.trainers.unload_adapter(client.adapter_id)
 
     async def create_from_checkpoint(
         self, model_id: str, lora: LoraConfig, archive: ArchiveRef, with_optimizer: bool
@@ -158,21 +124,18 @@ class Coordinator:
         self, model_id: str, seq_id: int | None, archive: ArchiveRef, with_optimizer: bool
     ) -> int:
         """The older ``load_state`` form: replace an existing client's adapter, in seq_id order."""
-        seq = self._model(model_id)
-        await seq.wait_turn(seq_id)
-        try:
-            seq.has_gradients = False
+        async with self._turn(model_id, seq_id) as client:
+            client.gradients.pending = False
             return await self._load(model_id, archive, with_optimizer)
-        finally:
-            await seq.done(seq_id)
 
     async def _load(self, model_id: str, archive: ArchiveRef, with_optimizer: bool) -> int:
+        adapter_id = self.clients[model_id].adapter_id
         work = LoadCheckpointWork(
-            adapter_id=_adapter_name(model_id), archive=archive, with_optimizer=with_optimizer
+            adapter_id=adapter_id, archive=archive, with_optimizer=with_optimizer
         )
-        steps = await self.trainers.call("load_state", lambda _, t: t.load_checkpoint.remote(work))
-        await self.trainers.snapshot(model_id, work.adapter_id)
-        return cast(int, steps[0])
+        step = await self.trainers.load_checkpoint(work)
+        await self.trainers.snapshot(model_id, adapter_id)
+        return step
 
     async def save_checkpoint(
         self,
@@ -183,160 +146,124 @@ class Coordinator:
         with_optimizer: bool,
     ) -> SavedCheckpoint:
         """Write the adapter (and optimizer state) as an archive in storage, in seq_id order."""
-        seq = self._model(model_id)
-        await seq.wait_turn(seq_id)
-        try:
+        async with self._turn(model_id, seq_id) as client:
             work = SaveCheckpointWork(
-                adapter_id=_adapter_name(model_id),
+                adapter_id=client.adapter_id,
                 archive=archive,
                 meta=meta,
                 with_optimizer=with_optimizer,
             )
-            results = await self.trainers.call(
-                "save_state", lambda _, t: t.save_checkpoint.remote(work)
-            )
-        finally:
-            await seq.done(seq_id)
-        saved = results[0]
-        assert isinstance(saved, SavedCheckpoint)
-        return saved
+            return await self.trainers.save_checkpoint(work)
 
-    def _known(self, model_id: str) -> _Sequencer:
-        seq = self.sequencers.get(model_id)
-        if seq is None:
+    def _known(self, model_id: str) -> TrainingClient:
+        client = self.clients.get(model_id)
+        if client is None:
             raise NotFoundError(
                 f"model_id {model_id!r} is not a training model of {self.base_model}"
             )
-        return seq
+        return client
 
-    def _model(self, model_id: str) -> _Sequencer:
+    def _model(self, model_id: str) -> TrainingClient:
         """A training client that can take requests (not one lost in a trainer restart)."""
-        seq = self._known(model_id)
+        client = self._known(model_id)
         lost = self.trainers.lost.get(model_id)
         if lost is not None:
             raise WorkerError(
-                f"training client {model_id} did not survive a trainer restart: {lost}; create a training client "
-                "from its last saved state (create_training_client_from_state)"
+                f"training client {model_id} did not survive a trainer restart: {lost}; create "
+                "a training client from its last saved state (create_training_client_from_state)"
             )
-        return seq
+        return client
+
+    @asynccontextmanager
+    async def _turn(self, model_id: str, seq_id: int | None) -> AsyncIterator[TrainingClient]:
+        """Hold ``seq_id``'s turn of a client that can take requests. The turn passes on however
+        the request ends: a failed request still consumes its seq_id."""
+        client = self._model(model_id)
+        await client.order.wait_turn(seq_id)
+        try:
+            yield client
+        finally:
+            await client.order.done(seq_id)
+
+    async def refuse(self, model_id: str, seq_id: int | None, message: str) -> NoReturn:
+        """Fail a request the server answers itself, after consuming its seq_id in order (so the
+        client's later requests are not left waiting for it)."""
+        async with self._turn(model_id, seq_id):
+            pass
+        raise UserInputError(message)
 
     async def forward_backward(
         self, model_id: str, seq_id: int | None, fb: ForwardBackwardInput, forward_only: bool
     ) -> ForwardBackwardOutput:
-        seq = self._model(model_id)
-        # Validate before waiting for the turn, but keep the slot: a bad request still uses its seq_id.
+        """Run (and unless ``forward_only``, accumulate gradients of) one batch, in seq_id order.
+        The datums are checked before the turn; a bad request still consumes its seq_id."""
         try:
             datums = to_token_datums(fb.data, fb.loss_fn, self.vocab_size, self.max_length)
             loss_config = validate_loss_config(fb.loss_fn, fb.loss_fn_config)
         except UserInputError:
-            await seq.wait_turn(seq_id)
-            await seq.done(seq_id)
+            async with self._turn(model_id, seq_id):
+                pass
             raise
-        await seq.wait_turn(seq_id)
-        try:
+        async with self._turn(model_id, seq_id) as client:
+            ranks = len(self.trainers.ranks)
             per_rank = plan_rank_work(
-                datums, len(self.trainers.ranks), self.micro_batch_tokens, self.max_padding_fraction
+                datums, ranks, self.micro_batch_tokens, self.max_padding_fraction
             )
             works = [
                 RankWork(
-                    adapter_id=_adapter_name(model_id),
+                    adapter_id=client.adapter_id,
                     loss_fn=fb.loss_fn,
                     loss_fn_config=dict(loss_config),
                     forward_only=forward_only,
                     micro_batches=batches,
-                    grad_scale=float(len(self.trainers.ranks)),
+                    grad_scale=float(ranks),
                 )
                 for batches in per_rank
             ]
             if not forward_only:
-                await self._report_lost_gradients(seq)
-                seq.has_gradients = True
-            what = "forward" if forward_only else "forward_backward"
-            results = cast(
-                list[RankResult],
-                await self.trainers.call(what, lambda i, t: t.forward_backward.remote(works[i])),
-            )
+                await self._gradients_intact(client)
+                client.gradients.pending = True
+            results = await self.trainers.forward_backward(works)
             if not forward_only:
-                seq.completed_backwards += 1
-        finally:
-            await seq.done(seq_id)
-        by_index: dict[int, DatumResult] = {d.index: d for r in results for d in r.datums}
-        outputs = [
-            {
-                "logprobs": TensorData(
-                    data=by_index[i].logprobs, dtype="float32", shape=[len(by_index[i].logprobs)]
-                ),
-                "elementwise_loss": TensorData(
-                    data=by_index[i].elementwise_loss,
-                    dtype="float32",
-                    shape=[len(by_index[i].elementwise_loss)],
-                ),
-            }
-            for i in range(len(datums))
-        ]
-        metrics = {
-            "loss:sum": sum(r.loss_sum for r in results),
-            "num_tokens:sum": float(sum(r.tokens for r in results)),
-            "trainer_seconds:max": max(r.seconds for r in results),
-            "padding_tokens:sum": float(
-                sum(b.padded_tokens for batches in per_rank for b in batches)
-                - sum(d.length for d in datums)
-            ),
-        }
-        return ForwardBackwardOutput(loss_fn_outputs=outputs, metrics=metrics)
+                client.gradients.completed += 1
+        return _fb_output(datums, per_rank, results)
 
     async def optim_step(
         self, model_id: str, seq_id: int | None, adam: AdamParams
     ) -> dict[str, float]:
-        seq = self._model(model_id)
-        await seq.wait_turn(seq_id)
-        try:
-            await self._report_lost_gradients(seq)
-            if not seq.has_gradients:
+        """One AdamW step over the client's accumulated gradients, then its snapshot."""
+        async with self._turn(model_id, seq_id) as client:
+            await self._gradients_intact(client)
+            if not client.gradients.pending:
                 raise UserInputError("optim_step without gradients: call forward_backward first")
-            work = OptimStepWork(adapter_id=_adapter_name(model_id), adam=adam)
-            metrics = await self.trainers.call("optim_step", lambda _, t: t.optim_step.remote(work))
-            await self.trainers.snapshot(model_id, work.adapter_id)
-            seq.has_gradients, seq.completed_backwards = False, 0
-        finally:
-            await seq.done(seq_id)
-        return cast(dict[str, float], metrics[0])
+            work = OptimStepWork(adapter_id=client.adapter_id, adam=adam)
+            metrics = await self.trainers.optim_step(work)
+            await self.trainers.snapshot(model_id, client.adapter_id)
+            client.gradients.stepped()
+        return metrics
 
-    async def _report_lost_gradients(self, seq: _Sequencer) -> None:
+    async def _gradients_intact(self, client: TrainingClient) -> None:
         """Fail the client's next forward_backward or optim_step, once, if a trainer restart
-        dropped gradients it had accumulated: applying only the later ones would be silently wrong."""
+        dropped gradients it had accumulated (after waiting out a restart under way)."""
         await self.trainers.ready()
-        if seq.gradients_lost:
-            seq.gradients_lost = False
-            raise WorkerError(
-                "the trainer ranks restarted after this client's last optimizer step and the gradients of its "
-                "forward_backward calls since then were lost (the adapter is at that step): repeat those "
-                "forward_backward calls, then optim_step"
-            )
+        client.gradients.raise_if_lost()
 
+    # ----- weight sync and sampling ---------------------------------------------------------
     async def sync_to_samplers(self, model_id: str, seq_id: int | None, key: str) -> None:
         """The ephemeral weight sync: rank 0 exports the adapter, every sampler replica loads it,
         and only then does the call return.
 
         When every live replica shares rank 0's node, rank 0 writes the peft files once into the
         memory-backed ``shm_dir`` and the replicas read them there (the fastest path); otherwise
-        the files travel as bytes through Ray's object store. The export is queued on rank 0 in
-        seq_id order (an actor runs its calls in submission order), so the client's next request
-        may start while the samplers load.
+        the files travel as bytes through Ray's object store. The export is queued on the ranks
+        in seq_id order (an actor runs its calls in submission order), and the turn passes on
+        then, so the client's next request may start while the export finishes and the samplers
+        load. A rank that dies before the export is done fails this request (retryably).
         """
-        seq = self._model(model_id)
-        await seq.wait_turn(seq_id)
-        try:
+        async with self._turn(model_id, seq_id) as client:
             directory = await self._same_node_dir(key)
-            await self.trainers.ready()
-            # every rank takes part (ZeRO-3 gathers the weights); rank 0's answer is the adapter
-            answers = [
-                t.export_adapter.remote(_adapter_name(model_id), directory)
-                for t in self.trainers.ranks
-            ]
-            exported = cast("ObjectRef[AdapterSource]", answers[0])
-        finally:
-            await seq.done(seq_id)
+            export = await self.trainers.export_adapter(client.adapter_id, directory)
+        exported = await export
         if len(self.pool):
             await self.pool.load(key, exported)
 
@@ -345,10 +272,7 @@ class Coordinator:
         if self.shm_dir is None or not len(self.pool):
             return None
         if self._trainer_node is None:
-            (node,) = await self.trainers.call(
-                "node_id", lambda _, t: t.node_id.remote(), only_rank0=True
-            )
-            self._trainer_node = str(node)
+            self._trainer_node = await self.trainers.node_id()
         try:
             nodes = await self.pool.live_nodes()
         except Exception:
@@ -357,14 +281,8 @@ class Coordinator:
             return None
         return str(Path(self.shm_dir) / "adapters" / safe_name(key))
 
-    async def skip_seq(self, model_id: str, seq_id: int | None) -> None:
-        """Consume a seq_id for a request handled without the workers (keeps ordering intact)."""
-        seq = self._model(model_id)
-        await seq.wait_turn(seq_id)
-        await seq.done(seq_id)
-
-    # ----- sampling -----------------------------------------------------------------------
     async def sample(self, work: SampleWork, source: AdapterSource | None) -> SampleResponse:
+        """Sample on the least-loaded live replica (loading the adapter from ``source`` first)."""
         if not len(self.pool):
             raise UserInputError(f"base model {self.base_model!r} has no sampler replicas (config)")
         if work.adapter_key is not None and not self.pool.knows(work.adapter_key):
@@ -373,42 +291,76 @@ class Coordinator:
             await self.pool.load(work.adapter_key, source)
         return await self.pool.sample(work)
 
+    # ----- lifecycle ------------------------------------------------------------------------
     async def ping(self) -> str:
-        """Liveness (start-up waits on it); the first call also starts watching the trainer ranks."""
+        """Liveness (start-up waits on it); the first call also starts watching the trainers."""
         self.trainers.watch()
         return self.base_model
 
+    async def stop_workers(self) -> None:
+        """Stop the current trainer ranks and sampler replicas, replacements included (only this
+        actor knows those); ``ModelActors.shutdown`` calls it before killing the coordinator."""
+        await asyncio.gather(self.trainers.close(), self.pool.close())
+
     def _specs(self) -> dict[str, AdapterSpec]:
         return {
-            m: AdapterSpec(adapter_id=_adapter_name(m), lora=lora)
-            for m, lora in self.adapters.items()
+            m: AdapterSpec(adapter_id=c.adapter_id, lora=c.lora) for m, c in self.clients.items()
         }
 
     def _on_trainer_restart(self) -> None:
         """As a trainer restart begins: gradients accumulated since a client's last step are gone,
         and rank 0 may come back on another node."""
         self._trainer_node = None
-        for seq in self.sequencers.values():
-            seq.gradients_lost = seq.gradients_lost or seq.completed_backwards > 0
-            seq.has_gradients, seq.completed_backwards = False, 0
+        for client in self.clients.values():
+            client.gradients.restarted()
 
     async def status(self) -> ModelStatus:
         """Every live worker's status, and per sampler replica: alive, requests served."""
-        handles = [
-            *self.trainers.ranks,
-            *(s for s, ok in zip(self.samplers, self.pool.alive, strict=True) if ok),
-        ]
+        handles = [*self.trainers.ranks, *self.pool.live_replicas()]
         found = await asyncio.gather(*[w.status.remote() for w in handles], return_exceptions=True)
         workers = [w for w in found if isinstance(w, WorkerStatus)]
         return ModelStatus(
             base_model=self.base_model,
-            training_models=len(self.adapters),
+            training_models=len(self.clients),
             workers=workers,
             sampler_alive=list(self.pool.alive),
             sampler_requests=list(self.pool.served),
             sampler_restarts=list(self.pool.restarts),
             trainer_restarts=self.trainers.restarts,
         )
+
+
+def _conforms(coordinator: Coordinator) -> CoordinatorAPI:
+    """Never called: mypy checks here that the actor implements the server's interface."""
+    return coordinator
+
+
+def _fb_output(
+    datums: list[TokenDatum], per_rank: list[list[MicroBatch]], results: list[RankResult]
+) -> ForwardBackwardOutput:
+    """Every rank's per-datum results in request order, and the request's metrics."""
+    by_index: dict[int, DatumResult] = {d.index: d for r in results for d in r.datums}
+
+    def tensor(values: list[float]) -> TensorData:
+        return TensorData(data=values, dtype="float32", shape=[len(values)])
+
+    outputs = [
+        {
+            "logprobs": tensor(by_index[i].logprobs),
+            "elementwise_loss": tensor(by_index[i].elementwise_loss),
+        }
+        for i in range(len(datums))
+    ]
+    metrics = {
+        "loss:sum": sum(r.loss_sum for r in results),
+        "num_tokens:sum": float(sum(r.tokens for r in results)),
+        "trainer_seconds:max": max(r.seconds for r in results),
+        "padding_tokens:sum": float(
+            sum(b.padded_tokens for batches in per_rank for b in batches)
+            - sum(d.length for d in datums)
+        ),
+    }
+    return ForwardBackwardOutput(loss_fn_outputs=outputs, metrics=metrics)
 
 
 def _adapter_name(model_id: str) -> str:

@@ -20,7 +20,8 @@ R = TypeVar("R")
 
 
 class LoraResidency(Generic[R]):
-    """Registered (resident) adapters in LRU order, parked ones, and requests in flight per adapter."""
+    """Registered (resident) adapters in LRU order, parked ones, and
+    requests in flight per adapter."""
 
     def __init__(self, capacity: int) -> None:
         # vLLM evicts when registering one more would exceed its capacity; stay one below that.
@@ -36,7 +37,8 @@ class LoraResidency(Generic[R]):
         return len(self.resident) + len(self.parked)
 
     def to_evict(self) -> list[str]:
-        """Resident adapters to park so that one more fits: least recently used first, never one in use."""
+        """Resident adapters to park so that one more fits: least
+        recently used first, never one in use."""
         excess = len(self.resident) + 1 - self.limit
         idle = [key for key in self.resident if self.in_flight[key] == 0]
         return idle[: max(0, excess)]
@@ -55,7 +57,8 @@ class LoraResidency(Generic[R]):
         self.resident[key] = request
 
     def use(self, key: str) -> R | None:
-        """The resident request for `key` (now most recently used), counted as in flight; None if not resident."""
+        """The resident request for `key` (now most recently used), counted as
+        in flight; None if not resident."""
         request = self.resident.get(key)
         if request is not None:
             self.resident.move_to_end(key)

@@ -13,7 +13,8 @@ from tinsmith.errors import UserInputError
 
 @dataclass(frozen=True)
 class LossSpec:
-    """``required``: float inputs that must be present; ``optional``: float inputs with a default."""
+    """``required``: float inputs that must be present;
+    ``optional``: float inputs with a default."""
 
     required: tuple[str, ...] = ()
     optional: dict[str, float] = field(default_factory=dict)
@@ -34,12 +35,14 @@ UNSUPPORTED = ("gspo", "stable_reinforce", "custom")
 
 
 def loss_spec(loss_fn: str) -> LossSpec:
+    """The spec for ``loss_fn``, or a UserInputError saying which losses this server supports."""
     spec = LOSS_SPECS.get(loss_fn)
     if spec is not None:
         return spec
     if loss_fn in UNSUPPORTED:
         raise UserInputError(
-            f"loss_fn {loss_fn!r} is not implemented by this server; supported: {', '.join(LOSS_SPECS)}"
+            f"loss_fn {loss_fn!r} is not implemented by this server; "
+            f"supported: {', '.join(LOSS_SPECS)}"
         )
     raise UserInputError(
         f"loss_fn {loss_fn!r} is not supported; supported: {', '.join(LOSS_SPECS)}"
@@ -66,8 +69,8 @@ def validate_loss_config(loss_fn: str, config: dict[str, float | str] | None) ->
         lo, hi = out["clip_low_threshold"], out["clip_high_threshold"]
         if not 0.0 <= lo <= 1.0 <= hi:
             raise UserInputError(
-                f"loss_fn_config clip thresholds must satisfy 0 <= clip_low_threshold <= 1 <= clip_high_threshold, "
-                f"got {lo} and {hi}"
+                "loss_fn_config clip thresholds must satisfy 0 <= clip_low_threshold <= 1 <= "
+                f"clip_high_threshold, got {lo} and {hi}"
             )
     if not out.get("beta", 0.0) >= 0:  # also refuses NaN
         raise UserInputError(f"loss_fn_config['beta'] must be >= 0, got {out['beta']}")

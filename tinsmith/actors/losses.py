@@ -51,7 +51,8 @@ def ppo(
 def cispo(
     logprobs_B_T: torch.Tensor, inputs: dict[str, torch.Tensor], config: dict[str, float | str]
 ) -> torch.Tensor:
-    """``-sg(clip(r, lo, hi)) * tp * A``: a clipped, stop-gradient importance weight on REINFORCE."""
+    """``-sg(clip(r, lo, hi)) * tp * A``: a clipped, stop-gradient
+    importance weight on REINFORCE."""
     lo = config_value("cispo", config, "clip_low_threshold")
     hi = config_value("cispo", config, "clip_high_threshold")
     weight = torch.clamp(_ratio(logprobs_B_T, inputs), lo, hi).detach()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 
 def node_info() -> tuple[str, dict[str, float]]:
-    """(node id, that node's resources: custom ones included, per-node ``node:`` labels left out)."""
+    """(node id, that node's resources: custom ones included,
+    per-node ``node:`` labels left out)."""
     import ray
 
     node_id = ray.get_runtime_context().get_node_id()

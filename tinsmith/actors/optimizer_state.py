@@ -2,14 +2,17 @@
 
 A checkpoint must load on any number of ranks and any ZeRO stage, so it holds whole tensors
 (``exp_avg/<param>``, ``exp_avg_sq/<param>``, ``master/<param>``) and the step count, never
-DeepSpeed's flattened per-rank partitions. Under ZeRO 1-3 and the bf16 optimizer, DeepSpeed's
-``safe_get_full_*`` helpers gather a parameter's fragments (an all-reduce or all-gather), so
-every rank must call ``export_state`` together, in the same order.
+DeepSpeed's flattened per-rank partitions. Where those live depends on the engine's
+``OptimizerLayout`` (chosen from the config), which every function here is given. Under ZeRO 1-3
+DeepSpeed's ``safe_get_full_*`` helpers gather a parameter's fragments (an all-reduce or
+all-gather), so every rank must call ``export_state`` together, in the same order.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+from tinsmith.actors.optimizer_layout import DeepSpeedOptimizer, OptimizerLayout
 
 if TYPE_CHECKING:
     import torch
@@ -18,72 +21,72 @@ _MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
 def _per_param(
-    optimizer: object, params: dict[str, torch.nn.Parameter]
-) -> tuple[torch.optim.Optimizer, dict[str, torch.nn.Parameter]] | None:
-    """(the torch optimizer, the tensor it updates for each parameter) where every parameter has a
-    whole tensor of its own there: the optimizer itself (fp32 ZeRO-0), or DeepSpeed's unfused
-    low-precision optimizer (bf16 ZeRO-0), whose fp32 copies are the masters. None for the
-    flattened, partitioned ZeRO 1-3 optimizers."""
-    import torch
-
-    if isinstance(optimizer, torch.optim.Optimizer):
+    optimizer: DeepSpeedOptimizer, layout: OptimizerLayout, params: dict[str, torch.nn.Parameter]
+) -> tuple[torch.optim.Optimizer, dict[str, torch.nn.Parameter]]:
+    """(the torch optimizer, the tensor it updates for each parameter) in the ZeRO-0 layouts, where
+    every parameter has a whole tensor of its own there: the parameter itself (fp32), or the
+    unfused bf16 optimizer's fp32 copy of it, which is its master."""
+    assert layout.per_parameter, layout
+    if layout is OptimizerLayout.TORCH:
         return optimizer, params
-    if not _unfused(optimizer):
-        return None
-    groups = zip(optimizer.fp16_groups, optimizer.fp32_groups, strict=True)  # type: ignore[attr-defined]
+    groups = zip(optimizer.fp16_groups, optimizer.fp32_groups, strict=True)
     masters = {id(lp): hp for lps, hps in groups for lp, hp in zip(lps, hps, strict=True)}
-    return optimizer.optimizer, {name: masters[id(p)] for name, p in params.items()}  # type: ignore[attr-defined]
+    return optimizer.optimizer, {name: masters[id(p)] for name, p in params.items()}
 
 
-def _unfused(optimizer: object) -> bool:
-    """DeepSpeed's unfused low-precision optimizer: whole fp32 copies of the low-precision parameters."""
-    return (
-        getattr(optimizer, "fp16_groups", None) is not None
-        and getattr(optimizer, "fp32_groups", None) is not None
-    )
-
-
-def reset_lazy_state(engine: object) -> None:
-    """Forget the optimizer step DeepSpeed's unfused low-precision optimizer takes at construction
-    (with zero gradients, to create AdamW's state): left in, it would count as the adapter's first
-    step and change AdamW's bias correction from then on."""
-    optimizer = engine.optimizer  # type: ignore[attr-defined]
-    if _unfused(optimizer):
+def reset_lazy_state(optimizer: DeepSpeedOptimizer, layout: OptimizerLayout) -> None:
+    """Forget the optimizer step DeepSpeed's unfused bf16 optimizer takes at construction (with
+    zero gradients, to create AdamW's state): left in, it would count as the adapter's first step
+    and change AdamW's bias correction from then on."""
+    if layout is OptimizerLayout.UNFUSED_BF16:
         optimizer.optimizer.state.clear()
 
 
 def export_state(
-    engine: object, params: dict[str, torch.nn.Parameter]
+    optimizer: DeepSpeedOptimizer, layout: OptimizerLayout, params: dict[str, torch.nn.Parameter]
 ) -> tuple[int, dict[str, torch.Tensor]]:
     """(optimizer steps taken, full fp32 tensors); no tensors before the first step."""
     import torch
-    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
-    optimizer = engine.optimizer  # type: ignore[attr-defined]
-    tensors: dict[str, torch.Tensor] = {}
-    per_param = _per_param(optimizer, params)
-    if per_param is not None:
-        torch_optimizer, owners = per_param
-        first = torch_optimizer.state.get(next(iter(owners.values())))
-        if not first:
-            return 0, {}
-        for name, p in owners.items():
-            state = torch_optimizer.state[p]
-            for key in _MOMENTS:
-                tensors[f"{key}/{name}"] = state[key].detach().float().cpu().clone()
-            tensors[f"master/{name}"] = p.detach().float().cpu().clone()
-        return int(torch.as_tensor(first["step"]).item()), tensors
+    if layout.per_parameter:
+        return _export_per_param(*_per_param(optimizer, layout, params))
     base = optimizer.optimizer
     steps = [s["step"] for s in base.state.values() if "step" in s]
     if not steps:
         return 0, {}
     step = int(torch.as_tensor(steps[0]).item())
-    if all(hasattr(p, "_hp_mapping") for p in params.values()):  # ZeRO 1/2, the bf16 optimizer
+    if layout is OptimizerLayout.ZERO_1_2:
+        tensors: dict[str, torch.Tensor] = {}
         for state_key in (*_MOMENTS, None):
             for name, value in _gather_fragments(params, state_key).items():
                 tensors[f"{state_key or 'master'}/{name}"] = value
         return step, tensors
-    for name, p in params.items():  # ZeRO-3: a gather per parameter
+    return step, _gather_zero3(params)
+
+
+def _export_per_param(
+    torch_optimizer: torch.optim.Optimizer, owners: dict[str, torch.nn.Parameter]
+) -> tuple[int, dict[str, torch.Tensor]]:
+    import torch
+
+    first = torch_optimizer.state.get(next(iter(owners.values())))
+    if not first:
+        return 0, {}
+    tensors: dict[str, torch.Tensor] = {}
+    for name, p in owners.items():
+        state = torch_optimizer.state[p]
+        for key in _MOMENTS:
+            tensors[f"{key}/{name}"] = state[key].detach().float().cpu().clone()
+        tensors[f"master/{name}"] = p.detach().float().cpu().clone()
+    return int(torch.as_tensor(first["step"]).item()), tensors
+
+
+def _gather_zero3(params: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+    """Every parameter's moments and master under ZeRO-3: a gather per parameter."""
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+    tensors: dict[str, torch.Tensor] = {}
+    for name, p in params.items():
         for key in _MOMENTS:
             value = safe_get_full_optimizer_state(p, key)
             tensors[f"{key}/{name}"] = value.detach().float().cpu().clone()
@@ -91,7 +94,7 @@ def export_state(
         tensors[f"master/{name}"] = (
             (master if master is not None else p).detach().float().cpu().clone()
         )
-    return step, tensors
+    return tensors
 
 
 def _gather_fragments(
@@ -125,7 +128,8 @@ def _gather_fragments(
 
 
 def import_state(
-    engine: object,
+    optimizer: DeepSpeedOptimizer,
+    layout: OptimizerLayout,
     params: dict[str, torch.nn.Parameter],
     step: int,
     tensors: dict[str, torch.Tensor],
@@ -134,11 +138,9 @@ def import_state(
     import torch
     from deepspeed.utils import safe_set_full_optimizer_state
 
-    optimizer = engine.optimizer  # type: ignore[attr-defined]
     step_t = torch.tensor(float(step), dtype=torch.float32)
-    per_param = _per_param(optimizer, params)
-    if per_param is not None:
-        torch_optimizer, owners = per_param
+    if layout.per_parameter:
+        torch_optimizer, owners = _per_param(optimizer, layout, params)
         for name, p in owners.items():
             torch_optimizer.state[p] = {
                 "step": step_t.clone(),
@@ -146,19 +148,16 @@ def import_state(
             }
         return
     base = optimizer.optimizer
-    flats = (
-        getattr(optimizer, "single_partition_of_fp32_groups", None)  # ZeRO 1/2
-        or getattr(optimizer, "fp32_partitioned_groups_flat", None)  # ZeRO 3
-        or optimizer.fp32_groups_flat_partition  # the bf16 optimizer
-    )
+    if layout is OptimizerLayout.ZERO_1_2:
+        flats = optimizer.single_partition_of_fp32_groups
+    else:
+        flats = optimizer.fp32_partitioned_groups_flat
     for flat in flats:
         state = base.state.setdefault(flat, {})
         state["step"] = step_t.clone()
         for key in _MOMENTS:
             state.setdefault(key, torch.zeros_like(flat))
-    if hasattr(
-        optimizer, "_lazy_init_hp_params_optimizer_state"
-    ):  # fragments link to the new state
+    if layout is OptimizerLayout.ZERO_1_2:  # link the parameters' fragments to the new state
         optimizer._hp_optimizer_states_linked = False
         optimizer._lazy_init_hp_params_optimizer_state()
     for name, p in params.items():
@@ -167,7 +166,10 @@ def import_state(
 
 
 def set_weights(
-    engine: object, params: dict[str, torch.nn.Parameter], weights: dict[str, torch.Tensor]
+    optimizer: DeepSpeedOptimizer,
+    layout: OptimizerLayout,
+    params: dict[str, torch.nn.Parameter],
+    weights: dict[str, torch.Tensor],
 ) -> None:
     """Set each parameter (and DeepSpeed's fp32 master copy of it, if any) to a full tensor.
 
@@ -177,18 +179,16 @@ def set_weights(
     import torch
     from deepspeed.utils import safe_set_full_fp32_param
 
-    zero3 = [p for p in params.values() if hasattr(p, "ds_id")]
+    zero3 = layout is OptimizerLayout.ZERO_3
     with torch.no_grad():
-        with deepspeed.zero.GatheredParameters(zero3, modifier_rank=0, enabled=bool(zero3)):
+        with deepspeed.zero.GatheredParameters(
+            list(params.values()), modifier_rank=0, enabled=zero3
+        ):
             for name, p in params.items():
                 p.data.copy_(weights[name].to(p.device, p.dtype))
-        per_param = _per_param(engine.optimizer, params)  # type: ignore[attr-defined]
-        if (
-            per_param is not None
-        ):  # the masters are separate tensors only under the unfused bf16 optimizer
-            for name, master in per_param[1].items():
-                if master is not params[name]:
-                    master.data.copy_(weights[name].to(master.device, master.dtype))
-        for name, p in params.items():
-            if hasattr(p, "_hp_mapping") or hasattr(p, "ds_id"):
+        if layout is OptimizerLayout.UNFUSED_BF16:  # its masters are tensors of their own
+            for name, master in _per_param(optimizer, layout, params)[1].items():
+                master.data.copy_(weights[name].to(master.device, master.dtype))
+        if not layout.per_parameter:  # the ZeRO optimizers' partitioned fp32 masters
+            for name, p in params.items():
                 safe_set_full_fp32_param(p, weights[name].to(p.device).float())

@@ -42,7 +42,8 @@ def configure_process(config: SamplerConfig) -> None:
 
 
 def engine_args(model_dir: str, config: SamplerConfig) -> dict[str, object]:
-    """vLLM engine arguments of a replica (the sampling benchmark builds its baseline from them too)."""
+    """vLLM engine arguments of a replica (the sampling benchmark
+    builds its baseline from them too)."""
     return {
         "model": model_dir,
         "tokenizer": model_dir,
@@ -115,7 +116,8 @@ class SamplerWorker:
         await self._register(key, request)
 
     async def _register(self, key: str, request: LoRARequest) -> None:
-        """Register with vLLM, first parking idle adapters so that vLLM never evicts one (lora_residency.py)."""
+        """Register with vLLM, first parking idle adapters so that vLLM never
+        evicts one (lora_residency.py)."""
         if self._register_lock is None:
             self._register_lock = asyncio.Lock()
             self._released = asyncio.Event()
@@ -134,7 +136,8 @@ class SamplerWorker:
             self._adapters.add(key, request)
 
     async def _use_adapter(self, key: str) -> LoRARequest:
-        """The adapter's request, registered again if it was parked; counted in flight until released."""
+        """The adapter's request, registered again if it was parked;
+        counted in flight until released."""
         lora = self._adapters.use(key)
         if lora is None:
             parked = self._adapters.parked.get(key)

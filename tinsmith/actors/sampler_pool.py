@@ -40,11 +40,23 @@ class ReplicaHandle(Protocol):
     def __getattr__(self, name: str) -> _RemoteMethod: ...
 
 
-def actor_died(exc: BaseException) -> bool:
+def actor_died(exc: BaseException | None) -> bool:
     """True if ``exc`` says the actor itself is gone (not that the request was bad)."""
     from ray.exceptions import RayActorError
 
     return isinstance(exc, RayActorError)
+
+
+def kill_actor(handle: ReplicaHandle) -> None:
+    """Stop a worker for good (no Ray restart); one already gone, or a test's fake, is skipped."""
+    import ray
+
+    if not isinstance(handle, ray.actor.ActorHandle):
+        return
+    try:
+        ray.kill(handle, no_restart=True)
+    except Exception:
+        log.debug("worker already gone")
 
 
 KEEP_IN_MEMORY_VERSIONS = 16
@@ -52,6 +64,9 @@ REPLACEMENT_WAIT_SECONDS = 300.0  # how long a request waits for a replacement w
 
 
 class SamplerPool:
+    """One base model's sampler replicas: the only holder of their current handles (a replaced
+    replica's handle is swapped in here), their liveness, load and adapters."""
+
     def __init__(
         self, replicas: list[ReplicaHandle], spawn: Callable[[int], ReplicaHandle] | None = None
     ) -> None:
@@ -67,10 +82,28 @@ class SamplerPool:
         self._turn = itertools.count()
         self._spawn = spawn
         self._respawning: set[int] = set()
+        self._starting: dict[int, ReplicaHandle] = {}  # replacements not yet in ``replicas``
         self._background: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
         return len(self.replicas)
+
+    def live_replicas(self) -> list[ReplicaHandle]:
+        """The current handle of every live replica (a replaced one's successor, not the dead)."""
+        return [r for r, ok in zip(self.replicas, self.alive, strict=True) if ok]
+
+    async def close(self) -> None:
+        """Stop every replica, and any replacement being started; none is started afterwards."""
+        self._spawn = None
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.wait(list(self._background))
+        for handle in [*self.replicas, *self._starting.values()]:
+            kill_actor(handle)
+        self._starting.clear()
+        self._respawning.clear()
+        self.alive = [False] * len(self.replicas)
 
     def knows(self, key: str) -> bool:
         return (
@@ -80,7 +113,7 @@ class SamplerPool:
         )
 
     async def live_nodes(self) -> list[str]:
-        """The node of every live replica (asked once per replica: a weight sync checks it each time)."""
+        """The node of every live replica (asked once per replica: each weight sync checks)."""
         live = [i for i, ok in enumerate(self.alive) if ok]
         unknown = [i for i in live if self._nodes[i] is None]
         found = await asyncio.gather(*[self.replicas[i].node_id.remote() for i in unknown])
@@ -139,11 +172,12 @@ class SamplerPool:
 
     async def _respawn(self, index: int) -> None:
         """Start a replacement for replica ``index`` and give it every reloadable adapter."""
-        assert self._spawn is not None
+        spawn = self._spawn
+        assert spawn is not None
         delay = 2.0
         while True:
             try:
-                handle = self._spawn(index)
+                handle = self._starting[index] = spawn(index)
                 await handle.start.remote()
                 loaded: set[str] = set()
                 for key in [*self.sources, *self._blobs]:
@@ -152,6 +186,7 @@ class SamplerPool:
                         await handle.load_adapter.remote(key, source)
                         loaded.add(key)
                 self.replicas[index], self._loaded[index], self._nodes[index] = handle, loaded, None
+                del self._starting[index]
                 self.alive[index] = True
                 self.restarts[index] += 1
                 self._respawning.discard(index)

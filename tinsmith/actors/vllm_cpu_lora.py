@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 def lora_matmul(
     inputs: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, dtype: torch.dtype
 ) -> torch.Tensor:
-    """Row t of the result is inputs[t] @ weights[indices[t]].T, as the reference einsum computes it.
+    """Row t of the result is inputs[t] @ weights[indices[t]].T,
+    as the reference einsum computes it.
 
     `weights` is (num_slots, [1,] out, in); indices follow torch indexing (a -1 names the last slot,
     as in the reference op).
@@ -49,6 +50,7 @@ def bgmv_shrink(
     lora_indices_tensor: torch.Tensor,
     scaling: float = 1.0,
 ) -> None:
+    """The reference ``bgmv_shrink``: project each token onto its adapter's rank (x @ A), scaled."""
     outputs = lora_matmul(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
     output_tensor[:, : outputs.shape[1]] = scaling * outputs[:]
 
@@ -60,13 +62,13 @@ def bgmv_expand(
     lora_indices_tensor: torch.Tensor,
     add_inputs: bool = True,
 ) -> None:
+    """The reference ``bgmv_expand``: project back up from the rank (x @ B) into the output."""
     outputs = lora_matmul(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
     limit = output_tensor.shape[0]
     if outputs.shape[0] == 1 and output_tensor.shape[0] != 1:
         limit = 1
-    common_len = min(
-        outputs.shape[1], output_tensor.shape[1]
-    )  # adapter and model may pad differently
+    # adapter and model may pad differently
+    common_len = min(outputs.shape[1], output_tensor.shape[1])
     if add_inputs:
         output_tensor[:, :common_len] += outputs[:limit, :common_len]
     else:
@@ -82,6 +84,8 @@ def bgmv_expand_slice(
     slice_size: int,
     add_inputs: bool = True,
 ) -> None:
+    """The reference ``bgmv_expand_slice``: ``bgmv_expand`` into one column slice of a fused
+    output (q, k or v of a merged projection)."""
     outputs = lora_matmul(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
     if add_inputs:
         output_tensor[:, slice_offset : slice_offset + slice_size] += outputs[:]

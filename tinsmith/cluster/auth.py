@@ -34,14 +34,17 @@ _PUBLIC_PATHS = ("/api/v1/healthz", "/api/v1/tinsmith/files/")
 
 
 def current_tenant() -> str:
+    """The tenant of the request being served (``local`` outside a request and in open mode)."""
     return TENANT.get()
 
 
 def hash_key(api_key: str) -> str:
+    """How a key is stored and looked up: its sha256, never the key itself."""
     return hashlib.sha256(api_key.encode()).hexdigest()
 
 
 def new_key() -> str:
+    """A fresh random ``tml-`` key, in the SDK's format."""
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 

@@ -43,6 +43,7 @@ KIND_BY_TYPE: dict[CheckpointType, str] = {
 
 
 def check_name(name: str | None, field: str = "path") -> str:
+    """A save's checkpoint name, refused unless it is safe in a tinker path and a storage key."""
     if name is None or not NAME_RE.match(name) or name in (".", ".."):
         raise UserInputError(
             f"{field} {name!r} must be 1-128 characters of letters, digits, '.', '_' or '-'"
@@ -51,6 +52,7 @@ def check_name(name: str | None, field: str = "path") -> str:
 
 
 def parse_tinker_path(path: str, field: str = "path") -> ParsedCheckpointTinkerPath:
+    """Parse a ``tinker://`` path from a request; a malformed one is the caller's error (400)."""
     try:
         return ParsedCheckpointTinkerPath.from_tinker_path(path)
     except ValueError as exc:
@@ -58,6 +60,9 @@ def parse_tinker_path(path: str, field: str = "path") -> ParsedCheckpointTinkerP
 
 
 class CheckpointService:
+    """Every checkpoint the server keeps: its archive in storage, its record, expiry and download
+    links. The checkpoint routes and the models' saves and loads all go through here."""
+
     def __init__(
         self,
         store: MetadataStore,
@@ -89,7 +94,8 @@ class CheckpointService:
             raise UserInputError(f"checkpoint {tinker_path!r} is being written by another request")
         if not overwrite and self.get(tinker_path) is not None:
             raise UserInputError(
-                f"checkpoint {tinker_path!r} already exists; pass overwrite=True or choose another name"
+                f"checkpoint {tinker_path!r} already exists; pass "
+                "overwrite=True or choose another name"
             )
         self._reserved.add(tinker_path)
         return lambda: self._reserved.discard(tinker_path)
@@ -174,7 +180,8 @@ class CheckpointService:
         )
 
     def verify(self, token: str) -> tuple[CheckpointRecord, str | None]:
-        """The checkpoint and file a token names; NotFoundError for any bad, expired or stale token."""
+        """The checkpoint and file a token names; NotFoundError for
+        any bad, expired or stale token."""
         try:
             raw_b64, mac_b64 = token.split(".")
             raw = base64.urlsafe_b64decode(raw_b64 + "=" * (-len(raw_b64) % 4))
@@ -198,11 +205,13 @@ def _b64(raw: bytes) -> str:
 
 
 def expiry(ttl_seconds: int | None) -> dt.datetime | None:
+    """When a checkpoint with this TTL expires (``None``: never); refuses TTLs out of range."""
     if ttl_seconds is None:
         return None
     if not 1 <= ttl_seconds <= MAX_TTL_SECONDS:
         raise UserInputError(
-            f"ttl_seconds must be in 1..{MAX_TTL_SECONDS} (or null for no expiry), got {ttl_seconds}"
+            f"ttl_seconds must be in 1..{MAX_TTL_SECONDS} (or null for "
+            f"no expiry), got {ttl_seconds}"
         )
     return utcnow() + dt.timedelta(seconds=ttl_seconds)
 

@@ -8,25 +8,20 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import Awaitable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tinsmith.cluster.config import ClusterConfig, load_config
 from tinsmith.cluster.metrics import RequestIdFilter
 from tinsmith.errors import ConfigurationError
 from tinsmith.storage.base import StorageError
 
+if TYPE_CHECKING:
+    from tinsmith.cluster.placement import ModelActors
+    from tinsmith.cluster.state import ServedModel
+    from tinsmith.storage.transfer import StorageSite
+
 log = logging.getLogger("tinsmith")
-
-
-class RayCoordinator:
-    """Adapts a coordinator actor handle to the server's ``CoordinatorClient`` protocol."""
-
-    def __init__(self, handle: object) -> None:
-        self.handle = handle
-
-    def call(self, method: str, *args: object) -> Awaitable[object]:
-        return getattr(self.handle, method).remote(*args)
 
 
 def _init_ray(config: ClusterConfig) -> bool:
@@ -57,25 +52,25 @@ def _import_driver_modules() -> None:
     import tinsmith.actors.coordinator
     import tinsmith.actors.sampler
     import tinsmith.actors.trainer
-    import tinsmith.cluster.checkpoint_routes
+    import tinsmith.cluster.coordinator_handle
     import tinsmith.storage.transfer  # noqa: F401
 
 
 def serve(config: ClusterConfig, host: str, port: int) -> None:
+    """Prepare the models, start Ray and every model's actors, and serve the API until stopped."""
     import ray
     import uvicorn
 
     from tinsmith.cluster.checkpoints import open_checkpoint_service
     from tinsmith.cluster.model_cache import prepare_all
-    from tinsmith.cluster.placement import ModelActors, check_capacity, start_model
-    from tinsmith.cluster.server import ServedModel, ServerState, build_app
+    from tinsmith.cluster.placement import check_capacity
+    from tinsmith.cluster.server import ServerState, build_app
 
     _import_driver_modules()
     model_dirs = prepare_all(config)
     data_dir = config.resolved_data_dir()
-    checkpoints = open_checkpoint_service(
-        config.storage, data_dir
-    )  # before Ray: a bad bucket fails fast
+    # Before Ray: a bad bucket fails fast.
+    checkpoints = open_checkpoint_service(config.storage, data_dir)
     started = _init_ray(config)
     if not config.ray_autoscaling:
         try:
@@ -88,48 +83,14 @@ def serve(config: ClusterConfig, host: str, port: int) -> None:
     shm_dir.mkdir(parents=True, exist_ok=True)
     actors: list[ModelActors] = []
     try:
-        served: dict[str, ServedModel] = {}
-        for spec in config.models:
-            model_dir = model_dirs[spec.name]
-            sampler_cfg = config.sampler_for(spec)
-            started_model = start_model(
-                spec,
-                model_dir,
-                config.trainer_for(spec),
-                sampler_cfg,
-                str(shm_dir),
-                checkpoints.site,
-            )
-            actors.append(started_model)
-            vocab = int(json.loads((model_dir / "config.json").read_text())["vocab_size"])
-            served[spec.name] = ServedModel(
-                name=spec.name,
-                model_dir=model_dir,
-                max_context_length=min(spec.max_context_length, sampler_cfg.max_model_len),
-                coordinator=RayCoordinator(started_model.coordinator),
-                vocab_size=vocab,
-                sampleable=sampler_cfg.num_replicas > 0,
-                max_lora_rank=sampler_cfg.max_lora_rank,
-            )
-            log.info("model %s ready from %s", spec.name, model_dir)
         state = ServerState(
-            models=served,
-            data_dir=data_dir,
+            models=_start_models(config, model_dirs, str(shm_dir), checkpoints.site, actors),
             checkpoints=checkpoints,
             reaper_seconds=config.checkpoint_reaper_seconds,
             auth=config.auth,
             limits=config.limits,
         )
-        if config.auth.mode == "open":
-            log.warning(
-                "auth: OPEN mode - any 'tml-' API key is accepted and all clients share one tenant"
-            )
-        else:
-            log.info(
-                "auth: API keys required (%s, $%s, tinsmith keys create)",
-                config.auth.keys_file,
-                config.auth.keys_env,
-            )
+        _log_auth(config)
         log.info("tinsmith serving on http://%s:%d", host, port)
         print(f"tinsmith: ready on http://{host}:{port}", flush=True)
         uvicorn.run(
@@ -142,6 +103,54 @@ def serve(config: ClusterConfig, host: str, port: int) -> None:
         checkpoints.store.close()
         if started:
             ray.shutdown()
+
+
+def _start_models(
+    config: ClusterConfig,
+    model_dirs: dict[str, Path],
+    shm_dir: str,
+    site: StorageSite,
+    actors: list[ModelActors],
+) -> dict[str, ServedModel]:
+    """Start every configured model's actors (each appended to ``actors`` at once, so a later
+    failure still shuts it down) and describe it for the server."""
+    from tinsmith.cluster.coordinator_handle import RayCoordinatorHandle
+    from tinsmith.cluster.placement import start_model
+    from tinsmith.cluster.state import ServedModel
+
+    served: dict[str, ServedModel] = {}
+    for spec in config.models:
+        model_dir = model_dirs[spec.name]
+        sampler_cfg = config.sampler_for(spec)
+        started_model = start_model(
+            spec, model_dir, config.trainer_for(spec), sampler_cfg, shm_dir, site
+        )
+        actors.append(started_model)
+        vocab = int(json.loads((model_dir / "config.json").read_text())["vocab_size"])
+        served[spec.name] = ServedModel(
+            name=spec.name,
+            model_dir=model_dir,
+            max_context_length=min(spec.max_context_length, sampler_cfg.max_model_len),
+            coordinator=RayCoordinatorHandle(started_model.coordinator),
+            vocab_size=vocab,
+            sampleable=sampler_cfg.num_replicas > 0,
+            max_lora_rank=sampler_cfg.max_lora_rank,
+        )
+        log.info("model %s ready from %s", spec.name, model_dir)
+    return served
+
+
+def _log_auth(config: ClusterConfig) -> None:
+    if config.auth.mode == "open":
+        log.warning(
+            "auth: OPEN mode - any 'tml-' API key is accepted and all clients share one tenant"
+        )
+    else:
+        log.info(
+            "auth: API keys required (%s, $%s, tinsmith keys create)",
+            config.auth.keys_file,
+            config.auth.keys_env,
+        )
 
 
 def create_key(config: ClusterConfig, tenant: str) -> str:
@@ -168,6 +177,7 @@ def create_key(config: ClusterConfig, tenant: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``tinsmith`` command (``serve``, ``prepare``, ``keys create``); returns the exit code."""
     parser = argparse.ArgumentParser(
         prog="tinsmith", description="Tinker-compatible fine-tuning on Ray"
     )

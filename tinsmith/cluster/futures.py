@@ -26,6 +26,9 @@ __all__ = ["FutureResult", "FutureStore", "failure"]
 
 
 class FutureStore:
+    """The server's in-flight and finished requests, each under the request id the SDK polls with
+    ``retrieve_future``; scoped to the owning tenant."""
+
     def __init__(
         self,
         store: MetadataStore | None = None,
@@ -47,7 +50,8 @@ class FutureStore:
         idempotency_key: str | None = None,
         owner: str = "local",
     ) -> tuple[str, bool]:
-        """Run ``start()``; returns (request_id, created). A repeated idempotency key reuses the first run.
+        """Run ``start()``; returns (request_id, created). A repeated
+        idempotency key reuses the first run.
 
         An owner with ``max_pending_per_owner`` unfinished requests gets ``TooManyRequestsError``
         (429) for a new one; a replay of a known key is still answered.
@@ -59,7 +63,8 @@ class FutureStore:
         if self._max_pending is not None and self._pending[owner] >= self._max_pending:
             raise TooManyRequestsError(
                 f"tenant {owner!r} has {self._pending[owner]} unfinished requests "
-                f"(limits.max_pending_per_tenant = {self._max_pending}); retry when some have finished"
+                f"(limits.max_pending_per_tenant = {self._max_pending}); "
+                "retry when some have finished"
             )
         request_id = uuid.uuid4().hex
         if self._store is not None:
@@ -120,6 +125,7 @@ class FutureStore:
 
 
 def failure(message: str, category: RequestErrorCategory) -> FutureResult:
+    """A finished future that the SDK raises as a request failure (``RequestFailedResponse``)."""
     body = RequestFailedResponse(error=message, category=category).model_dump_json().encode()
     return FutureResult(kind="json", body=body, failed=True)
 

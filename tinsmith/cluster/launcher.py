@@ -20,6 +20,7 @@ from types import TracebackType
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (the OS picks it), for a server or a test."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -87,7 +88,8 @@ class ServerProcess:
             time.sleep(1.0)
         self.stop()
         raise TimeoutError(
-            f"tinsmith serve did not become healthy in {self.startup_timeout}s; log: {self.log_path}"
+            "tinsmith serve did not become healthy in "
+            f"{self.startup_timeout}s; log: {self.log_path}"
         )
 
     def stop(self) -> None:

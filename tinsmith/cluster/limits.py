@@ -67,7 +67,9 @@ class BodyLimit:
                 await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
-        body = f'{{"detail":"request body is larger than limits.max_body_bytes = {self.max_bytes}"}}'.encode()
+        body = (
+            f'{{"detail":"request body is larger than limits.max_body_bytes = {self.max_bytes}"}}'
+        ).encode()
         await send(
             {
                 "type": "http.response.start",
@@ -86,15 +88,17 @@ class _BodyTooLarge(Exception):
 
 
 def check_forward_backward(fb: ForwardBackwardInput, limits: LimitsConfig) -> None:
-    """Refuse (413) a forward_backward with more datums or model-input tokens than the limits allow."""
+    """Refuse (413) a forward_backward with more datums or
+    model-input tokens than the limits allow."""
     if len(fb.data) > limits.max_datums_per_request:
         raise TooLargeError(
-            f"forward_backward_input.data has {len(fb.data)} datums; limits.max_datums_per_request is "
-            f"{limits.max_datums_per_request}: send them in several requests"
+            f"forward_backward_input.data has {len(fb.data)} datums; limits.max_datums_per_request "
+            f"is {limits.max_datums_per_request}: send them in several requests"
         )
     tokens = sum(d.model_input.length for d in fb.data)
     if tokens > limits.max_tokens_per_request:
         raise TooLargeError(
-            f"forward_backward_input.data has {tokens} model-input tokens; limits.max_tokens_per_request is "
-            f"{limits.max_tokens_per_request}: send fewer datums per request"
+            f"forward_backward_input.data has {tokens} model-input tokens; "
+            f"limits.max_tokens_per_request is {limits.max_tokens_per_request}: "
+            "send fewer datums per request"
         )

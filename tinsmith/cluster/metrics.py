@@ -30,6 +30,8 @@ class RequestIdFilter(logging.Filter):
 
 
 class ServerMetrics:
+    """The API server's Prometheus metrics, in a registry of its own, served at ``GET /metrics``."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry

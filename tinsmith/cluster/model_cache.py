@@ -55,6 +55,8 @@ def prepare_model(spec: ModelSpec, cache_dir: Path) -> Path:
 
 
 def prepare_all(config: ClusterConfig) -> dict[str, Path]:
+    """Prepare every configured model (``tinsmith prepare``, and ``serve`` before Ray starts);
+    returns each model's directory by name."""
     cache = config.resolved_cache_dir()
     return {spec.name: prepare_model(spec, cache) for spec in config.models}
 
@@ -94,6 +96,7 @@ def _convert_package_gguf(package: str, target: Path) -> None:
 
 
 def hf_hub_cache_dir() -> Path:
+    """Where ``huggingface_hub`` keeps its cache (``HF_HUB_CACHE``, else under ``HF_HOME``)."""
     if "HF_HUB_CACHE" in os.environ:
         return Path(os.environ["HF_HUB_CACHE"])
     hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
@@ -101,7 +104,8 @@ def hf_hub_cache_dir() -> Path:
 
 
 def install_tokenizer_in_hf_cache(name: str, model_dir: Path) -> Path:
-    """Copy the tokenizer files into the HF hub cache layout under ``name`` (offline loads by name)."""
+    """Copy the tokenizer files into the HF hub cache layout under
+    ``name`` (offline loads by name)."""
     if "/" not in name:
         return model_dir
     repo = hf_hub_cache_dir() / ("models--" + name.replace("/", "--"))

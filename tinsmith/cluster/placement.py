@@ -63,13 +63,14 @@ def check_capacity(config: ClusterConfig, available: dict[str, float]) -> None:
     }
     if short:
         problems = "; ".join(
-            f"{name}: config asks for {amount:g} [{', '.join(asked_by[name])}] but the Ray cluster has "
-            f"{available.get(name, 0.0):g}"
+            f"{name}: config asks for {amount:g} [{', '.join(asked_by[name])}] "
+            f"but the Ray cluster has {available.get(name, 0.0):g}"
             for name, amount in sorted(short.items())
         )
         raise ConfigurationError(
-            f"impossible placement: {problems}. Lower num_gpus_per_rank / num_gpus / num_cpus / resources or "
-            "num_ranks / num_replicas, add nodes, or set ray_autoscaling: true if nodes will join."
+            f"impossible placement: {problems}. Lower num_gpus_per_rank / num_gpus / num_cpus / "
+            "resources or num_ranks / num_replicas, add nodes, or set ray_autoscaling: true if "
+            "nodes will join."
         )
 
 
@@ -84,9 +85,16 @@ def _rendezvous() -> tuple[str, int]:
     return ray.util.get_node_ip_address(), port
 
 
+STOP_WORKERS_SECONDS = 30.0
+
+
 @dataclass
 class ModelActors:
-    """Everything started for one base model; ``shutdown`` stops it all."""
+    """Everything started for one base model; ``shutdown`` stops it all.
+
+    ``trainers`` and ``samplers`` are the workers as first started: the coordinator replaces a
+    dead replica or restarts the ranks, and only it holds the current handles.
+    """
 
     spec: ModelSpec
     coordinator: ActorHandle
@@ -94,7 +102,19 @@ class ModelActors:
     samplers: list[ActorHandle]
     groups: list[PlacementGroup] = field(default_factory=list)
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout: float = STOP_WORKERS_SECONDS) -> None:
+        """Stop the current workers through the coordinator (within ``timeout``), then the
+        coordinator, the workers as first started (if it could not stop them, or was dead) and
+        the placement groups."""
+        try:
+            ray.get(self.coordinator.stop_workers.remote(), timeout=timeout)
+        except Exception as exc:
+            log.warning(
+                "the coordinator of %s did not stop its workers (%s); stopping the ones started "
+                "with it",
+                self.spec.name,
+                type(exc).__name__,
+            )
         for actor in [self.coordinator, *self.trainers, *self.samplers]:
             try:
                 ray.kill(actor)

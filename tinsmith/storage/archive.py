@@ -31,12 +31,16 @@ class CorruptArchiveError(TinsmithError, ValueError):
 
 
 class ArchiveEntry(InternalModel):
+    """One file of a checkpoint: its path inside the archive, its size and its sha256."""
+
     path: str
     size_bytes: int
     sha256: str
 
 
 class ArchiveManifest(InternalModel):
+    """The archive's first member: every file it holds, checked before anything is extracted."""
+
     format: str = FORMAT
     files: list[ArchiveEntry] = Field(default_factory=list)
 
@@ -46,6 +50,7 @@ class ArchiveManifest(InternalModel):
 
 
 def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file, read in chunks: archives and weights can be gigabytes."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(_CHUNK):

@@ -17,6 +17,8 @@ from tinsmith.storage.base import StorageError, StoredObject
 
 
 class LocalStorage:
+    """``CheckpointStorage`` in a local (or shared, mounted) directory; a key is a relative path."""
+
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser()
 

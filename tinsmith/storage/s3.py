@@ -36,12 +36,15 @@ _MISSING_KEY_CODES = {"404", "NoSuchKey", "NotFound"}
 
 
 class S3Storage:
+    """``CheckpointStorage`` in an S3 bucket, under ``storage.prefix``; picklable into actors."""
+
     def __init__(self, config: StorageConfig) -> None:
         if not config.bucket:
             raise ConfigurationError("storage.bucket is required for the s3 backend")
         if (config.access_key_id is None) != (config.secret_access_key is None):
             raise ConfigurationError(
-                "storage.access_key_id and storage.secret_access_key must be set together (or both left empty)"
+                "storage.access_key_id and storage.secret_access_key must be "
+                "set together (or both left empty)"
             )
         self.config = config
         self.bucket: str = config.bucket
@@ -110,8 +113,9 @@ class S3Storage:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def check(self) -> None:
-        """The bucket exists and these credentials may write and delete in it (as the local probe file
-        checks), so a read-only key fails at startup rather than at the first checkpoint save."""
+        """The bucket exists and these credentials may write and delete in it (as
+        the local probe file checks), so a read-only key fails at startup rather
+        than at the first checkpoint save."""
         client = self._client()
         with self._translated("check of bucket access", None):
             client.head_bucket(Bucket=self.bucket)
@@ -126,7 +130,8 @@ class S3Storage:
         digest = sha256_file(source)
         client = self._client()
         with self._translated("upload", key):
-            # s3transfer aborts the multipart upload when any part fails, so nothing appears at `name`.
+            # s3transfer aborts the multipart upload when any part
+            # fails, so nothing appears at `name`.
             client.upload_file(
                 str(source),
                 self.bucket,
@@ -220,7 +225,8 @@ class S3Storage:
             raise self._storage_error(cause, operation, key) from exc
 
     def _is_missing_key(self, exc: BaseException) -> bool:
-        """A 404 for the object itself; a missing bucket also answers 404 and is not "missing key"."""
+        """A 404 for the object itself; a missing bucket also
+        answers 404 and is not "missing key"."""
         if _error_field(exc, "Code") not in _MISSING_KEY_CODES:
             return False
         try:
@@ -250,8 +256,9 @@ class S3Storage:
             )
             status = f"HTTP {code}" if code.isdigit() else code
             return StorageError(
-                f"S3 credentials were refused by {self._endpoint} ({status}) during {what} in bucket {self.bucket!r}: "
-                f"check the access key and secret from {source}, and that they may use this bucket"
+                f"S3 credentials were refused by {self._endpoint} ({status}) during {what} "
+                f"in bucket {self.bucket!r}: check the access key and secret from {source}, "
+                "and that they may use this bucket"
             )
         if code == "AccessDenied":
             return StorageError(
@@ -265,8 +272,9 @@ class S3Storage:
             )
         if isinstance(cause, NoCredentialsError | PartialCredentialsError):
             return StorageError(
-                f"no S3 credentials for {self.description}: set storage.access_key_id and "
-                "storage.secret_access_key, or the AWS environment (AWS_ACCESS_KEY_ID, AWS_PROFILE, ...)"
+                f"no S3 credentials for {self.description}: set storage.access_key_id "
+                "and storage.secret_access_key, or the AWS environment "
+                "(AWS_ACCESS_KEY_ID, AWS_PROFILE, ...)"
             )
         if isinstance(cause, ConnectionError | HTTPClientError):
             return StorageError(
@@ -276,7 +284,8 @@ class S3Storage:
 
 
 def _unwrap(exc: BaseException) -> BaseException:
-    """boto3's transfer helpers re-raise ClientErrors as message-only wrappers; find the original."""
+    """boto3's transfer helpers re-raise ClientErrors as
+    message-only wrappers; find the original."""
     from boto3.exceptions import RetriesExceededError, S3UploadFailedError
 
     if isinstance(exc, RetriesExceededError) and exc.last_exception is not None:
@@ -289,7 +298,8 @@ def _unwrap(exc: BaseException) -> BaseException:
 
 
 def _error_field(exc: BaseException, field: str) -> str | None:
-    """A field of a botocore ClientError's error (HEAD responses carry only the status as Code: "404")."""
+    """A field of a botocore ClientError's error (HEAD responses carry
+    only the status as Code: "404")."""
     response = getattr(exc, "response", None)
     value = response.get("Error", {}).get(field) if isinstance(response, dict) else None
     return str(value) if value else None

@@ -31,7 +31,8 @@ class StorageSite(InternalModel):
     data_dir: str = Field(description="The server's data directory.")
 
     def open(self) -> CheckpointStorage:
-        """This process's backend for the site (one S3 connection pool per site, not per transfer)."""
+        """This process's backend for the site (one S3 connection
+        pool per site, not per transfer)."""
         return _storage(self.storage.model_dump_json(), self.data_dir)
 
     def staging(self) -> Path:

@@ -13,6 +13,9 @@ from tinsmith.store.records import CheckpointRecord, FutureResult, RunRecord
 
 
 class MetadataStore(Protocol):
+    """Everything the server must remember across a restart: runs, checkpoints, API keys,
+    sessions and futures."""
+
     def put_run(self, run: RunRecord) -> None:
         """Insert or replace a run."""
         ...
@@ -26,7 +29,8 @@ class MetadataStore(Protocol):
         ...
 
     def add_checkpoint(self, record: CheckpointRecord, replace: bool) -> None:
-        """Record a checkpoint; raises ``ConflictError`` if its path exists and ``replace`` is False."""
+        """Record a checkpoint; raises ``ConflictError`` if its path
+        exists and ``replace`` is False."""
         ...
 
     def get_checkpoint(self, tinker_path: str) -> CheckpointRecord | None: ...

@@ -13,6 +13,7 @@ from tinsmith.types.training import LoraConfig
 
 
 def utcnow() -> dt.datetime:
+    """The current time, timezone-aware in UTC: every stored timestamp is one."""
     return dt.datetime.now(dt.UTC)
 
 
@@ -73,6 +74,7 @@ class CheckpointRecord(InternalModel):
 def run_to_wire(
     run: RunRecord, last_training: CheckpointRecord | None, last_sampler: CheckpointRecord | None
 ) -> TrainingRun:
+    """A run as the SDK's ``TrainingRun``, with its latest training and sampler checkpoints."""
     return TrainingRun(
         training_run_id=run.training_run_id,
         base_model=run.base_model,

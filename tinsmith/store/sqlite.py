@@ -64,6 +64,8 @@ def _ts(when: dt.datetime) -> str:
 
 
 class SQLiteStore:
+    """The ``MetadataStore`` the server uses: one SQLite file in the data directory."""
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,7 +112,10 @@ class SQLiteStore:
         where, args = ("WHERE owner = ?", (owner,)) if owner is not None else ("", ())
         total = int(str(self._rows(f"SELECT COUNT(*) FROM runs {where}", args)[0][0]))
         rows = self._rows(
-            f"SELECT body FROM runs {where} ORDER BY created_at DESC, training_run_id LIMIT ? OFFSET ?",
+            (
+                f"SELECT body FROM runs {where} ORDER BY created_at DESC, "
+                "training_run_id LIMIT ? OFFSET ?"
+            ),
             (*args, limit, offset),
         )
         return [RunRecord.model_validate_json(str(r[0])) for r in rows], total
@@ -152,7 +157,10 @@ class SQLiteStore:
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         total = int(str(self._rows(f"SELECT COUNT(*) FROM checkpoints {where}", tuple(args))[0][0]))
         rows = self._rows(
-            f"SELECT body FROM checkpoints {where} ORDER BY created_at DESC, tinker_path LIMIT ? OFFSET ?",
+            (
+                f"SELECT body FROM checkpoints {where} ORDER BY created_at "
+                "DESC, tinker_path LIMIT ? OFFSET ?"
+            ),
             (*args, limit, offset),
         )
         return [CheckpointRecord.model_validate_json(str(r[0])) for r in rows], total
@@ -216,14 +224,20 @@ class SQLiteStore:
                 if rows:
                     return str(rows[0][0])
             self._db.execute(
-                "INSERT INTO futures (request_id, idempotency_key, owner, state, created_at) VALUES (?, ?, ?, ?, ?)",
+                (
+                    "INSERT INTO futures (request_id, idempotency_key, owner, state, "
+                    "created_at) VALUES (?, ?, ?, ?, ?)"
+                ),
                 (request_id, idempotency_key, owner, "pending", _ts(utcnow())),
             )
             return request_id
 
     def finish_future(self, request_id: str, result: FutureResult) -> None:
         self._write(
-            "UPDATE futures SET state = 'done', kind = ?, failed = ?, body = ? WHERE request_id = ?",
+            (
+                "UPDATE futures SET state = 'done', kind = ?, failed = ?, "
+                "body = ? WHERE request_id = ?"
+            ),
             (result.kind, int(result.failed), result.body, request_id),
         )
 
@@ -247,7 +261,10 @@ class SQLiteStore:
         """At start-up: futures a previous process never finished get ``result`` (a failure)."""
         with self._lock:
             cur = self._db.execute(
-                "UPDATE futures SET state = 'done', kind = ?, failed = ?, body = ? WHERE state = 'pending'",
+                (
+                    "UPDATE futures SET state = 'done', kind = ?, failed = ?, "
+                    "body = ? WHERE state = 'pending'"
+                ),
                 (result.kind, int(result.failed), result.body),
             )
             return int(cur.rowcount)

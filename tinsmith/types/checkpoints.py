@@ -19,6 +19,8 @@ TINKER_SCHEME = "tinker://"
 
 
 class Checkpoint(WireModel):
+    """One stored checkpoint as the SDK lists it (``list_checkpoints``, ``TrainingRun``)."""
+
     checkpoint_id: str
     checkpoint_type: CheckpointType
     time: dt.datetime
@@ -30,6 +32,8 @@ class Checkpoint(WireModel):
 
 
 class ParsedCheckpointTinkerPath(WireModel):
+    """A ``tinker://<run>/<kind>/<name>`` path split into its run, type and checkpoint id."""
+
     tinker_path: str
     training_run_id: str
     checkpoint_type: CheckpointType
@@ -57,12 +61,17 @@ class ParsedCheckpointTinkerPath(WireModel):
 
 
 class Cursor(WireModel):
+    """Offset pagination of the ``training_runs`` and ``checkpoints`` listings."""
+
     offset: int
     limit: int
     total_count: int
 
 
 class TrainingRun(WireModel):
+    """``GET /training_runs/{run_id}`` (``RestClient.get_training_run``): one training client's run;
+    the SDK validates it strictly, so every required field is sent."""
+
     training_run_id: str
     base_model: str
     model_owner: str
@@ -76,26 +85,40 @@ class TrainingRun(WireModel):
 
 
 class TrainingRunsResponse(WireModel):
+    """``GET /training_runs`` (``RestClient.list_training_runs``, ``tinker run list``)."""
+
     training_runs: list[TrainingRun]
     cursor: Cursor
 
 
 class CheckpointsListResponse(WireModel):
+    """``GET /training_runs/{run_id}/checkpoints`` and ``GET /checkpoints``
+    (``RestClient.list_checkpoints``, ``list_user_checkpoints``)."""
+
     checkpoints: list[Checkpoint]
     cursor: Cursor | None = None
 
 
 class CheckpointArchiveUrlResponse(WireModel):
+    """``GET .../checkpoints/{kind}/{name}/archive``: tinsmith's one-file download of a whole
+    checkpoint (SDK 0.38 has no such call; older SDKs did)."""
+
     url: str
     expires: dt.datetime
 
 
 class ExternalWeightsUrlsResponse(WireModel):
+    """``GET .../checkpoints/{kind}/{name}/external_weights_urls``: a signed link per file, what
+    ``tinker checkpoint download`` fetches."""
+
     urls: dict[str, str]
     expires: dt.datetime
 
 
 class WeightsInfoResponse(WireModel):
+    """``POST /weights_info`` (``RestClient.get_weights_info_by_tinker_path``): a checkpoint's base
+    model and LoRA config."""
+
     base_model: str
     optimizer_config: AdamOptimizerConfig = AdamOptimizerConfig()
     is_lora: bool
@@ -106,6 +129,8 @@ class WeightsInfoResponse(WireModel):
 
 
 class SupportedModel(WireModel):
+    """One base model in ``get_server_capabilities``."""
+
     model_name: str | None = None
     max_context_length: int | None = None
     trainable: bool | None = None
@@ -113,4 +138,7 @@ class SupportedModel(WireModel):
 
 
 class GetServerCapabilitiesResponse(WireModel):
+    """``GET /get_server_capabilities`` (``RestClient.get_server_capabilities``,
+    ``tinker model list``): the base models this server serves."""
+
     supported_models: list[SupportedModel]

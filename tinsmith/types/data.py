@@ -13,6 +13,8 @@ TensorDtype = Literal["int64", "float32"]
 
 
 class EncodedTextChunk(WireModel):
+    """Token ids: the one kind of chunk this server trains and samples on."""
+
     tokens: list[int]
     type: Literal["encoded_text"] = "encoded_text"
 
@@ -30,6 +32,9 @@ class _BytesChunk(WireModel):
 
 
 class ImageChunk(_BytesChunk):
+    """An inline image (base64 in JSON). Parsed so a request is understood, but no served model
+    takes images: turning it into tokens fails."""
+
     data: bytes
     format: Literal["png", "jpeg"]
     expected_tokens: int | None = None
@@ -49,6 +54,8 @@ class ImageChunk(_BytesChunk):
 
 
 class ImageAssetPointerChunk(WireModel):
+    """An image by location instead of inline bytes; parsed, but no served model takes images."""
+
     format: Literal["png", "jpeg"]
     location: Text
     expected_tokens: int | None = None
@@ -62,6 +69,8 @@ class ImageAssetPointerChunk(WireModel):
 
 
 class DmelChunk(_BytesChunk):
+    """Audio features (base64 in JSON); parsed, but no served model takes audio."""
+
     dmel: bytes
     type: Literal["dmel"] = "dmel"
 
@@ -82,6 +91,8 @@ ModelInputChunk = Annotated[
 
 
 class ModelInput(WireModel):
+    """A prompt or training sequence, as chunks: ``SampleRequest.prompt``, ``Datum.model_input``."""
+
     chunks: list[ModelInputChunk]
 
     @classmethod
@@ -126,6 +137,9 @@ LossFnOutput = dict[str, TensorData]
 
 
 class PromptProvenanceSpan(WireModel):
+    """Marks tokens of a datum as a sampled sequence's prompt (``stable_reinforce`` data; parsed,
+    not used)."""
+
     sequence_id: str
     offset: int = 0
     length: int
@@ -133,6 +147,9 @@ class PromptProvenanceSpan(WireModel):
 
 
 class SampledProvenanceSpan(WireModel):
+    """Marks tokens of a datum as sampled by a sequence (``stable_reinforce`` data; parsed, not
+    used)."""
+
     sequence_id: str
     offset: int = 0
     length: int
@@ -145,6 +162,9 @@ ProvenanceSpan = Annotated[
 
 
 class Datum(WireModel):
+    """One training example of ``forward_backward`` / ``forward``: the tokens, and the per-token
+    inputs its loss reads (``target_tokens``, ``weights``, ``advantages``, ...)."""
+
     model_input: ModelInput
     loss_fn_inputs: LossFnInputs = Field(default_factory=dict)
     model_input_spans: list[ProvenanceSpan] | None = None

@@ -16,7 +16,8 @@ from tinsmith.types.training import AdamParams, LoraConfig
 
 
 class TokenDatum(InternalModel):
-    """One training example, already validated: position t of ``input_tokens`` predicts ``targets[t]``."""
+    """One training example, already validated: position t of
+    ``input_tokens`` predicts ``targets[t]``."""
 
     index: int = Field(description="Position of the datum in its request, to restore order.")
     input_tokens: list[int]
@@ -40,6 +41,8 @@ class MicroBatch(InternalModel):
 
 
 class AdapterSpec(InternalModel):
+    """A training client's adapter as every trainer rank creates it (again, on a restarted rank)."""
+
     adapter_id: str
     lora: LoraConfig
 
@@ -58,12 +61,17 @@ class RankWork(InternalModel):
 
 
 class DatumResult(InternalModel):
+    """One datum's per-token outputs from a rank; the SDK gets them as ``loss_fn_outputs``."""
+
     index: int
     logprobs: list[float]
     elementwise_loss: list[float]
 
 
 class RankResult(InternalModel):
+    """What one trainer rank answers for a ``RankWork``: per-datum results and its share of the
+    metrics."""
+
     datums: list[DatumResult]
     loss_sum: float
     tokens: int
@@ -71,6 +79,8 @@ class RankResult(InternalModel):
 
 
 class OptimStepWork(InternalModel):
+    """One optimizer step of one adapter, run by every trainer rank."""
+
     adapter_id: str
     adam: AdamParams
 
@@ -120,6 +130,8 @@ class WorkerStatus(InternalModel):
 
 
 class ModelStatus(InternalModel):
+    """One base model's clients and workers, as ``GET /api/v1/tinsmith/status`` reports them."""
+
     base_model: str
     training_models: int
     workers: list[WorkerStatus] = Field(description="Live workers only.")
@@ -156,6 +168,8 @@ class SaveCheckpointWork(InternalModel):
 
 
 class SavedCheckpoint(InternalModel):
+    """Trainer rank 0's answer to ``SaveCheckpointWork``: the stored archive and the meta in it."""
+
     stored: StoredObject
     meta: CheckpointMeta
 
@@ -179,7 +193,8 @@ class AdapterSnapshot(InternalModel):
 
 class AdapterBlob(InternalModel):
     """An adapter's peft files in memory (file name -> bytes): the ephemeral weight sync moves this
-    through Ray's object store from trainer rank 0 to every sampler, with no disk or storage trip."""
+    through Ray's object store from trainer rank 0 to every sampler, with no disk or storage
+    trip."""
 
     files: dict[str, bytes]
 

@@ -20,6 +20,8 @@ from tinsmith.types.training import (
 
 
 class ClientConfigRequest(WireModel):
+    """The SDK's body for ``/client/config`` and ``/client/dynamic_config``; routes ignore it."""
+
     sdk_version: Text = ""
 
 
@@ -38,12 +40,17 @@ class ClientConfigResponse(WireModel):
 
 
 class ClientDynamicConfigResponse(WireModel):
+    """``POST /client/dynamic_config``, re-read by the SDK every ``refresh_interval_sec``; the
+    defaults keep sample cancellation off."""
+
     refresh_interval_sec: int = 300
     sample_cancel_enabled: bool = False
     sample_cancel_max_batch_size: int = 64
 
 
 class CreateSessionRequest(WireModel):
+    """``POST /create_session``: sent on a ``ServiceClient``'s first use."""
+
     tags: list[Text] = Field(default_factory=list)
     user_metadata: JsonMetadata | None = None
     sdk_version: Text = ""
@@ -53,6 +60,8 @@ class CreateSessionRequest(WireModel):
 
 
 class CreateSessionResponse(WireModel):
+    """``POST /create_session``: the id that the session's models and samplers are named after."""
+
     session_id: str
     type: Literal["create_session"] = "create_session"
     info_message: str | None = None
@@ -61,15 +70,22 @@ class CreateSessionResponse(WireModel):
 
 
 class SessionHeartbeatRequest(WireModel):
+    """``POST /session_heartbeat``: sent by the SDK every 10 s while a session is open."""
+
     session_id: Text
     type: Literal["session_heartbeat"] = "session_heartbeat"
 
 
 class SessionHeartbeatResponse(WireModel):
+    """``POST /session_heartbeat``: the session is still known."""
+
     type: Literal["session_heartbeat"] = "session_heartbeat"
 
 
 class CreateModelRequest(WireModel):
+    """``POST /create_model`` (``create_lora_training_client``): a new LoRA training client; the
+    model id is ``<session_id>:train:<model_seq_id>``."""
+
     session_id: Text
     model_seq_id: int
     base_model: Text
@@ -80,6 +96,8 @@ class CreateModelRequest(WireModel):
 
 
 class GetInfoRequest(WireModel):
+    """``POST /get_info``, sent right after a training client is created or loaded."""
+
     model_id: Text
     type: Literal["get_info"] = "get_info"
 
@@ -94,6 +112,9 @@ class ForwardBackwardRequest(WireModel):
 
 
 class OptimStepRequest(WireModel):
+    """``POST /optim_step`` (``TrainingClient.optim_step``): AdamW in ``adam_params``; Dimuon's
+    ``optimizer_params`` is refused."""
+
     model_id: Text
     seq_id: int | None = None
     adam_params: AdamParams | None = None
@@ -102,6 +123,9 @@ class OptimStepRequest(WireModel):
 
 
 class SaveWeightsRequest(WireModel):
+    """``POST /save_weights`` (``TrainingClient.save_state``): weights and optimizer state under
+    ``tinker://<run>/weights/<path>``."""
+
     model_id: Text
     path: Text | None = None
     seq_id: int | None = None
@@ -112,6 +136,9 @@ class SaveWeightsRequest(WireModel):
 
 
 class SaveWeightsForSamplerRequest(WireModel):
+    """``POST /save_weights_for_sampler``: a stored sampler checkpoint (with ``path``), or, from
+    ``save_weights_and_get_sampling_client``, an ephemeral sync (``sampling_session_seq_id``)."""
+
     model_id: Text
     path: Text | None = None
     sampling_session_seq_id: int | None = None
@@ -123,6 +150,9 @@ class SaveWeightsForSamplerRequest(WireModel):
 
 
 class SaveWeightsExternalRequest(WireModel):
+    """``POST /save_weights_external`` (``TrainingClient.save_weights_external``): the adapter as
+    downloadable files."""
+
     model_id: Text
     path: Text
     seq_id: int | None = None
@@ -149,19 +179,29 @@ class LoadWeightsRequest(WireModel):
 
 
 class WeightsInfoRequest(WireModel):
+    """``POST /weights_info`` (``RestClient.get_weights_info_by_tinker_path``)."""
+
     tinker_path: Text
 
 
 class CheckpointTtlRequest(WireModel):
+    """``PUT .../checkpoints/{kind}/{name}/ttl`` (``set_checkpoint_ttl_from_tinker_path``);
+    ``None`` clears the expiry."""
+
     ttl_seconds: int | None = None
 
 
 class UnloadModelRequest(WireModel):
+    """``POST /unload_model``: frees a training client's adapter (no SDK method sends it)."""
+
     model_id: Text
     type: Literal["unload_model"] = "unload_model"
 
 
 class CreateSamplingSessionRequest(WireModel):
+    """``POST /create_sampling_session`` (``create_sampling_client``): a sampler of a stored
+    checkpoint (``model_path``) or of a base model."""
+
     session_id: Text
     sampling_session_seq_id: int
     base_model: Text | None = None
@@ -170,11 +210,16 @@ class CreateSamplingSessionRequest(WireModel):
 
 
 class CreateSamplingSessionResponse(WireModel):
+    """``POST /create_sampling_session``: the id ``asample`` requests name."""
+
     sampling_session_id: str
     type: Literal["create_sampling_session"] = "create_sampling_session"
 
 
 class SampleRequest(WireModel):
+    """``POST /asample`` (``SamplingClient.sample``, ``compute_logprobs``). ``prompt_alt_tokens_k``,
+    ``prompt_logprobs_last_n`` and ``target_prompt_logprobs`` are refused."""
+
     num_samples: int = 1
     prompt: ModelInput
     sampling_params: SamplingParams
@@ -193,4 +238,6 @@ class SampleRequest(WireModel):
 
 
 class HealthResponse(WireModel):
+    """``GET /healthz``: liveness, answered without an API key."""
+
     status: Literal["ok"] = "ok"

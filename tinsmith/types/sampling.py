@@ -14,6 +14,9 @@ SamplingClientKind = Literal["snapshot", "inflight"]
 
 
 class SamplingParams(WireModel):
+    """``SampleRequest.sampling_params``, as the SDK's ``SamplingParams``; ``stop`` holds strings
+    or token ids."""
+
     max_tokens: int | None = None
     seed: Seed | None = None
     stop: Text | list[Text] | list[int] | None = None
@@ -30,6 +33,9 @@ class TopkLogprobs(WireModel):
 
 
 class SampledSequence(WireModel):
+    """One sample of a ``SampleResponse``; the SDK fills ``sequence_id`` in from the future's
+    ``sample_sequence_ids``."""
+
     stop_reason: StopReason
     tokens: list[int]
     logprobs: list[float] | None = None
@@ -38,11 +44,15 @@ class SampledSequence(WireModel):
 
 
 class PromptAltTokens(WireModel):
+    """Part of ``SampleResponse`` for ``prompt_alt_tokens_k``, which this server refuses."""
+
     tokens: TensorData
     logprobs: TensorData
 
 
 class SampleResponse(WireModel):
+    """The result of an ``asample`` future, sent as protobuf (SDK 0.38 accepts no JSON for it)."""
+
     sequences: list[SampledSequence]
     prompt_logprobs: list[float | None] | None = None
     topk_prompt_logprobs: TopkLogprobs | None = None
@@ -53,6 +63,9 @@ class SampleResponse(WireModel):
 
 
 class GetSamplerResponse(WireModel):
+    """``GET /samplers/{sampler_id}`` (``RestClient.get_sampler``, and ``create_sampling_client``
+    without a base model): what a sampling session samples."""
+
     sampler_id: str
     base_model: str
     model_path: str | None = None

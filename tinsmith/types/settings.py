@@ -24,25 +24,33 @@ class TrainerConfig(_Settings):
     zero_stage: Literal[0, 1, 2, 3] = Field(
         default=1,
         description=(
-            "DeepSpeed ZeRO stage. 1 shards AdamW state and reduces gradients once per optim_step; 2 also shards"
-            " gradients but reduces them after every micro-batch's backward, which a LoRA's small gradients do not"
-            " repay; 3 also shards the adapter's weights, gathered for every forward."
+            "DeepSpeed ZeRO stage. 1 shards AdamW state and reduces gradients once per "
+            "optim_step; 2 also shards gradients but reduces them after every micro-batch's "
+            "backward, which a LoRA's small gradients do not repay; 3 also shards the adapter's "
+            "weights, gathered for every forward."
         ),
     )
     dtype: Literal["float32", "bfloat16"] = Field(
         default="float32",
-        description="Training dtype of the base model and adapters; AdamW keeps fp32 master weights either way.",
+        description=(
+            "Training dtype of the base model and adapters; AdamW keeps "
+            "fp32 master weights either way."
+        ),
     )
     micro_batch_tokens: int = Field(
         default=4096,
         ge=1,
-        description="Token budget of one micro-batch (padded length x datums); bigger batches are split.",
+        description=(
+            "Token budget of one micro-batch (padded length x datums); bigger batches are split."
+        ),
     )
     max_padding_fraction: float = Field(
         default=0.1,
         ge=0,
         le=1,
-        description="A micro-batch closes early rather than let padding exceed this share of its tokens.",
+        description=(
+            "A micro-batch closes early rather than let padding exceed this share of its tokens."
+        ),
     )
     num_cpus_per_rank: float = Field(
         default=0, ge=0, description="Ray CPU resource per trainer rank."
@@ -52,7 +60,10 @@ class TrainerConfig(_Settings):
     )
     resources: dict[str, float] = Field(
         default_factory=dict,
-        description="Custom Ray resources per trainer rank, e.g. {trainer: 1} to land on nodes started with them.",
+        description=(
+            "Custom Ray resources per trainer rank, e.g. {trainer: 1} to "
+            "land on nodes started with them."
+        ),
     )
     torch_threads: int | None = Field(
         default=None, ge=1, description="torch intra-op threads per rank (default: cores / ranks)."
@@ -73,8 +84,8 @@ class SamplerConfig(_Settings):
     max_lora_rank: Literal[8, 16, 32, 64, 128, 256] = Field(
         default=32,
         description=(
-            "Largest LoRA rank the sampler serves; training clients with a larger rank are refused. "
-            "vLLM pads every adapter to this rank, so its sampling cost grows with it."
+            "Largest LoRA rank the sampler serves; training clients with a larger rank are "
+            "refused. vLLM pads every adapter to this rank, so its sampling cost grows with it."
         ),
     )
     max_cpu_loras: int = Field(default=32, ge=1, description="Adapters cached in memory by vLLM.")

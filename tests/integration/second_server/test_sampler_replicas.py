@@ -1,8 +1,10 @@
-"""Workers that die under load: two vLLM sampler replicas behind one server (concurrent requests
-spread over both, a replica SIGKILLed under load loses no request and is replaced with its adapters),
-and trainer ranks SIGKILLed while training requests are in flight (those requests fail with a
-retryable error, every rank restarts by itself, and each training client continues exactly from its
-last optimizer step, AdamW state included) - for one rank and for one of two ZeRO-3 ranks."""
+"""Workers that die under load, on the package's second server: two vLLM sampler replicas
+(concurrent requests spread over both, a replica SIGKILLed under load loses no request and is
+replaced with its adapters), and trainer ranks SIGKILLed while training requests are in flight
+(those requests fail with a retryable error, every rank restarts by itself, and each training
+client continues exactly from its last optimizer step, AdamW state included) - for one rank here
+and for one of two ZeRO-3 ranks in test_trainer_restart.py. The status route lists the
+replacements, and stopping the server stops them too (the package fixture checks)."""
 
 from __future__ import annotations
 
@@ -10,38 +12,24 @@ import concurrent.futures
 import os
 import signal
 import time
-from collections.abc import Iterator
 
 import pytest
 import tinker
-import yaml
 from tinker import types
 
-from tests.conftest import DEFAULT_MODEL, ROOT
+from tests.conftest import DEFAULT_MODEL
 from tests.integration.helpers import check_trainer_restart, datum, model_status, random_tokens
+from tests.integration.second_server.conftest import REPLACEMENTS
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def two_replica_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    from tinsmith.cluster.launcher import ServerProcess
-
-    raw = yaml.safe_load((ROOT / "configs" / "test.yaml").read_text())
-    raw["models"] = raw["models"][:1]
-    raw["sampler"]["num_replicas"] = 2
-    config = tmp_path_factory.mktemp("replicas") / "two-replicas.yaml"
-    config.write_text(yaml.safe_dump(raw))
-    with ServerProcess(config) as proc:
-        yield proc
 
 
 def _status(server: object) -> dict[str, object]:
     return model_status(server, DEFAULT_MODEL)
 
 
-def test_requests_spread_and_survive_a_killed_replica(two_replica_server: object) -> None:
-    service = tinker.ServiceClient(base_url=two_replica_server.base_url, api_key="tml-tests")  # type: ignore[attr-defined]
+def test_requests_spread_and_survive_a_killed_replica(second_server: object) -> None:
+    service = tinker.ServiceClient(base_url=second_server.base_url, api_key="tml-tests")  # type: ignore[attr-defined]
     tc = service.create_lora_training_client(base_model=DEFAULT_MODEL, rank=8).result()
     tc.forward_backward([datum(random_tokens(6000, 24))], "cross_entropy").result()
     tc.optim_step(types.AdamParams(learning_rate=1e-3)).result()
@@ -54,13 +42,11 @@ def test_requests_spread_and_survive_a_killed_replica(two_replica_server: object
 
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda i: sample(4, i), range(16)))
-    served = _status(two_replica_server)["sampler_requests"]
+    served = _status(second_server)["sampler_requests"]
     assert len(served) == 2 and min(served) > 0, served  # type: ignore[arg-type]
 
     victim = next(
-        w
-        for w in _status(two_replica_server)["workers"]
-        if w["kind"] == "sampler" and w["index"] == 1
+        w for w in _status(second_server)["workers"] if w["kind"] == "sampler" and w["index"] == 1
     )  # type: ignore[union-attr, index]
     with concurrent.futures.ThreadPoolExecutor(24) as pool:
         futures = [pool.submit(sample, 48, 100 + i) for i in range(24)]
@@ -83,21 +69,36 @@ def test_requests_spread_and_survive_a_killed_replica(two_replica_server: object
     # The dead replica is replaced without a manual step, with the adapters it had.
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        status = _status(two_replica_server)
+        status = _status(second_server)
         if status["sampler_alive"] == [True, True]:
             break
         time.sleep(2)
     assert status["sampler_alive"] == [True, True] and status["sampler_restarts"] == [0, 1], status
-    before = list(_status(two_replica_server)["sampler_requests"])  # type: ignore[arg-type]
+    # The status route lists the replacement (a live worker), not the dead replica.
+    replacement = next(
+        (
+            w
+            for w in status["workers"]  # type: ignore[attr-defined]
+            if w["kind"] == "sampler" and w["index"] == 1
+        ),
+        None,
+    )
+    assert replacement is not None, status
+    assert replacement["pid"] != victim["pid"], (victim, replacement)
+    REPLACEMENTS[replacement["pid"]] = "sampler replica 1 (a replacement)"
+    before = list(_status(second_server)["sampler_requests"])  # type: ignore[arg-type]
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda i: sample(4, 2000 + i), range(16)))
-    after = _status(two_replica_server)["sampler_requests"]
+    after = _status(second_server)["sampler_requests"]
     assert after[1] > before[1], (before, after)  # type: ignore[index]
 
 
 def test_a_killed_trainer_rank_is_restarted_and_every_client_continues(
-    two_replica_server: object,
+    second_server: object,
 ) -> None:
     """One trainer rank (the default model) SIGKILLed under load; the two-rank ZeRO-3 case is in
     test_trainer_restart.py (on the session server: a third server would not fit in CI's memory)."""
-    check_trainer_restart(two_replica_server, DEFAULT_MODEL, victim_rank=0)
+    check_trainer_restart(second_server, DEFAULT_MODEL, victim_rank=0)
+    for worker in _status(second_server)["workers"]:  # type: ignore[attr-defined]
+        if worker["kind"] == "trainer":
+            REPLACEMENTS[worker["pid"]] = f"trainer rank {worker['index']} (restarted)"

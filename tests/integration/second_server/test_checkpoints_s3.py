@@ -1,4 +1,4 @@
-"""A tinsmith server whose checkpoints live in S3 (a real Swift + s3api server on loopback):
+"""Checkpoints in S3 (a real Swift + s3api server on loopback), on the package's second server:
 resume and sampling through S3, an upload cut off midway, and a server that refuses to start on
 bad credentials or a missing bucket."""
 
@@ -9,56 +9,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import tinker
-import yaml
 from tinker import types
 
-from tests.conftest import DEFAULT_MODEL, ROOT, S3_BUCKET
+from tests.conftest import DEFAULT_MODEL, S3_BUCKET
 from tests.integration.helpers import checkpoint_dir, datum, random_tokens, read_adapter
+from tests.integration.second_server.conftest import s3_config
 from tests.swift_server import SwiftServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def _config(swift: SwiftServer, path: Path, **storage: object) -> Path:
-    raw = yaml.safe_load((ROOT / "configs" / "test.yaml").read_text())
-    raw["models"] = raw["models"][:1]  # the default model: one trainer rank, one sampler
-    raw["storage"] = {
-        "backend": "s3",
-        "bucket": S3_BUCKET,
-        "prefix": f"e2e-{path.stem}",
-        "endpoint_url": swift.endpoint_url,
-        "access_key_id": swift.access_key,
-        "secret_access_key": swift.secret_key,
-        "multipart_threshold_mb": 5,
-        **storage,
-    }
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
-@pytest.fixture(scope="module")
-def s3_server(swift: SwiftServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    from tinsmith.cluster.launcher import ServerProcess
-
-    config = _config(swift, tmp_path_factory.mktemp("s3") / "s3.yaml")
-    proc = ServerProcess(config)
-    proc.start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
-@pytest.fixture(scope="module")
-def s3_client(s3_server: object) -> tinker.ServiceClient:
-    return tinker.ServiceClient(base_url=s3_server.base_url, api_key="tml-tests")  # type: ignore[attr-defined]
 
 
 def _step(tc: tinker.TrainingClient, seed: int) -> float:
@@ -87,28 +51,30 @@ def _s3_keys(swift: SwiftServer, prefix: str) -> list[str]:
 
 
 def test_resume_and_sampling_through_s3(
-    s3_client: tinker.ServiceClient, s3_server: object, swift: SwiftServer
+    second_client: tinker.ServiceClient, second_server: object, swift: SwiftServer
 ) -> None:
-    tc = s3_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=8).result()
+    tc = second_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=8).result()
     for i in range(2):
         _step(tc, 4000 + i)
     path = tc.save_state("s3-resume").result().path
     keys = _s3_keys(swift, "e2e-s3/")
     assert any("/weights/s3-resume-" in k and k.endswith(".tar") for k in keys), keys
 
-    resumed = s3_client.create_training_client_from_state_with_optimizer(path).result()
+    resumed = second_client.create_training_client_from_state_with_optimizer(path).result()
     assert _step(resumed, 4100) == pytest.approx(_step(tc, 4100), rel=1e-6)
     # The archive URL of an S3 checkpoint is presigned: this download goes straight to S3.
-    a = read_adapter(checkpoint_dir(s3_server, tc.save_weights_for_sampler("s3-a").result().path))
+    a = read_adapter(
+        checkpoint_dir(second_server, tc.save_weights_for_sampler("s3-a").result().path)
+    )
     b = read_adapter(
-        checkpoint_dir(s3_server, resumed.save_weights_for_sampler("s3-b").result().path)
+        checkpoint_dir(second_server, resumed.save_weights_for_sampler("s3-b").result().path)
     )
     for key, value in a.items():
         np.testing.assert_allclose(b[key], value, rtol=0, atol=1e-6, err_msg=key)
 
     prompt = types.ModelInput.from_ints(random_tokens(4200, 8))
     greedy = types.SamplingParams(max_tokens=6, temperature=0.0)
-    from_s3 = s3_client.create_sampling_client(
+    from_s3 = second_client.create_sampling_client(
         model_path=f"tinker://{tc.model_id}/sampler_weights/s3-a"
     ).result()
     in_memory = tc.save_weights_and_get_sampling_client().result()
@@ -117,12 +83,12 @@ def test_resume_and_sampling_through_s3(
 
 
 def test_upload_cut_off_leaves_no_checkpoint(
-    s3_client: tinker.ServiceClient, s3_server: object, swift: SwiftServer
+    second_client: tinker.ServiceClient, second_server: object, swift: SwiftServer
 ) -> None:
     """The S3 proxy is SIGKILLed while the checkpoint's multipart upload is in flight."""
-    tc = s3_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=32).result()
+    tc = second_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=32).result()
     _step(tc, 4300)
-    rest = tinker.RestClient(base_url=s3_server.base_url, api_key="tml-tests")  # type: ignore[attr-defined]
+    rest = tinker.RestClient(base_url=second_server.base_url, api_key="tml-tests")  # type: ignore[attr-defined]
     client = _s3_client(swift)
     killed = threading.Event()
 
@@ -169,7 +135,7 @@ def test_upload_cut_off_leaves_no_checkpoint(
 def test_server_refuses_to_start_on_bad_s3_settings(
     swift: SwiftServer, tmp_path: Path, storage: dict[str, object], needle: str
 ) -> None:
-    config = _config(swift, tmp_path / "bad.yaml", **storage)
+    config = s3_config(swift, tmp_path / "bad.yaml", **storage)
     env = dict(os.environ, TINSMITH_DATA_DIR=str(tmp_path / "data"), HF_HUB_OFFLINE="1")
     env.pop("RAY_ADDRESS", None)
     cmd = [

@@ -1,0 +1,170 @@
+"""The rank's base model and the peft LoRA adapters on it, one per training client.
+
+Every adapter lives in one shared peft model over the one base model. Each is trained through a
+DeepSpeed engine of its own (``adapter_engine``) over an ``AdapterView``: a module that holds
+only that adapter's LoRA layers, so the engine never touches the base weights or another
+tenant's adapter.
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tinsmith.errors import UserInputError
+from tinsmith.types.training import LoraConfig
+
+if TYPE_CHECKING:
+    import torch
+    from peft import PeftModel
+
+ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
+UNEMBED_MODULES = ("lm_head",)
+LORA_ALPHA = 32
+
+
+def lora_target_modules(train_attn: bool, train_mlp: bool, train_unembed: bool) -> list[str]:
+    """The base model's module names a LoRA with these ``LoraConfig`` switches adapts."""
+    targets: list[str] = []
+    if train_attn:
+        targets += ATTN_MODULES
+    if train_mlp:
+        targets += MLP_MODULES
+    if train_unembed:
+        targets += UNEMBED_MODULES
+    return targets
+
+
+class LoraAdapters:
+    """The frozen base model and the peft model that carries every adapter of this rank.
+
+    peft wraps the base model when the first adapter arrives and is taken off again when the last
+    one leaves, so a rank without adapters holds the bare base model."""
+
+    def __init__(self, base: torch.nn.Module) -> None:
+        self.base = base
+        self.peft: PeftModel | None = None
+
+    def add(self, name: str, lora: LoraConfig) -> list[torch.nn.Parameter]:
+        """Add an adapter, initialised from the config's seed; returns its trainable parameters."""
+        import torch
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import get_peft_model
+
+        targets = lora_target_modules(lora.train_attn, lora.train_mlp, lora.train_unembed)
+        if not targets:
+            raise UserInputError(
+                "lora_config trains nothing: set train_attn, train_mlp or train_unembed"
+            )
+        peft_cfg = PeftLoraConfig(
+            r=lora.rank,
+            lora_alpha=LORA_ALPHA,
+            lora_dropout=0.0,
+            target_modules=targets,
+            bias="none",
+        )
+        torch.manual_seed(lora.seed if lora.seed is not None else 0)
+        if self.peft is None:
+            self.peft = get_peft_model(self.base, peft_cfg, adapter_name=name)
+        else:
+            self.peft.add_adapter(name, peft_cfg)
+        params = self.params(name)
+        for p in params:
+            p.requires_grad_(True)
+        return params
+
+    def remove(self, name: str) -> None:
+        """Take an adapter's layers out of the peft model (the last one: back to the bare base)."""
+        if self.peft is None or name not in self.peft.peft_config:
+            return
+        if len(self.peft.peft_config) > 1:
+            if self.peft.active_adapter == name:
+                self.peft.set_adapter(next(n for n in self.peft.peft_config if n != name))
+            self.peft.delete_adapter(name)
+        else:
+            self.base = self.peft.unload()
+            self.peft = None
+
+    def named_params(self, name: str) -> dict[str, torch.nn.Parameter]:
+        """This adapter's parameters under peft's saved names (adapter name removed)."""
+        assert self.peft is not None
+        marker = f".{name}."
+        return {n.replace(marker, "."): p for n, p in self.peft.named_parameters() if marker in n}
+
+    def params(self, name: str) -> list[torch.nn.Parameter]:
+        """This adapter's parameters, in peft's order."""
+        return list(self.named_params(name).values())
+
+    def activate(self, name: str) -> None:
+        """Make the adapter peft's active (and only trainable) one: before its forward, and
+        before reading or setting its optimizer state (ZeRO-3 skips parameters that do not
+        require grad)."""
+        assert self.peft is not None
+        if self.peft.active_adapter != name:
+            self.peft.set_adapter(name)
+        # peft's set_adapter toggles requires_grad; keep only this adapter trainable
+        for p in self.params(name):
+            p.requires_grad_(True)
+
+    def view(self, name: str) -> torch.nn.Module:
+        """The module the adapter's DeepSpeed engine wraps (see ``AdapterView``)."""
+        assert self.peft is not None
+        return _view_class()(self.peft, name)
+
+    def config_json(self, name: str) -> bytes:
+        """peft's own ``adapter_config.json`` for the adapter."""
+        assert self.peft is not None
+        with tempfile.TemporaryDirectory() as tmp:
+            self.peft.peft_config[name].save_pretrained(tmp)
+            return (Path(tmp) / "adapter_config.json").read_bytes()
+
+    def tensors(self, name: str, zero3: bool) -> dict[str, torch.Tensor]:
+        """The adapter's weights under peft's saved names, on the CPU. Taken from its parameters
+        directly: peft's ``get_peft_model_state_dict`` walks the whole model's state dict, which
+        cost more than the rest of a weight sync's export. Under ZeRO-3 the parameters are
+        partitioned and gathering them is a collective: every rank must call this together."""
+        import deepspeed
+
+        params = self.named_params(name)
+        with deepspeed.zero.GatheredParameters(list(params.values()), enabled=zero3):
+            # a copy under ZeRO-3: the gathered storage is released on leaving the block
+            tensors = {n: p.detach().cpu() for n, p in params.items()}
+            return {n: t.clone() if zero3 else t.contiguous() for n, t in tensors.items()}
+
+
+@functools.cache
+def _view_class() -> type[torch.nn.Module]:
+    import torch
+
+    class AdapterView(torch.nn.Module):
+        """The module an adapter's DeepSpeed engine wraps: the adapter's own LoRA layers only.
+
+        The shared peft model is held outside the module tree, so each engine sees (broadcasts,
+        all-reduces, and under ZeRO-3 partitions and gathers) its adapter's parameters and never
+        the base weights or another tenant's adapter. ZeRO-3's hooks sit on the LoRA layers and fire
+        when peft calls them inside the shared model's forward.
+        """
+
+        def __init__(self, peft_model: torch.nn.Module, adapter_id: str) -> None:
+            super().__init__()
+            self.shared = (peft_model,)  # a tuple: not registered as a submodule
+            self.adapter_id = adapter_id
+            suffix = f".{adapter_id}"
+            self.lora = torch.nn.ModuleList(
+                m
+                for n, m in peft_model.named_modules()
+                if n.endswith(suffix) and next(m.parameters(recurse=False), None) is not None
+            )
+
+        def forward(
+            self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+        ) -> torch.Tensor:
+            out = self.shared[0](
+                input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+            )
+            return out.logits
+
+    return AdapterView

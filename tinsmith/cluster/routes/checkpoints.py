@@ -1,0 +1,190 @@
+"""REST routes over stored training runs and checkpoints: listings (``Cursor`` pagination),
+delete, publish/unpublish, TTL, download links and the signed download route itself.
+
+They read only the metadata store (see ``tinsmith.cluster.checkpoints`` for the visibility rules):
+a tenant sees its own runs and checkpoints, and published checkpoints of others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse
+
+from tinsmith.cluster.auth import current_tenant
+from tinsmith.cluster.state import CheckpointKind as Kind
+from tinsmith.cluster.state import ServerState, State
+from tinsmith.errors import NotFoundError, UserInputError
+from tinsmith.store.records import CheckpointRecord, RunRecord, run_to_wire, utcnow
+from tinsmith.types.archives import safe_name
+from tinsmith.types.checkpoints import (
+    CheckpointArchiveUrlResponse,
+    CheckpointsListResponse,
+    Cursor,
+    ExternalWeightsUrlsResponse,
+    TrainingRun,
+    TrainingRunsResponse,
+)
+from tinsmith.types.requests import CheckpointTtlRequest
+
+router = APIRouter(prefix="/api/v1")
+_CHECKPOINT = "/training_runs/{run_id}/checkpoints/{kind}/{name}"
+
+
+def _run_to_wire(state: ServerState, run: RunRecord) -> TrainingRun:
+    return run_to_wire(
+        run,
+        state.store.latest_checkpoint(run.training_run_id, "training"),
+        state.store.latest_checkpoint(run.training_run_id, "sampler"),
+    )
+
+
+def _own_run(state: ServerState, run_id: str) -> RunRecord:
+    run = state.store.get_run(run_id)
+    if run is None or run.owner != current_tenant():
+        raise NotFoundError(f"training run {run_id!r} does not exist")
+    return run
+
+
+@router.get("/training_runs")
+async def list_training_runs(
+    state: State,
+    limit: int = Query(default=20, ge=1, le=1000),
+    offset: int = Query(default=0, ge=0, le=2**62),
+) -> TrainingRunsResponse:
+    """The caller's training runs, newest first."""
+    runs, total = state.store.list_runs(current_tenant(), limit, offset)
+    return TrainingRunsResponse(
+        training_runs=[_run_to_wire(state, r) for r in runs],
+        cursor=Cursor(offset=offset, limit=limit, total_count=total),
+    )
+
+
+@router.get("/training_runs/{run_id}")
+async def get_training_run(run_id: str, state: State) -> TrainingRun:
+    """One of the caller's training runs, with its latest checkpoints."""
+    return _run_to_wire(state, _own_run(state, run_id))
+
+
+@router.get("/training_runs/{run_id}/checkpoints")
+async def list_run_checkpoints(
+    run_id: str,
+    state: State,
+    limit: int = Query(default=1000, ge=1, le=10000),
+    offset: int = Query(default=0, ge=0, le=2**62),
+) -> CheckpointsListResponse:
+    """The checkpoints of one of the caller's runs."""
+    _own_run(state, run_id)
+    records, total = state.checkpoints.list(run_id, current_tenant(), limit, offset)
+    return CheckpointsListResponse(
+        checkpoints=[r.to_wire() for r in records],
+        cursor=Cursor(offset=offset, limit=limit, total_count=total),
+    )
+
+
+@router.get("/checkpoints")
+async def list_user_checkpoints(
+    state: State,
+    limit: int = Query(default=100, ge=1, le=10000),
+    offset: int = Query(default=0, ge=0, le=2**62),
+) -> CheckpointsListResponse:
+    """Every checkpoint the caller can see."""
+    records, total = state.checkpoints.list(None, current_tenant(), limit, offset)
+    return CheckpointsListResponse(
+        checkpoints=[r.to_wire() for r in records],
+        cursor=Cursor(offset=offset, limit=limit, total_count=total),
+    )
+
+
+@router.delete(_CHECKPOINT)
+async def delete_checkpoint(run_id: str, kind: Kind, name: str, state: State) -> dict[str, str]:
+    """Remove the record, then the stored object (owner only)."""
+    state.checkpoints.delete(state.owned_checkpoint(run_id, kind, name))
+    return {"status": "deleted"}
+
+
+@router.post(_CHECKPOINT + "/publish")
+async def publish(run_id: str, kind: Kind, name: str, state: State) -> dict[str, str]:
+    """Make the checkpoint readable and loadable by every tenant (owner only)."""
+    state.checkpoints.set_public(state.owned_checkpoint(run_id, kind, name), True)
+    return {"status": "published"}
+
+
+@router.delete(_CHECKPOINT + "/publish")
+async def unpublish(run_id: str, kind: Kind, name: str, state: State) -> dict[str, str]:
+    """Make the checkpoint private again (owner only)."""
+    state.checkpoints.set_public(state.owned_checkpoint(run_id, kind, name), False)
+    return {"status": "unpublished"}
+
+
+@router.put(_CHECKPOINT + "/ttl")
+async def set_ttl(
+    run_id: str, kind: Kind, name: str, body: CheckpointTtlRequest, state: State
+) -> dict[str, str]:
+    """Set or clear the checkpoint's expiry (owner only)."""
+    state.checkpoints.set_ttl(state.owned_checkpoint(run_id, kind, name), body.ttl_seconds)
+    return {"status": "ok"}
+
+
+@router.get(_CHECKPOINT + "/external_weights_urls")
+async def external_weights_urls(
+    run_id: str, kind: Kind, name: str, request: Request, state: State
+) -> ExternalWeightsUrlsResponse:
+    """A signed, expiring link per file of the checkpoint (what ``tinker checkpoint download``
+    fetches)."""
+    record = state.readable_checkpoint(f"tinker://{run_id}/{kind}/{name}", field="checkpoint")
+    if kind == "sampler_weights":
+        raise UserInputError(
+            "sampler checkpoints cannot be downloaded; save_state() or save_weights_external()"
+        )
+    expires = utcnow() + dt.timedelta(seconds=state.storage_config.url_expiry_seconds)
+    files = await _files_of(state, record)
+    base = str(request.base_url).rstrip("/")
+    sign = state.checkpoints.sign
+    urls = {f: f"{base}/api/v1/tinsmith/files/{sign(record, f, expires)}" for f in files}
+    return ExternalWeightsUrlsResponse(urls=urls, expires=expires)
+
+
+@router.get(_CHECKPOINT + "/archive")
+async def archive_url(
+    run_id: str, kind: Kind, name: str, request: Request, state: State
+) -> CheckpointArchiveUrlResponse:
+    """One-file download of the whole archive: a presigned S3 URL, or one this server answers."""
+    record = state.readable_checkpoint(f"tinker://{run_id}/{kind}/{name}", field="checkpoint")
+    ckpts = state.checkpoints
+    seconds = state.storage_config.url_expiry_seconds
+    expires = utcnow() + dt.timedelta(seconds=seconds)
+    url = ckpts.storage.download_url(record.storage_key, seconds)
+    if url is None:
+        base = str(request.base_url).rstrip("/")
+        url = f"{base}/api/v1/tinsmith/files/{ckpts.sign(record, None, expires)}"
+    return CheckpointArchiveUrlResponse(url=url, expires=expires)
+
+
+@router.get("/tinsmith/files/{token}")
+async def download_file(token: str, state: State) -> FileResponse:
+    """Signed download links (no API key: the token is the credential, like a presigned URL)."""
+    from tinsmith.storage.transfer import fetch_dir
+
+    ckpts = state.checkpoints
+    record, filename = ckpts.verify(token)
+    if filename is None:
+        local = ckpts.storage.local_path(record.storage_key)
+        if local is None:
+            raise NotFoundError("archive is not stored on this server")
+        return FileResponse(local, filename=f"{safe_name(record.checkpoint_id)}.tar")
+    directory = await asyncio.to_thread(fetch_dir, ckpts.site, ckpts.ref_of(record))
+    path = (directory / filename).resolve()
+    if not path.is_file() or not path.is_relative_to(directory.resolve()):
+        raise NotFoundError(f"{filename!r} is not a file of {record.tinker_path}")
+    return FileResponse(path, filename=path.name)
+
+
+async def _files_of(state: ServerState, record: CheckpointRecord) -> list[str]:
+    from tinsmith.storage.transfer import fetch_dir
+
+    ckpts = state.checkpoints
+    directory = await asyncio.to_thread(fetch_dir, ckpts.site, ckpts.ref_of(record))
+    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())

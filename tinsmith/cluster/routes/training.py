@@ -1,0 +1,158 @@
+"""Training-client routes: create, describe and unload a client, forward_backward, optim_step.
+
+Each mutating route returns a future at once; its work runs on the base model's coordinator, in
+the client's seq_id order.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Request
+
+from tinsmith.cluster.auth import current_tenant
+from tinsmith.cluster.futures import FutureResult
+from tinsmith.cluster.limits import check_forward_backward
+from tinsmith.cluster.registry import TrainingModel
+from tinsmith.cluster.state import State
+from tinsmith.cluster.submission import json_result
+from tinsmith.errors import UserInputError
+from tinsmith.types import proto
+from tinsmith.types.futures import UntypedAPIFuture
+from tinsmith.types.requests import (
+    CreateModelRequest,
+    GetInfoRequest,
+    OptimStepRequest,
+    UnloadModelRequest,
+)
+from tinsmith.types.training import (
+    AdamParams,
+    CreateModelResponse,
+    GetInfoResponse,
+    LoraConfig,
+    ModelData,
+    OptimStepResponse,
+    UnloadModelResponse,
+)
+
+MAX_BODY_BYTES = 256 << 20  # a decompressed forward_backward body
+
+router = APIRouter(prefix="/api/v1")
+
+
+@router.post("/create_model")
+async def create_model(
+    body: CreateModelRequest, request: Request, state: State
+) -> UntypedAPIFuture:
+    """A new training client with a fresh LoRA adapter on the base model's trainer ranks."""
+    model_id = f"{body.session_id}:train:{body.model_seq_id}"
+    state.check_session(body.session_id)
+
+    async def work() -> FutureResult:
+        served = state.served(body.base_model)
+        if body.optimizer_config.type != "adamw":
+            raise UserInputError(
+                f"optimizer_config.type {body.optimizer_config.type!r} is not supported; use adamw"
+            )
+        lora = body.lora_config or LoraConfig(rank=32)
+        if served.sampleable and lora.rank > served.max_lora_rank:
+            raise UserInputError(
+                f"lora_config.rank {lora.rank} is larger than this server's sampler limit "
+                f"({served.max_lora_rank}, sampler.max_lora_rank in the config)"
+            )
+        if model_id in state.clients.training:
+            raise UserInputError(f"model {model_id!r} already exists (model_seq_id reused)")
+        await served.coordinator.create_model(model_id, lora)
+        state.clients.add_training(
+            TrainingModel(model_id, body.session_id, body.base_model, lora, current_tenant()),
+            {k: str(v) for k, v in body.user_metadata.items()} if body.user_metadata else None,
+        )
+        return json_result(CreateModelResponse(model_id=model_id))
+
+    return state.submitter.submit(request, work, model_id=model_id)
+
+
+@router.post("/get_info")
+async def get_info(body: GetInfoRequest, state: State) -> GetInfoResponse:
+    """The client's base model, tokenizer and LoRA rank."""
+    model = state.clients.training_model(body.model_id)
+    served = state.served(model.base_model)
+    return GetInfoResponse(
+        model_id=model.model_id,
+        model_data=ModelData(
+            arch="llama", model_name=model.base_model, tokenizer_id=str(served.model_dir)
+        ),
+        is_lora=True,
+        lora_rank=model.lora.rank,
+        model_name=model.base_model,
+    )
+
+
+@router.post("/unload_model")
+async def unload_model(
+    body: UnloadModelRequest, request: Request, state: State
+) -> UntypedAPIFuture:
+    """Free the client's adapter and optimizer state."""
+
+    async def work() -> FutureResult:
+        model = state.clients.training_model(body.model_id)
+        await state.served(model.base_model).coordinator.unload_model(body.model_id)
+        state.clients.remove_training(body.model_id)
+        return json_result(UnloadModelResponse(model_id=body.model_id))
+
+    return state.submitter.submit(request, work, model_id=body.model_id)
+
+
+@router.post("/forward_backward")
+async def forward_backward(request: Request, state: State) -> UntypedAPIFuture:
+    """A protobuf (optionally zstd) batch of datums; the future resolves to protobuf outputs."""
+    raw = await request.body()
+    if request.headers.get("content-encoding", "") == "zstd":
+        raw = _unzstd(raw)
+    try:
+        fb = proto.decode_forward_backward_request(raw)
+    except ValueError as exc:
+        raise HTTPException(status_code=400, detail=str(exc)) from exc
+    check_forward_backward(fb.forward_backward_input, state.limits)
+
+    async def work() -> FutureResult:
+        model = state.clients.training_model(fb.model_id)
+        served = state.served(model.base_model)
+        out = await served.coordinator.forward_backward(
+            fb.model_id, fb.seq_id, fb.forward_backward_input, fb.forward_only
+        )
+        state.metrics.train_tokens.labels(model.base_model).inc(
+            out.metrics.get("num_tokens:sum", 0.0)
+        )
+        return FutureResult(kind="proto", body=proto.encode_forward_backward_output(out))
+
+    return state.submitter.submit(request, work, model_id=fb.model_id)
+
+
+@router.post("/optim_step")
+async def optim_step(body: OptimStepRequest, request: Request, state: State) -> UntypedAPIFuture:
+    """One AdamW step over the gradients accumulated since the last."""
+
+    async def work() -> FutureResult:
+        model = state.clients.training_model(body.model_id)
+        served = state.served(model.base_model)
+        if body.optimizer_params is not None:
+            message = "optimizer_params (dimuon) is not supported; send adam_params"
+            await served.coordinator.refuse(body.model_id, body.seq_id, message)
+        adam = body.adam_params or AdamParams()
+        metrics = await served.coordinator.optim_step(body.model_id, body.seq_id, adam)
+        return json_result(OptimStepResponse(metrics=metrics))
+
+    return state.submitter.submit(request, work, model_id=body.model_id)
+
+
+def _unzstd(raw: bytes) -> bytes:
+    """Decompress a zstd request body, refusing garbage (400) and bombs (413) before allocating."""
+    import zstandard
+
+    try:
+        if zstandard.frame_content_size(raw) > MAX_BODY_BYTES:  # -1 when the header does not say
+            raise HTTPException(
+                status_code=413, detail=f"body decompresses to over {MAX_BODY_BYTES} bytes"
+            )
+        return zstandard.ZstdDecompressor().decompress(raw, max_output_size=MAX_BODY_BYTES)
+    except zstandard.ZstdError as exc:
+        raise HTTPException(status_code=400, detail=f"body is not valid zstd data: {exc}") from exc

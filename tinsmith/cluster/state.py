@@ -1,0 +1,132 @@
+"""What the API server's routes share: the served base models, the live clients, the futures, the
+checkpoint service, and the tenant checks on them. Routes receive it as a FastAPI dependency
+(``State``), read from ``app.state``, so no route module imports another.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import Depends, FastAPI, Request
+
+from tinsmith.cluster.auth import current_tenant
+from tinsmith.cluster.checkpoints import CheckpointService
+from tinsmith.cluster.config import AuthConfig, LimitsConfig
+from tinsmith.cluster.futures import FutureStore, interrupted_failure
+from tinsmith.cluster.metrics import ServerMetrics
+from tinsmith.cluster.registry import ClientRegistry
+from tinsmith.cluster.submission import Submitter
+from tinsmith.errors import NotFoundError, UserInputError
+from tinsmith.storage.config import StorageConfig
+from tinsmith.store.base import MetadataStore
+from tinsmith.store.records import CheckpointRecord
+from tinsmith.types.coordinator import CoordinatorAPI
+
+log = logging.getLogger(__name__)
+
+CheckpointKind = Literal["weights", "sampler_weights", "external_weights"]
+"""The kinds of checkpoint, as they appear in a tinker:// path."""
+
+
+@dataclass
+class ServedModel:
+    """A base model this server serves, and the coordinator that runs its work."""
+
+    name: str
+    model_dir: Path
+    max_context_length: int
+    coordinator: CoordinatorAPI
+    vocab_size: int
+    max_lora_rank: int = 512
+    trainable: bool = True
+    sampleable: bool = True
+
+
+@dataclass
+class ServerState:
+    """Everything the routes share; the pieces (clients, futures, submitter) are built here."""
+
+    models: dict[str, ServedModel]
+    checkpoints: CheckpointService
+    reaper_seconds: float = 60.0
+    metrics: ServerMetrics = field(default_factory=ServerMetrics)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    clients: ClientRegistry = field(init=False)
+    futures: FutureStore = field(init=False)
+    submitter: Submitter = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Futures live in the metadata store too. Any still pending there belong to a previous
+        # process (this one has submitted none yet): they fail, retryably, instead of hanging.
+        interrupted = self.store.interrupt_pending_futures(interrupted_failure())
+        if interrupted:
+            log.warning(
+                "%d requests were in flight when the server last stopped; they now fail",
+                interrupted,
+            )
+        self.futures = FutureStore(
+            self.store, max_pending_per_owner=self.limits.max_pending_per_tenant
+        )
+        self.clients = ClientRegistry(self.models, self.store, self.metrics.training_clients)
+        self.submitter = Submitter(self.futures, self.metrics, self.clients)
+
+    @property
+    def store(self) -> MetadataStore:
+        """The metadata store (sessions, runs, checkpoints, futures)."""
+        return self.checkpoints.store
+
+    @property
+    def storage_config(self) -> StorageConfig:
+        """Where checkpoint archives are stored, and how long download links last."""
+        return self.checkpoints.storage_config
+
+    def served(self, base_model: str) -> ServedModel:
+        """A base model served here, or a ``UserInputError`` naming those that are."""
+        model = self.models.get(base_model)
+        if model is None:
+            available = ", ".join(sorted(self.models))
+            raise UserInputError(
+                f"base_model {base_model!r} is not served here; available: {available}"
+            )
+        return model
+
+    def readable_checkpoint(self, tinker_path: str, field: str = "path") -> CheckpointRecord:
+        """A checkpoint the caller may read or load: its own, or a published one."""
+        record = self.checkpoints.resolve(tinker_path, field)
+        if record.owner != current_tenant() and not record.public:
+            raise NotFoundError(f"{field}: checkpoint {tinker_path!r} does not exist")
+        return record
+
+    def owned_checkpoint(self, run_id: str, kind: CheckpointKind, name: str) -> CheckpointRecord:
+        """A checkpoint the caller may change or delete (only its own)."""
+        record = self.checkpoints.by_route(run_id, kind, name)
+        if record.owner != current_tenant():
+            raise NotFoundError(f"checkpoint tinker://{run_id}/{kind}/{name} does not exist")
+        return record
+
+    def check_session(self, session_id: str) -> None:
+        """A session of another tenant answers as unknown (ids of unknown sessions pass: the
+        SDK always creates its session first, and ids are random)."""
+        owner = self.store.session_owner(session_id)
+        if owner is not None and owner != current_tenant():
+            raise NotFoundError(f"session_id {session_id!r} is unknown")
+
+
+def attach_state(app: FastAPI, state: ServerState) -> None:
+    """Make ``state`` the one every route of ``app`` receives through ``State``."""
+    app.state.tinsmith = state
+
+
+def get_state(request: Request) -> ServerState:
+    """The FastAPI dependency behind ``State``: the app's ``ServerState``."""
+    state = request.app.state.tinsmith
+    if not isinstance(state, ServerState):
+        raise RuntimeError("the app has no ServerState; build it with build_app")
+    return state
+
+
+State = Annotated[ServerState, Depends(get_state)]
