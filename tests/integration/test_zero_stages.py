@@ -27,6 +27,9 @@ from tinsmith.cluster.launcher import free_port
 STEPS = 3
 MICRO_BATCH_TOKENS = 128
 LENGTHS = (40, 64, 33, 57, 20)
+# bf16 runs on few tokens: on a CPU without bf16 instructions (AVX2 only) PyTorch's bf16 matmuls
+# are ~30x slower than fp32 ones, and LENGTHS' 214 tokens took 350 s per run there.
+BF16_LENGTHS = (16, 10)
 
 
 def _model_dir() -> str:
@@ -43,18 +46,25 @@ def _run_rank(
     stage: int,
     model_dir: str,
     dtype: str,
+    lengths: tuple[int, ...],
     out: multiprocessing.Queue,
 ) -> None:
     """One trainer rank; puts (rank, losses per adapter, adapters, exported adapter) on ``out``."""
     try:
-        out.put((rank, _train(rank, world, port, stage, model_dir, dtype)))
+        out.put((rank, _train(rank, world, port, stage, model_dir, dtype, lengths)))
     except BaseException as exc:  # the parent reports it
         out.put((rank, f"{type(exc).__name__}: {exc}"))
         raise
 
 
 def _train(
-    rank: int, world: int, port: int, stage: int, model_dir: str, dtype: str
+    rank: int,
+    world: int,
+    port: int,
+    stage: int,
+    model_dir: str,
+    dtype: str,
+    lengths: tuple[int, ...],
 ) -> dict[str, object]:
     import torch.distributed as dist
     from safetensors.torch import load_file
@@ -77,7 +87,7 @@ def _train(
         worker.create_adapter(AdapterSpec(adapter_id=name, lora=lora))
     rng = random.Random(0)
     datums = []
-    for i, n in enumerate(LENGTHS):
+    for i, n in enumerate(lengths):
         tokens = [rng.randrange(100, 20000) for _ in range(n + 1)]
         datums.append(
             TokenDatum(
@@ -161,13 +171,22 @@ def _train(
     }
 
 
-def _run(stage: int, world: int, model_dir: str, dtype: str = "float32") -> dict[str, object]:
+def _run(
+    stage: int,
+    world: int,
+    model_dir: str,
+    dtype: str = "float32",
+    lengths: tuple[int, ...] = LENGTHS,
+) -> dict[str, object]:
     """Run ``world`` ranks at ``stage``; rank 0's adapters and the loss sums over ranks."""
     ctx = multiprocessing.get_context("spawn")
     out: multiprocessing.Queue = ctx.Queue()
     port = free_port()
     procs = [
-        ctx.Process(target=_run_rank, args=(r, world, port, stage, model_dir, dtype, out))
+        ctx.Process(
+            target=_run_rank,
+            args=(r, world, port, stage, model_dir, dtype, lengths, out),
+        )
         for r in range(world)
     ]
     for p in procs:
@@ -267,11 +286,15 @@ def _lora_b(adapters: dict[str, dict[str, list[float]]], name: str) -> np.ndarra
 
 
 @pytest.mark.slow
-def test_bf16_optimizers_agree_and_follow_fp32(reference: dict[str, object]) -> None:
+def test_bf16_optimizers_agree_and_follow_fp32() -> None:
     """bf16 on one rank: DeepSpeed's unfused bf16 optimizer (ZeRO-0) and its ZeRO-2 optimizer both
-    keep fp32 masters and AdamW's step count, so they agree with each other, follow fp32 training,
-    and a snapshot restores."""
-    runs = {stage: _run(stage, 1, _model_dir(), dtype="bfloat16") for stage in (0, 2)}
+    keep fp32 masters and AdamW's step count, so they agree with each other, follow fp32 training
+    (on the same datums), and a snapshot restores."""
+    reference = _run(0, 1, _model_dir(), lengths=BF16_LENGTHS)
+    runs = {
+        stage: _run(stage, 1, _model_dir(), dtype="bfloat16", lengths=BF16_LENGTHS)
+        for stage in (0, 2)
+    }
     ref_losses, ref_adapters = reference["losses"], reference["adapters"]
     assert isinstance(ref_losses, dict) and isinstance(ref_adapters, dict)
     for stage, got in runs.items():
@@ -288,9 +311,12 @@ def test_bf16_optimizers_agree_and_follow_fp32(reference: dict[str, object]) -> 
             )
     zero0, zero2 = runs[0], runs[2]
     for name in zero0["losses"]:  # type: ignore[union-attr]
-        # the same bf16 arithmetic; only gradient accumulation and the optimizers' code differ
+        # The same bf16 arithmetic; only gradient accumulation and the optimizers' code differ:
+        # ZeRO-0 accumulates gradients in bf16 on the parameters, ZeRO-2 in its own buffers. bf16
+        # keeps 8 significant bits (a rounding is up to 2^-9 = 0.2 % relative), so after a step
+        # the losses differ by a few roundings (0.25 % measured on BF16_LENGTHS).
         np.testing.assert_allclose(
-            zero0["losses"][name], zero2["losses"][name], rtol=2e-3, err_msg=name
+            zero0["losses"][name], zero2["losses"][name], rtol=8e-3, err_msg=name
         )  # type: ignore[index]
     for name in ("a", "c"):
         b0, b2 = _lora_b(zero0["adapters"], name), _lora_b(zero2["adapters"], name)  # type: ignore[arg-type]
