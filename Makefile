@@ -36,7 +36,7 @@ typecheck: install
 
 # pytest exits 5 when it collects nothing: treat that as a failure.
 test: lint typecheck
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -v -rs tests; rc=$$?; \
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -v -rs --durations=30 tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 unit: install
