@@ -73,11 +73,14 @@ class CheckpointService:
     ) -> None:
         self.store = store
         self.storage = storage
-        self.storage_config = storage_config
-        self.data_dir = data_dir
         self.site = StorageSite(storage=storage_config, data_dir=str(data_dir))
         self._secret = url_secret
         self._reserved: set[str] = set()
+
+    @property
+    def storage_config(self) -> StorageConfig:
+        """The backend's settings (those the workers were given, in ``site``)."""
+        return self.site.storage
 
     # ----- writing ---------------------------------------------------------------------------
     def new_ref(self, run_id: str, kind: str, name: str) -> ArchiveRef:
