@@ -91,12 +91,19 @@ def model_status(server: object, base_model: str) -> dict[str, object]:
     return next(m for m in models if m["base_model"] == base_model)  # type: ignore[no-any-return]
 
 
-def check_trainer_restart(target: object, base_model: str, victim_rank: int) -> None:
+def check_trainer_restart(
+    target: object, base_model: str, victim_rank: int, during_export: bool = False
+) -> None:
     """SIGKILL trainer rank ``victim_rank`` of ``base_model`` while another client's
     forward_backward requests are in flight. Every request resolves (none hangs); at least one fails
     with the retryable server error naming the death; the ranks come back with new PIDs; the victim
     client is exactly at its last optimizer step, and one more step equals a client that never saw a
-    crash (so the AdamW state came back too); the other client continues."""
+    crash (so the AdamW state came back too); the other client continues.
+
+    ``during_export``: the victim's ``save_weights_and_get_sampling_client`` is sent while the
+    other client's first (long) forward_backward runs, so its export is queued on the rank behind
+    it when the rank dies; that save fails with the retryable error naming it, and after the
+    restart the victim's next save works and its sampling client samples."""
     service = tinker.ServiceClient(base_url=target.base_url, api_key="tml-tests")  # type: ignore[attr-defined]
     probe = [datum(random_tokens(7000, 16))]
     batches = [[datum(random_tokens(7001 + i, 24))] for i in range(3)]
@@ -118,30 +125,34 @@ def check_trainer_restart(target: object, base_model: str, victim_rank: int) -> 
     step(victim, 0)
     step(victim, 1)
     before = logprobs(victim)
+    if during_export:
+        # A first sync: the rank's node is then known, so the save under test asks the rank
+        # only for the export (nothing in its turn waits on the rank).
+        victim.save_weights_and_get_sampling_client().result(timeout=600)
     restarts = model_status(target, base_model)["trainer_restarts"]
+    old = trainer_pids()  # now: a status call would queue behind the load
 
-    # Load: another client's forward_backward requests (4 x 128
-    # tokens each) in flight; then SIGKILL.
+    # Load: another client's forward_backward requests (4 x 128 tokens each) in flight, the first
+    # of them, with an export to queue behind it, 6 x 400 tokens (seconds of work on any CPU).
     bystander = service.create_lora_training_client(base_model=base_model, rank=4).result()
     load = [datum(random_tokens(7100 + i, 128)) for i in range(4)]
-    futures = [bystander.forward_backward(load, "cross_entropy") for _ in range(6)]
-    old = trainer_pids()
+    first = [datum(random_tokens(7200 + i, 400)) for i in range(6)] if during_export else load
+    futures = [bystander.forward_backward(first, "cross_entropy")]
+    futures += [bystander.forward_backward(load, "cross_entropy") for _ in range(5)]
+    save = None
+    if during_export:
+        time.sleep(1.0)  # the first forward_backward is running on the rank
+        save = victim.save_weights_and_get_sampling_client()  # its export queues behind it
     time.sleep(1.0)
     os.kill(old[victim_rank], signal.SIGKILL)
-    outcomes = []
-    for (
-        future
-    ) in futures:  # none may hang; a failure is the server's, retryable, and says what happened
-        try:
-            future.result(timeout=600)
-            outcomes.append("ok")
-        except tinker.RequestFailedError as exc:
-            assert str(exc.category).lower().endswith("server"), exc.category
-            assert (
-                "died during forward_backward" in str(exc) and "retry" in str(exc)
-            ) or "were lost" in str(exc), exc
-            outcomes.append("died" if "died" in str(exc) else "lost")
-    assert "died" in outcomes, outcomes
+    if save is not None:
+        with pytest.raises(tinker.RequestFailedError) as info:
+            save.result(timeout=600)
+        message = str(info.value)
+        assert str(info.value.category).lower().endswith("server"), info.value.category
+        assert f"trainer rank {victim_rank}" in message and "retry" in message, message
+        assert "died during save_weights_for_sampler" in message, message
+    _expect_died_or_ok(futures)
 
     deadline = (
         time.monotonic() + 300
@@ -161,6 +172,11 @@ def check_trainer_restart(target: object, base_model: str, victim_rank: int) -> 
     for i in range(3):
         step(reference, i)
     np.testing.assert_allclose(logprobs(victim), logprobs(reference), atol=1e-4)
+    if during_export:  # the failed save left the victim usable: the next one works and samples
+        sampler = victim.save_weights_and_get_sampling_client().result(timeout=600)
+        prompt = types.ModelInput.from_ints(random_tokens(7600, 8))
+        out = sampler.sample(prompt, 1, types.SamplingParams(max_tokens=4)).result(timeout=600)
+        assert len(out.sequences[0].tokens) == 4
 
     # The bystander goes on too (its first call may report, once,
     # the gradients the restart dropped).
@@ -170,3 +186,20 @@ def check_trainer_restart(target: object, base_model: str, victim_rank: int) -> 
         assert "were lost" in str(exc), exc
         bystander.forward_backward(load, "cross_entropy").result()
     assert "grad_norm:mean" in bystander.optim_step(adam).result().metrics
+
+
+def _expect_died_or_ok(futures: list[object]) -> None:
+    """None of ``futures`` hangs; a failure is the server's, retryable, and says what happened;
+    at least one died with the rank."""
+    outcomes = []
+    for future in futures:
+        try:
+            future.result(timeout=600)  # type: ignore[attr-defined]
+            outcomes.append("ok")
+        except tinker.RequestFailedError as exc:
+            assert str(exc.category).lower().endswith("server"), exc.category
+            assert (
+                "died during forward_backward" in str(exc) and "retry" in str(exc)
+            ) or "were lost" in str(exc), exc
+            outcomes.append("died" if "died" in str(exc) else "lost")
+    assert "died" in outcomes, outcomes

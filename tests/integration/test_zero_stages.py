@@ -2,12 +2,13 @@
 
 The trainer ranks are the real `TrainerWorker` (DeepSpeed, peft, gloo), started here as two plain
 processes that rendezvous through torch.distributed, so every stage runs without a server and
-its Ray cluster beside the session's. Each run trains two tenants interleaved (rank 8 on every
-module; rank 4 on the MLP only) for 3 steps of AdamW with weight decay and clipping active, over
-micro-batches of different lengths that leave rank 1 one short (its dummy backward runs);
-after 2 steps a third adapter is restored from the first one's snapshot and trained alongside.
-Then: forward-only logprobs, one tenant unloaded, and the weight-sync export (a gather under
-ZeRO-3), which must equal the adapter.
+its Ray cluster beside the session's; each process runs every stage in turn, each on a fresh
+worker (starting processes is most of a run's time on a CPU). Each run trains two tenants
+interleaved (rank 8 on every module; rank 4 on the MLP only) for 3 steps of AdamW with weight
+decay and clipping active, over micro-batches of different lengths that leave rank 1 one short
+(its dummy backward runs); after 2 steps a third adapter is restored from the first one's
+snapshot and trained alongside. Then: forward-only logprobs, one tenant unloaded, and the
+weight-sync export (a gather under ZeRO-3), which must equal the adapter.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import queue
 import random
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -39,33 +41,39 @@ def _model_dir() -> str:
     return str(next(iter(prepare_all(load_config(ROOT / "configs" / "local.yaml")).values())))
 
 
+class Spec(NamedTuple):
+    """One training run in a rank process: its ZeRO stage, dtype and datum lengths."""
+
+    stage: int
+    dtype: str = "float32"
+    lengths: tuple[int, ...] = LENGTHS
+
+
 def _run_rank(
     rank: int,
     world: int,
     port: int,
-    stage: int,
+    specs: list[Spec],
     model_dir: str,
-    dtype: str,
-    lengths: tuple[int, ...],
     out: multiprocessing.Queue,
 ) -> None:
-    """One trainer rank; puts (rank, losses per adapter, adapters, exported adapter) on ``out``."""
+    """One trainer rank running each of ``specs`` in turn, each on a fresh ``TrainerWorker`` (the
+    process group is joined once: starting processes is most of a run's time on a CPU); puts
+    (rank, one result per spec) on ``out``."""
+    import gc
+
     try:
-        out.put((rank, _train(rank, world, port, stage, model_dir, dtype, lengths)))
+        results = []
+        for spec in specs:
+            results.append(_train(rank, world, port, spec, model_dir))
+            gc.collect()
+        out.put((rank, results))
     except BaseException as exc:  # the parent reports it
         out.put((rank, f"{type(exc).__name__}: {exc}"))
         raise
 
 
-def _train(
-    rank: int,
-    world: int,
-    port: int,
-    stage: int,
-    model_dir: str,
-    dtype: str,
-    lengths: tuple[int, ...],
-) -> dict[str, object]:
+def _train(rank: int, world: int, port: int, spec: Spec, model_dir: str) -> dict[str, object]:
     import torch.distributed as dist
     from safetensors.torch import load_file
 
@@ -76,7 +84,12 @@ def _train(
     from tinsmith.types.settings import TrainerConfig
     from tinsmith.types.training import AdamParams, LoraConfig
 
-    config = TrainerConfig(num_ranks=world, zero_stage=stage, torch_threads=1, dtype=dtype)  # type: ignore[arg-type]
+    config = TrainerConfig(
+        num_ranks=world,
+        zero_stage=spec.stage,  # type: ignore[arg-type]
+        torch_threads=1,
+        dtype=spec.dtype,  # type: ignore[arg-type]
+    )
     site = StorageSite(data_dir=tempfile.mkdtemp(prefix="tinsmith-zero-"))
     worker = TrainerWorker(rank, world, "127.0.0.1", port, model_dir, config, site)
     specs = {
@@ -87,7 +100,7 @@ def _train(
         worker.create_adapter(AdapterSpec(adapter_id=name, lora=lora))
     rng = random.Random(0)
     datums = []
-    for i, n in enumerate(lengths):
+    for i, n in enumerate(spec.lengths):
         tokens = [rng.randrange(100, 20000) for _ in range(n + 1)]
         datums.append(
             TokenDatum(
@@ -171,39 +184,36 @@ def _train(
     }
 
 
-def _run(
-    stage: int,
-    world: int,
-    model_dir: str,
-    dtype: str = "float32",
-    lengths: tuple[int, ...] = LENGTHS,
-) -> dict[str, object]:
-    """Run ``world`` ranks at ``stage``; rank 0's adapters and the loss sums over ranks."""
+def _run(world: int, specs: list[Spec], model_dir: str) -> list[dict[str, object]]:
+    """Run ``world`` ranks through ``specs``; per spec, rank 0's adapters and the loss sums over
+    ranks."""
     ctx = multiprocessing.get_context("spawn")
     out: multiprocessing.Queue = ctx.Queue()
     port = free_port()
     procs = [
-        ctx.Process(
-            target=_run_rank,
-            args=(r, world, port, stage, model_dir, dtype, lengths, out),
-        )
+        ctx.Process(target=_run_rank, args=(r, world, port, specs, model_dir, out))
         for r in range(world)
     ]
     for p in procs:
         p.start()
-    results: dict[int, dict[str, object]] = {}
+    per_rank: dict[int, list[dict[str, object]]] = {}
     try:
         for _ in range(world):
-            rank, result = out.get(timeout=600)
-            assert isinstance(result, dict), f"ZeRO-{stage} rank {rank} failed: {result}"
-            results[rank] = result
+            rank, result = out.get(timeout=900)
+            assert isinstance(result, list), f"{world} rank(s), rank {rank} failed: {result}"
+            per_rank[rank] = result
     except queue.Empty:
-        pytest.fail(f"ZeRO-{stage} with {world} ranks did not finish in 600 s")
+        pytest.fail(f"{world} rank(s) did not finish {specs} in 900 s")
     finally:
         for p in procs:
             p.join(timeout=30)
             if p.is_alive():
                 p.kill()
+    return [_merge({r: per_rank[r][i] for r in per_rank}) for i in range(len(specs))]
+
+
+def _merge(results: dict[int, dict[str, object]]) -> dict[str, object]:
+    """One run's results over its ranks: loss sums, every datum's logprobs, rank 0's adapters."""
     summed = {
         name: np.sum([results[r]["losses"][name] for r in results], axis=0)  # type: ignore[index]
         for name in results[0]["losses"]  # type: ignore[union-attr]
@@ -215,17 +225,34 @@ def _run(
     return merged | {k: results[0][k] for k in ("adapters", "export", "norms")}
 
 
+STAGES = (0, 1, 2, 3)
+BF16_SPECS = [Spec(0, "float32", BF16_LENGTHS), Spec(0, "bfloat16", BF16_LENGTHS)]
+BF16_SPECS.append(Spec(2, "bfloat16", BF16_LENGTHS))
+
+
 @pytest.fixture(scope="module")
-def reference() -> dict[str, object]:
-    return _run(0, 1, _model_dir())
+def one_rank() -> list[dict[str, object]]:
+    """One rank process: the fp32 ZeRO-0 reference, then the bf16 check's three runs."""
+    return _run(1, [Spec(0), *BF16_SPECS], _model_dir())
+
+
+@pytest.fixture(scope="module")
+def reference(one_rank: list[dict[str, object]]) -> dict[str, object]:
+    return one_rank[0]
+
+
+@pytest.fixture(scope="module")
+def two_ranks() -> dict[int, dict[str, object]]:
+    """Two rank processes running every ZeRO stage in turn."""
+    return dict(zip(STAGES, _run(2, [Spec(stage) for stage in STAGES], _model_dir()), strict=True))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+@pytest.mark.parametrize("stage", STAGES)
 def test_two_ranks_at_each_zero_stage_match_one_rank_at_zero_0(
-    stage: int, reference: dict[str, object]
+    stage: int, reference: dict[str, object], two_ranks: dict[int, dict[str, object]]
 ) -> None:
-    got = _run(stage, 2, _model_dir())
+    got = two_ranks[stage]
     ref_losses, got_losses = reference["losses"], got["losses"]
     assert isinstance(ref_losses, dict) and isinstance(got_losses, dict)
     print(f"ZeRO-{stage}, 2 ranks:", {k: v.tolist() for k, v in got_losses.items()})
@@ -286,15 +313,11 @@ def _lora_b(adapters: dict[str, dict[str, list[float]]], name: str) -> np.ndarra
 
 
 @pytest.mark.slow
-def test_bf16_optimizers_agree_and_follow_fp32() -> None:
+def test_bf16_optimizers_agree_and_follow_fp32(one_rank: list[dict[str, object]]) -> None:
     """bf16 on one rank: DeepSpeed's unfused bf16 optimizer (ZeRO-0) and its ZeRO-2 optimizer both
     keep fp32 masters and AdamW's step count, so they agree with each other, follow fp32 training
     (on the same datums), and a snapshot restores."""
-    reference = _run(0, 1, _model_dir(), lengths=BF16_LENGTHS)
-    runs = {
-        stage: _run(stage, 1, _model_dir(), dtype="bfloat16", lengths=BF16_LENGTHS)
-        for stage in (0, 2)
-    }
+    reference, runs = one_rank[1], {0: one_rank[2], 2: one_rank[3]}
     ref_losses, ref_adapters = reference["losses"], reference["adapters"]
     assert isinstance(ref_losses, dict) and isinstance(ref_adapters, dict)
     for stage, got in runs.items():

@@ -1,8 +1,9 @@
 """Workers that die under load, on the package's second server: two vLLM sampler replicas
 (concurrent requests spread over both, a replica SIGKILLed under load loses no request and is
 replaced with its adapters), and trainer ranks SIGKILLed while training requests are in flight
-(those requests fail with a retryable error, every rank restarts by itself, and each training
-client continues exactly from its last optimizer step, AdamW state included) - for one rank here
+(those requests, and a weight sync whose export waits on the rank, fail with a retryable error,
+every rank restarts by itself, and each training client continues exactly from its last optimizer
+step, AdamW state included) - for one rank here
 and for one of two ZeRO-3 ranks in test_trainer_restart.py. The status route lists the
 replacements, and stopping the server stops them too (the package fixture checks)."""
 
@@ -96,9 +97,10 @@ def test_requests_spread_and_survive_a_killed_replica(second_server: object) -> 
 def test_a_killed_trainer_rank_is_restarted_and_every_client_continues(
     second_server: object,
 ) -> None:
-    """One trainer rank (the default model) SIGKILLed under load; the two-rank ZeRO-3 case is in
+    """One trainer rank (the default model) SIGKILLed under load while a weight sync's export waits
+    on it: that save fails retryably, the next one works. The two-rank ZeRO-3 case is in
     test_trainer_restart.py (on the session server: a third server would not fit in CI's memory)."""
-    check_trainer_restart(second_server, DEFAULT_MODEL, victim_rank=0)
+    check_trainer_restart(second_server, DEFAULT_MODEL, victim_rank=0, during_export=True)
     for worker in _status(second_server)["workers"]:  # type: ignore[attr-defined]
         if worker["kind"] == "trainer":
             REPLACEMENTS[worker["pid"]] = f"trainer rank {worker['index']} (restarted)"
