@@ -10,7 +10,7 @@ STAMP := $(VENV)/.tinsmith-installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml requirements/cpu-lock.txt requirements/dev.txt requirements/model.txt \
+$(STAMP): pyproject.toml configs/models.yaml $(wildcard configs/models/*.yaml) requirements/cpu-lock.txt requirements/dev.txt requirements/model.txt \
 		requirements/examples.txt requirements/cookbook.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q uv
@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml requirements/cpu-lock.txt requirements/dev.txt requirem
 	$(UV) --no-deps -r requirements/cookbook.txt
 	$(UV) --no-deps -e .
 	HF_HUB_OFFLINE=1 $(BIN)/tinsmith prepare --config configs/local.yaml
+	HF_HUB_OFFLINE=1 $(BIN)/tinsmith prepare --config configs/models.yaml
 	touch $(STAMP)
 
 run: install

@@ -21,25 +21,29 @@ from benchmarks.common import BATCH, LORA_RANK, MODEL, ROOT, SEQ_LEN, fixed_batc
 
 
 def bare_step(model_dir: str, batch: list[list[int]]) -> Callable[[], None]:
-    """One plain training step: forward, summed token NLL, backward, AdamW, logprobs to Python."""
+    """One plain training step: forward, summed token NLL, backward, AdamW, logprobs to Python.
+    LoRA rank LORA_RANK on Tinker's default targets for the model's family (tinsmith's own
+    mapping, so both sides train the same parameters)."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+
+    from tinsmith.actors.lora_adapters import LORA_ALPHA, lora_targets
+    from tinsmith.actors.rank_setup import auto_model_class
+    from tinsmith.types.architectures import read_model_shape
+    from tinsmith.types.training import LoraConfig as TinkerLora
 
     torch.set_num_threads(os.cpu_count() or 1)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    arch = read_model_shape(Path(model_dir)).arch
+    model = auto_model_class(arch).from_pretrained(model_dir, dtype=torch.float32)
     model.requires_grad_(False)
-    targets = [
-        "q_proj",
-        "k_proj",
-        "v_proj",
-        "o_proj",
-        "gate_proj",
-        "up_proj",
-        "down_proj",
-        "lm_head",
-    ]
-    model = get_peft_model(model, LoraConfig(r=LORA_RANK, lora_alpha=32, target_modules=targets))
+    targets = lora_targets(arch, TinkerLora(rank=LORA_RANK))
+    lora = LoraConfig(
+        r=LORA_RANK,
+        lora_alpha=LORA_ALPHA,
+        target_modules=targets.modules,
+        target_parameters=targets.parameters or None,
+    )
+    model = get_peft_model(model, lora)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), eps=1e-12, weight_decay=0.0)
     ids = torch.tensor([seq[:-1] for seq in batch])
@@ -196,7 +200,9 @@ def main() -> None:
     import tinker
     from tinker import types
 
+    from tinsmith.cluster.config import load_config
     from tinsmith.cluster.launcher import ServerProcess
+    from tinsmith.cluster.model_cache import prepare_all
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default=str(ROOT / "configs" / "local.yaml"))
@@ -226,7 +232,7 @@ def main() -> None:
     with ServerProcess(args.config) as server:
         service = tinker.ServiceClient(base_url=server.base_url, api_key="tml-bench")
         tc = service.create_lora_training_client(base_model=MODEL, rank=LORA_RANK).result()
-        bare = BareProcess(tc.get_info().model_data.tokenizer_id or "")
+        bare = BareProcess(str(prepare_all(load_config(args.config))[MODEL]))
         sdk_times, trainer_times, bare_times = [], [], []
         for i in range(args.warmup + args.steps):
             start = time.perf_counter()

@@ -30,6 +30,15 @@ def random_tokens(seed: int, length: int, vocab: int = 49152) -> list[int]:
     return [int(t) for t in rng.integers(100, vocab, size=length)]
 
 
+def local_model_dir(base_model: str) -> str:
+    """The server's directory of a configs/test.yaml model (prepared, so weights load from it)."""
+    from tests.conftest import ROOT
+    from tinsmith.cluster.config import load_config
+    from tinsmith.cluster.model_cache import prepare_all
+
+    return str(prepare_all(load_config(ROOT / "configs" / "test.yaml"))[base_model])
+
+
 def read_adapter(path: Path) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 

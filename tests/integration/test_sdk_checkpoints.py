@@ -20,6 +20,7 @@ from tests.integration.helpers import (
     checkpoint_dir,
     datum,
     expect_user_error,
+    local_model_dir,
     random_tokens,
     read_adapter,
 )
@@ -222,9 +223,7 @@ def test_cli_lists_and_downloads_a_checkpoint_peft_loads(
     assert "external" not in kinds
 
     tokens = random_tokens(3300, 24)
-    base = AutoModelForCausalLM.from_pretrained(
-        tc.get_info().model_data.tokenizer_id, dtype=torch.float32
-    )
+    base = AutoModelForCausalLM.from_pretrained(local_model_dir(DEFAULT_MODEL), dtype=torch.float32)
     model = PeftModel.from_pretrained(base, str(target))
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([tokens[:-1]])).logits.float()

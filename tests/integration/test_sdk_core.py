@@ -18,6 +18,7 @@ from tests.integration.helpers import (
     checkpoint_dir,
     datum,
     expect_user_error,
+    local_model_dir,
     random_tokens,
     read_adapter,
 )
@@ -62,9 +63,9 @@ def test_training_lowers_loss_and_first_logprobs_match_reference(
         np.testing.assert_allclose(got, fwd, atol=1e-5, rtol=0)
 
     # In-process reference at the same weights: the base model plus a fresh LoRA (B = 0).
-    model_dir = tc.get_info().model_data.tokenizer_id
-    assert model_dir
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        local_model_dir(DEFAULT_MODEL), dtype=torch.float32
+    )
     model = get_peft_model(
         model,
         LoraConfig(

@@ -8,7 +8,13 @@ import tinker
 from tinker import types
 
 from tests.conftest import DEFAULT_MODEL
-from tests.integration.helpers import checkpoint_dir, datum, random_tokens, read_adapter
+from tests.integration.helpers import (
+    checkpoint_dir,
+    datum,
+    local_model_dir,
+    random_tokens,
+    read_adapter,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -38,9 +44,7 @@ def test_adamw_with_weight_decay_and_clipping_matches_torch(
 
     # Reference: the same initial adapter, plain torch autograd +
     # clip_grad_norm_ + torch.optim.AdamW.
-    base = AutoModelForCausalLM.from_pretrained(
-        tc.get_info().model_data.tokenizer_id, dtype=torch.float32
-    )
+    base = AutoModelForCausalLM.from_pretrained(local_model_dir(DEFAULT_MODEL), dtype=torch.float32)
     model = PeftModel.from_pretrained(base, str(init_dir), is_trainable=True)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(

@@ -184,9 +184,17 @@ def _train(rank: int, world: int, port: int, spec: Spec, model_dir: str) -> dict
     }
 
 
-def _run(world: int, specs: list[Spec], model_dir: str) -> list[dict[str, object]]:
-    """Run ``world`` ranks through ``specs``; per spec, rank 0's adapters and the loss sums over
-    ranks."""
+class _Ranks(NamedTuple):
+    """Rank processes started on ``specs`` and the queue they answer on."""
+
+    world: int
+    specs: list[Spec]
+    procs: list[multiprocessing.process.BaseProcess]
+    out: multiprocessing.Queue
+
+
+def _start(world: int, specs: list[Spec], model_dir: str) -> _Ranks:
+    """Start ``world`` rank processes that run through ``specs``."""
     ctx = multiprocessing.get_context("spawn")
     out: multiprocessing.Queue = ctx.Queue()
     port = free_port()
@@ -196,20 +204,25 @@ def _run(world: int, specs: list[Spec], model_dir: str) -> list[dict[str, object
     ]
     for p in procs:
         p.start()
+    return _Ranks(world, specs, procs, out)
+
+
+def _collect(ranks: _Ranks) -> list[dict[str, object]]:
+    """Per spec: rank 0's adapters and the loss sums over ranks."""
     per_rank: dict[int, list[dict[str, object]]] = {}
     try:
-        for _ in range(world):
-            rank, result = out.get(timeout=900)
-            assert isinstance(result, list), f"{world} rank(s), rank {rank} failed: {result}"
+        for _ in range(ranks.world):
+            rank, result = ranks.out.get(timeout=900)
+            assert isinstance(result, list), f"{ranks.world} rank(s), rank {rank} failed: {result}"
             per_rank[rank] = result
     except queue.Empty:
-        pytest.fail(f"{world} rank(s) did not finish {specs} in 900 s")
+        pytest.fail(f"{ranks.world} rank(s) did not finish {ranks.specs} in 900 s")
     finally:
-        for p in procs:
+        for p in ranks.procs:
             p.join(timeout=30)
             if p.is_alive():
                 p.kill()
-    return [_merge({r: per_rank[r][i] for r in per_rank}) for i in range(len(specs))]
+    return [_merge({r: per_rank[r][i] for r in per_rank}) for i in range(len(ranks.specs))]
 
 
 def _merge(results: dict[int, dict[str, object]]) -> dict[str, object]:
@@ -231,9 +244,18 @@ BF16_SPECS.append(Spec(2, "bfloat16", BF16_LENGTHS))
 
 
 @pytest.fixture(scope="module")
-def one_rank() -> list[dict[str, object]]:
-    """One rank process: the fp32 ZeRO-0 reference, then the bf16 check's three runs."""
-    return _run(1, [Spec(0), *BF16_SPECS], _model_dir())
+def runs() -> tuple[list[dict[str, object]], dict[int, dict[str, object]]]:
+    """One rank process (the fp32 ZeRO-0 reference, then the bf16 check's three runs) and two
+    rank processes running every ZeRO stage in turn, started together: their starts overlap."""
+    model_dir = _model_dir()
+    one = _start(1, [Spec(0), *BF16_SPECS], model_dir)
+    two = _start(2, [Spec(stage) for stage in STAGES], model_dir)
+    return _collect(one), dict(zip(STAGES, _collect(two), strict=True))
+
+
+@pytest.fixture(scope="module")
+def one_rank(runs: tuple[list[dict[str, object]], object]) -> list[dict[str, object]]:
+    return runs[0]
 
 
 @pytest.fixture(scope="module")
@@ -242,9 +264,8 @@ def reference(one_rank: list[dict[str, object]]) -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
-def two_ranks() -> dict[int, dict[str, object]]:
-    """Two rank processes running every ZeRO stage in turn."""
-    return dict(zip(STAGES, _run(2, [Spec(stage) for stage in STAGES], _model_dir()), strict=True))
+def two_ranks(runs: tuple[object, dict[int, dict[str, object]]]) -> dict[int, dict[str, object]]:
+    return runs[1]
 
 
 @pytest.mark.slow

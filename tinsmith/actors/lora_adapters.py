@@ -11,31 +11,47 @@ from __future__ import annotations
 import functools
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from tinsmith.errors import UserInputError
+from tinsmith.types.architectures import ATTN_MODULES, MLP_MODULES, UNEMBED_MODULES, Architecture
 from tinsmith.types.training import LoraConfig
 
 if TYPE_CHECKING:
     import torch
     from peft import PeftModel
 
-ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
-MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
-UNEMBED_MODULES = ("lm_head",)
 LORA_ALPHA = 32
 
 
-def lora_target_modules(train_attn: bool, train_mlp: bool, train_unembed: bool) -> list[str]:
-    """The base model's module names a LoRA with these ``LoraConfig`` switches adapts."""
-    targets: list[str] = []
-    if train_attn:
-        targets += ATTN_MODULES
-    if train_mlp:
-        targets += MLP_MODULES
-    if train_unembed:
-        targets += UNEMBED_MODULES
-    return targets
+class LoraTargets(NamedTuple):
+    """What peft adapts for one ``LoraConfig`` on one family: modules (a list of name suffixes,
+    or one regex over full module paths), and MoE's fused expert parameters."""
+
+    modules: list[str] | str
+    parameters: list[str]
+
+
+def lora_targets(arch: Architecture, lora: LoraConfig) -> LoraTargets:
+    """``train_attn`` / ``train_mlp`` / ``train_unembed`` on this family: the attention
+    projections, the MLP (on a MoE, every expert), the unembedding (``lm_head``)."""
+    modules: list[str] = []
+    parameters: list[str] = []
+    if lora.train_attn:
+        modules += ATTN_MODULES
+    if lora.train_mlp:
+        if arch.moe:
+            parameters += [f"mlp.experts.{name}" for name in arch.experts]
+        else:
+            modules += MLP_MODULES
+    if not arch.language_model_prefix:
+        return LoraTargets(
+            modules + (list(UNEMBED_MODULES) if lora.train_unembed else []), parameters
+        )
+    # A vision model's tower has modules of the same names: adapt the language model's only.
+    alternatives = [rf"{arch.language_model_prefix}.*\.({'|'.join(modules)})"] if modules else []
+    alternatives += list(UNEMBED_MODULES) if lora.train_unembed else []
+    return LoraTargets("|".join(f"(?:{a})" for a in alternatives), parameters)
 
 
 class LoraAdapters:
@@ -44,8 +60,9 @@ class LoraAdapters:
     peft wraps the base model when the first adapter arrives and is taken off again when the last
     one leaves, so a rank without adapters holds the bare base model."""
 
-    def __init__(self, base: torch.nn.Module) -> None:
+    def __init__(self, base: torch.nn.Module, arch: Architecture) -> None:
         self.base = base
+        self.arch = arch
         self.peft: PeftModel | None = None
 
     def add(self, name: str, lora: LoraConfig) -> list[torch.nn.Parameter]:
@@ -54,16 +71,17 @@ class LoraAdapters:
         from peft import LoraConfig as PeftLoraConfig
         from peft import get_peft_model
 
-        targets = lora_target_modules(lora.train_attn, lora.train_mlp, lora.train_unembed)
-        if not targets:
+        if not (lora.train_attn or lora.train_mlp or lora.train_unembed):
             raise UserInputError(
                 "lora_config trains nothing: set train_attn, train_mlp or train_unembed"
             )
+        targets = lora_targets(self.arch, lora)
         peft_cfg = PeftLoraConfig(
             r=lora.rank,
             lora_alpha=LORA_ALPHA,
             lora_dropout=0.0,
-            target_modules=targets,
+            target_modules=targets.modules or None,
+            target_parameters=targets.parameters or None,
             bias="none",
         )
         torch.manual_seed(lora.seed if lora.seed is not None else 0)
@@ -74,7 +92,17 @@ class LoraAdapters:
         params = self.params(name)
         for p in params:
             p.requires_grad_(True)
+        try:
+            check_built(self.named_params(name), self.arch, lora, self._num_experts())
+        except UserInputError:
+            self.remove(name)
+            raise
         return params
+
+    def _num_experts(self) -> int:
+        config = self.base.config
+        text = getattr(config, self.arch.text_config_key) if self.arch.text_config_key else config
+        return int(getattr(text, "num_experts", 1) or 1)
 
     def remove(self, name: str) -> None:
         """Take an adapter's layers out of the peft model (the last one: back to the bare base)."""
@@ -168,3 +196,30 @@ def _view_class() -> type[torch.nn.Module]:
             return out.logits
 
     return AdapterView
+
+
+def check_built(
+    params: dict[str, torch.nn.Parameter], arch: Architecture, lora: LoraConfig, num_experts: int
+) -> None:
+    """What peft built is what the client asked for: each switch adapted something, and every
+    LoRA has the requested rank (peft may silently rebuild MoE targets, e.g. fused at rank 2r).
+    A piece this model cannot adapt is the client's error, named; never a silent skip."""
+    wanted = {
+        "train_attn": (lora.train_attn, ATTN_MODULES),
+        "train_mlp": (lora.train_mlp, ("experts",) if arch.moe else MLP_MODULES),
+        "train_unembed": (lora.train_unembed, UNEMBED_MODULES),
+    }
+    for switch, (on, names) in wanted.items():
+        if on and not any(f".{m}." in n or n.startswith(f"{m}.") for n in params for m in names):
+            raise UserInputError(
+                f"lora_config.{switch}: this {arch.model_type} model has no "
+                f"{'/'.join(names)} layers a LoRA can adapt"
+            )
+    for n, p in params.items():
+        rows = p.shape[0] if ".lora_A." in n else p.shape[-1]
+        expected = lora.rank * (num_experts if ".experts." in n else 1)
+        if rows != expected:
+            raise UserInputError(
+                f"lora_config.rank: {n} would be built with {rows} LoRA rows, not the "
+                f"{expected} rank {lora.rank} means here; this model cannot train it as asked"
+            )

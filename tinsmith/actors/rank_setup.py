@@ -10,12 +10,15 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tinsmith.types.architectures import Architecture, read_model_shape
 from tinsmith.types.settings import TrainerConfig
 
 if TYPE_CHECKING:
     import torch
+    from transformers.models.auto.auto_factory import _BaseAutoModelClass
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +30,7 @@ class RankRuntime:
     device: torch.device
     dtype: torch.dtype
     base: torch.nn.Module
+    arch: Architecture
 
 
 def start_rank(
@@ -38,7 +42,8 @@ def start_rank(
     config: TrainerConfig,
 ) -> RankRuntime:
     """Set threads and the rendezvous environment, join torch.distributed (NCCL on a GPU, gloo
-    otherwise) and load the base model, frozen, onto the rank's device."""
+    otherwise) and load the base model (by its family's transformers class), frozen, onto the
+    rank's device."""
     threads = config.torch_threads or max(1, (os.cpu_count() or 1) // world_size)
     # Ray starts workers with OMP_NUM_THREADS=1; torch is not imported yet, so set the real
     # budget first.
@@ -55,15 +60,25 @@ def start_rank(
 
     torch.set_num_threads(threads)
     import deepspeed
-    from transformers import AutoModelForCausalLM
 
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     backend = "nccl" if device.type == "cuda" else "gloo"
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
     dtype = torch.float32 if config.dtype == "float32" else torch.bfloat16
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    arch = read_model_shape(Path(model_dir)).arch
+    model = auto_model_class(arch).from_pretrained(model_dir, dtype=dtype)
     model.requires_grad_(False)
     model.config.use_cache = False
-    model.to(device)  # type: ignore[arg-type]
+    model.to(device)
     log.info("trainer rank %d/%d ready (%s, %d threads)", rank, world_size, backend, threads)
-    return RankRuntime(device=device, dtype=dtype, base=model)
+    return RankRuntime(device=device, dtype=dtype, base=model, arch=arch)
+
+
+def auto_model_class(arch: Architecture) -> type[_BaseAutoModelClass]:
+    """The transformers auto class that loads (or builds) a model of this family."""
+    import transformers
+
+    return {
+        "causal_lm": transformers.AutoModelForCausalLM,
+        "image_text_to_text": transformers.AutoModelForImageTextToText,
+    }[arch.auto_class]

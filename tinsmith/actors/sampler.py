@@ -1,4 +1,5 @@
-"""The sampler worker actor: one vLLM engine replica with LoRA enabled.
+"""The sampler worker actor: one vLLM engine replica with LoRA enabled (or, for models whose LoRA
+the device's vLLM cannot run, serving adapters merged into the weights: ``merged_weights``).
 
 Many adapters (tenants, versions) share one base model. Each adapter key gets a fresh integer
 LoRA id, because vLLM caches adapters by id: reusing an id for new weights would silently serve
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tinsmith.actors.lora_residency import LoraResidency
+from tinsmith.actors.merged_weights import MergedServing, MergedWeights
 from tinsmith.actors.node_info import node_info
 from tinsmith.errors import NotFoundError
 from tinsmith.storage.transfer import StorageSite
@@ -41,18 +43,23 @@ def configure_process(config: SamplerConfig) -> None:
         os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
-def engine_args(model_dir: str, config: SamplerConfig) -> dict[str, object]:
-    """vLLM engine arguments of a replica (the sampling benchmark
-    builds its baseline from them too)."""
-    return {
-        "model": model_dir,
-        "tokenizer": model_dir,
-        "dtype": config.dtype,
-        "max_model_len": config.max_model_len,
+def engine_args(
+    model_dir: str, config: SamplerConfig, weights_dir: str | None = None
+) -> dict[str, object]:
+    """vLLM engine arguments of a replica (the sampling benchmark builds its baseline from them
+    too); ``weights_dir``: where the weights are, if not in ``model_dir`` (merged mode)."""
+    lora: dict[str, object] = {
         "enable_lora": True,
         "max_loras": config.max_loras,
         "max_lora_rank": config.max_lora_rank,
         "max_cpu_loras": config.max_cpu_loras,
+    }
+    return {
+        "model": weights_dir or model_dir,
+        "tokenizer": model_dir,
+        "dtype": config.dtype,
+        "max_model_len": config.max_model_len,
+        **(lora if config.adapters == "lora" else {}),
         "enforce_eager": config.enforce_eager,
         "gpu_memory_utilization": config.gpu_memory_utilization,
         "seed": 0,
@@ -78,15 +85,30 @@ class SamplerWorker:
         self._register_lock: asyncio.Lock | None = None  # created on the actor's event loop
         self._released: asyncio.Event | None = None  # set when a request releases an adapter
         self._engine: object | None = None
+        self.merged = (
+            MergedServing(MergedWeights(model_dir, self.blob_dir / "merged"))
+            if config.adapters == "merged"
+            else None
+        )
 
     async def start(self) -> int:
         """Start the engine (seconds); separate from __init__ so the caller can await it."""
+        weights = None
+        if self.merged is not None:
+            weights = await asyncio.to_thread(self.merged.weights.base_dir)
+        await self._start_engine(weights)
+        return self.replica
+
+    async def _start_engine(self, weights: str | None) -> None:
+        """(Re)start the engine, on ``weights`` if given (merged mode), else the model's."""
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        args = AsyncEngineArgs(**engine_args(self.model_dir, self.config))  # type: ignore[arg-type]
+        if self._engine is not None:
+            self._engine.shutdown()  # type: ignore[attr-defined]
+            self._engine = None
+        args = AsyncEngineArgs(**engine_args(self.model_dir, self.config, weights))  # type: ignore[arg-type]
         self._engine = AsyncLLM.from_engine_args(args)
-        return self.replica
 
     def _llm(self) -> object:
         if self._engine is None:
@@ -100,7 +122,7 @@ class SamplerWorker:
 
         from tinsmith.storage.transfer import fetch_dir
 
-        if key in self._adapters:
+        if key in self._adapters or (self.merged is not None and key in self.merged.adapters):
             return
         if source.blob is not None:
             path = str(
@@ -112,6 +134,9 @@ class SamplerWorker:
             path = source.path
         else:
             raise ValueError("adapter source names neither a path nor an archive")
+        if self.merged is not None:
+            self.merged.adapters[key] = path
+            return
         request = LoRARequest(lora_name=key, lora_int_id=next(self._ids), lora_path=path)
         await self._register(key, request)
 
@@ -169,12 +194,15 @@ class SamplerWorker:
             index=self.replica,
             pid=os.getpid(),
             rss_bytes=rss,
-            adapters=len(self._adapters),
+            adapters=len(self._adapters) if self.merged is None else len(self.merged.adapters),
             node_id=node_id,
             node_resources=node_resources,
         )
 
     async def sample(self, work: SampleWork) -> SampleResponse:
+        if self.merged is not None:
+            async with self.merged.serving(work.adapter_key, self._start_engine):
+                return await self._generate(work, None)
         lora = None if work.adapter_key is None else await self._use_adapter(work.adapter_key)
         try:
             return await self._generate(work, lora)

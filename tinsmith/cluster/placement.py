@@ -6,13 +6,13 @@ The only module that creates placement groups. Trainer ranks of a model share on
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
 import ray
+from ray import ObjectRef
 from ray.actor import ActorHandle
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -20,6 +20,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from tinsmith.cluster.config import ClusterConfig, ModelSpec, SamplerConfig, TrainerConfig
 from tinsmith.errors import ConfigurationError
 from tinsmith.storage.transfer import StorageSite
+from tinsmith.types.architectures import read_model_shape
 
 log = logging.getLogger(__name__)
 
@@ -97,16 +98,44 @@ class ModelActors:
     """
 
     spec: ModelSpec
-    coordinator: ActorHandle
+    coordinator: ActorHandle | None  # None until its workers are ready
     trainers: list[ActorHandle]
     samplers: list[ActorHandle]
     groups: list[PlacementGroup] = field(default_factory=list)
+    factories: tuple[TrainerFactory, SamplerFactory] | None = None
+    vocab_size: int = 0
+
+    def connect(self) -> ActorHandle:
+        """Start the coordinator over the (ready) workers."""
+        from tinsmith.actors.coordinator import Coordinator
+
+        assert self.factories is not None
+        trainer_factory, sampler_factory = self.factories
+        coordinator: ActorHandle = (
+            cast(ActorHandle, ray.remote(Coordinator))
+            .options(num_cpus=0, max_concurrency=1000)
+            .remote(
+                self.spec.name,
+                self.vocab_size,
+                self.spec.max_context_length,
+                trainer_factory.config.micro_batch_tokens,
+                trainer_factory.config.max_padding_fraction,
+                self.trainers,
+                self.samplers,
+                sampler_factory,
+                trainer_factory,
+            )
+        )
+        ray.get(coordinator.ping.remote())
+        return coordinator
 
     def shutdown(self, timeout: float = STOP_WORKERS_SECONDS) -> None:
         """Stop the current workers through the coordinator (within ``timeout``), then the
         coordinator, the workers as first started (if it could not stop them, or was dead) and
         the placement groups."""
         try:
+            if self.coordinator is None:
+                raise RuntimeError("no coordinator yet")
             ray.get(self.coordinator.stop_workers.remote(), timeout=timeout)
         except Exception as exc:
             log.warning(
@@ -116,6 +145,8 @@ class ModelActors:
                 type(exc).__name__,
             )
         for actor in [self.coordinator, *self.trainers, *self.samplers]:
+            if actor is None:
+                continue
             try:
                 ray.kill(actor)
             except Exception:
@@ -199,20 +230,36 @@ class TrainerFactory:
         ]
 
 
-def start_model(
+def start_models(
+    models: list[tuple[ModelSpec, Path, TrainerConfig, SamplerConfig]],
+    shm_dir: str,
+    site: StorageSite,
+    actors: list[ModelActors],
+) -> None:
+    """Start every base model's placement groups, workers and coordinator. The workers of all
+    models start together (a model's start is mostly its processes' imports and loads, which
+    overlap well); each model is appended to ``actors`` as soon as it has workers, so that a
+    later failure still stops them."""
+    launched = [
+        _launch(spec, model_dir, trainer_cfg, sampler_cfg, shm_dir, site, actors)
+        for spec, model_dir, trainer_cfg, sampler_cfg in models
+    ]
+    ray.get([ref for _, refs in launched for ref in refs])
+    for model, _ in launched:
+        model.coordinator = model.connect()
+
+
+def _launch(
     spec: ModelSpec,
     model_dir: Path,
     trainer_cfg: TrainerConfig,
     sampler_cfg: SamplerConfig,
     shm_dir: str,
     site: StorageSite,
-) -> ModelActors:
-    """Create the placement groups and actors for one base model and wait until they are ready."""
-    from tinsmith.actors.coordinator import Coordinator
-
-    hf_config = json.loads((model_dir / "config.json").read_text())
+    actors: list[ModelActors],
+) -> tuple[ModelActors, list[ObjectRef]]:
+    """Create one model's placement groups and workers; returns it and its readiness refs."""
     groups: list[PlacementGroup] = []
-
     t_cpus, t_gpus = trainer_cfg.num_cpus_per_rank, trainer_cfg.num_gpus_per_rank
     t_group: PlacementGroup | None = None
     if t_cpus or t_gpus or trainer_cfg.resources:
@@ -232,23 +279,15 @@ def start_model(
         groups.append(s_group)
     factory = SamplerFactory(str(model_dir), sampler_cfg, shm_dir, site, s_group)
     samplers = [factory.spawn(i) for i in range(sampler_cfg.num_replicas)]
-    ray.get([t.ping.remote() for t in trainers] + [s.start.remote() for s in samplers])
-    coordinator: ActorHandle = (
-        cast(ActorHandle, ray.remote(Coordinator))
-        .options(num_cpus=0, max_concurrency=1000)
-        .remote(
-            spec.name,
-            int(hf_config["vocab_size"]),
-            spec.max_context_length,
-            trainer_cfg.micro_batch_tokens,
-            trainer_cfg.max_padding_fraction,
-            trainers,
-            samplers,
-            factory,
-            trainer_factory,
-        )
+    model = ModelActors(
+        spec=spec,
+        coordinator=None,
+        trainers=trainers,
+        samplers=samplers,
+        groups=groups,
+        factories=(trainer_factory, factory),
+        vocab_size=read_model_shape(model_dir).vocab_size,
     )
-    ray.get(coordinator.ping.remote())
-    return ModelActors(
-        spec=spec, coordinator=coordinator, trainers=trainers, samplers=samplers, groups=groups
-    )
+    actors.append(model)
+    ready: list[ObjectRef] = [t.ping.remote() for t in trainers]
+    return model, ready + [s.start.remote() for s in samplers]

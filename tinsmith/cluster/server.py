@@ -19,7 +19,15 @@ from fastapi.responses import JSONResponse
 
 from tinsmith.cluster.auth import KeyRing
 from tinsmith.cluster.limits import BodyLimit
-from tinsmith.cluster.routes import admin, checkpoints, sampling, sessions, training, weights
+from tinsmith.cluster.routes import (
+    admin,
+    checkpoints,
+    hub,
+    sampling,
+    sessions,
+    training,
+    weights,
+)
 from tinsmith.cluster.state import ServedModel, ServerState, attach_state
 from tinsmith.errors import (
     ConflictError,
@@ -58,7 +66,7 @@ def build_app(state: ServerState) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=state.limits.max_body_bytes)
     state.metrics.install(app)  # added last, so it runs first: refused requests are counted too
     _install_error_handlers(app)
-    for module in (sessions, training, sampling, admin, weights, checkpoints):
+    for module in (sessions, training, sampling, admin, weights, checkpoints, hub):
         app.include_router(module.router)
     return app
 

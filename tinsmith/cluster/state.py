@@ -23,6 +23,7 @@ from tinsmith.errors import NotFoundError, UserInputError
 from tinsmith.storage.config import StorageConfig
 from tinsmith.store.base import MetadataStore
 from tinsmith.store.records import CheckpointRecord
+from tinsmith.types.architectures import Architecture, architecture
 from tinsmith.types.coordinator import CoordinatorAPI
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class ServedModel:
     max_context_length: int
     coordinator: CoordinatorAPI
     vocab_size: int
+    arch: Architecture = field(default_factory=lambda: architecture("llama"))
     max_lora_rank: int = 512
     trainable: bool = True
     sampleable: bool = True

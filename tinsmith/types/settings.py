@@ -89,6 +89,15 @@ class SamplerConfig(_Settings):
         ),
     )
     max_cpu_loras: int = Field(default=32, ge=1, description="Adapters cached in memory by vLLM.")
+    adapters: Literal["lora", "merged"] = Field(
+        default="lora",
+        description=(
+            "How the sampler serves trained adapters. lora: vLLM's LoRA kernels, many adapters "
+            "in one batch. merged: each adapter folded into the base weights and the engine's "
+            "weights reloaded in place, one version at a time - for models whose LoRA the "
+            "device's vLLM cannot run (MoE on vLLM's CPU build)."
+        ),
+    )
     kv_cache_gib: float = Field(
         default=1.0, gt=0, description="KV cache size in GiB (CPU backend)."
     )

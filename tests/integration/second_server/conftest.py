@@ -1,8 +1,9 @@
-"""The second server of the integration suite, shared by the modules of this package: the
-default model only, two vLLM sampler replicas, and checkpoints in S3 (the session's Swift
-server). It lives as long as this package's tests run (then stops, so that no more than two
-servers share CI's memory), and checks at the end that stopping it stopped every worker the
-coordinator started in place of killed ones."""
+"""The second server of the integration suite, shared by the modules of this package: every
+model of configs/models.yaml (the default model with two vLLM sampler replicas, and the tiny
+Qwen3, Qwen3-MoE and Qwen3-VL models), and checkpoints in S3 (the session's Swift server). It
+lives as long as this package's tests run (then stops, so that no more than two servers share
+CI's memory), and checks at the end that stopping it stopped every worker the coordinator
+started in place of killed ones."""
 
 from __future__ import annotations
 
@@ -58,12 +59,25 @@ def _assert_stopped(pids: dict[int, str]) -> None:
     assert not left, f"still running after the server stopped: {left}"
 
 
+def models_config(swift: SwiftServer, path: Path) -> Path:
+    """configs/models.yaml's models (the default one with two sampler replicas) on
+    configs/test.yaml's settings, with checkpoints in S3."""
+    s3_config(swift, path, replicas=1)
+    raw = yaml.safe_load(path.read_text())
+    raw["models"] = yaml.safe_load((ROOT / "configs" / "models.yaml").read_text())["models"]
+    default = raw["models"][0]
+    default["sampler"] = {**raw["sampler"], "num_replicas": 2}
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
 @pytest.fixture(scope="package")
 def second_server(swift: SwiftServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    """`tinsmith serve` on S3 with two sampler replicas; stopped (by PID) after this package."""
+    """`tinsmith serve` on S3 with every model family, the default model with two sampler
+    replicas; stopped (by PID) after this package."""
     from tinsmith.cluster.launcher import ServerProcess
 
-    config = s3_config(swift, tmp_path_factory.mktemp("s3") / "s3.yaml", replicas=2)
+    config = models_config(swift, tmp_path_factory.mktemp("s3") / "s3.yaml")
     with ServerProcess(config) as proc:
         yield proc
     _assert_stopped(REPLACEMENTS)

@@ -77,8 +77,9 @@ async def get_info(body: GetInfoRequest, state: State) -> GetInfoResponse:
     served = state.served(model.base_model)
     return GetInfoResponse(
         model_id=model.model_id,
+        # The public name: prepare put the tokenizer in the HF cache under it, and /hf serves it.
         model_data=ModelData(
-            arch="llama", model_name=model.base_model, tokenizer_id=str(served.model_dir)
+            arch=served.arch.model_type, model_name=model.base_model, tokenizer_id=served.name
         ),
         is_lora=True,
         lora_rank=model.lora.rank,
