@@ -94,6 +94,8 @@ def test_logprobs_agree_with_compute_logprobs_and_the_trainer(
     service_client: tinker.ServiceClient,
 ) -> None:
     tc = service_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=8).result()
+    info = tc.get_info()  # the family, and the tokenizer by the model's public name
+    assert info.model_data.arch == "llama" and info.model_data.tokenizer_id == DEFAULT_MODEL, info
     for i in range(2):
         tc.forward_backward([datum(random_tokens(5000 + i, 30))], "cross_entropy").result()
         tc.optim_step(types.AdamParams(learning_rate=2e-3)).result()

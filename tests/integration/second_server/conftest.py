@@ -1,9 +1,10 @@
-"""The second server of the integration suite, shared by the modules of this package: every
-model of configs/models.yaml (the default model with two vLLM sampler replicas, and the tiny
-Qwen3, Qwen3-MoE and Qwen3-VL models), and checkpoints in S3 (the session's Swift server). It
-lives as long as this package's tests run (then stops, so that no more than two servers share
-CI's memory), and checks at the end that stopping it stopped every worker the coordinator
-started in place of killed ones."""
+"""The second server of the integration suite, shared by the modules of this package: the tiny
+random-weight models of configs/models.yaml (Qwen3 with two vLLM sampler replicas, Qwen3-MoE,
+Qwen3-VL), and checkpoints in S3 (the session's Swift server). The replica, restart and S3
+promises hold for any model, and tiny ones start and restart fastest; models.yaml's Llama
+(SmolLM2) is the session server's default model. The server lives as long as this package's
+tests run (then stops, so that no more than two servers share CI's memory), and checks at the
+end that stopping it stopped every worker the coordinator started in place of killed ones."""
 
 from __future__ import annotations
 
@@ -59,22 +60,27 @@ def _assert_stopped(pids: dict[int, str]) -> None:
     assert not left, f"still running after the server stopped: {left}"
 
 
+# The model this package's replica, restart and S3 tests train and sample.
+MODEL = "tinsmith/tiny-qwen3"
+
+
 def models_config(swift: SwiftServer, path: Path) -> Path:
-    """configs/models.yaml's models (the default one with two sampler replicas) on
-    configs/test.yaml's settings, with checkpoints in S3."""
+    """configs/models.yaml's tiny models (MODEL with two sampler replicas) on configs/test.yaml's
+    settings, with checkpoints in S3."""
     s3_config(swift, path, replicas=1)
     raw = yaml.safe_load(path.read_text())
-    raw["models"] = yaml.safe_load((ROOT / "configs" / "models.yaml").read_text())["models"]
-    default = raw["models"][0]
-    default["sampler"] = {**raw["sampler"], "num_replicas": 2}
+    models = yaml.safe_load((ROOT / "configs" / "models.yaml").read_text())["models"]
+    raw["models"] = [m for m in models if m["source"].startswith("random:")]
+    first = next(m for m in raw["models"] if m["name"] == MODEL)
+    first["sampler"] = {**raw["sampler"], "num_replicas": 2}
     path.write_text(yaml.safe_dump(raw))
     return path
 
 
 @pytest.fixture(scope="package")
 def second_server(swift: SwiftServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    """`tinsmith serve` on S3 with every model family, the default model with two sampler
-    replicas; stopped (by PID) after this package."""
+    """`tinsmith serve` on S3 with the tiny models, MODEL with two sampler replicas; stopped
+    (by PID) after this package."""
     from tinsmith.cluster.launcher import ServerProcess
 
     config = models_config(swift, tmp_path_factory.mktemp("s3") / "s3.yaml")

@@ -17,9 +17,9 @@ import pytest
 import tinker
 from tinker import types
 
-from tests.conftest import DEFAULT_MODEL, S3_BUCKET
+from tests.conftest import S3_BUCKET
 from tests.integration.helpers import checkpoint_dir, datum, random_tokens, read_adapter
-from tests.integration.second_server.conftest import s3_config
+from tests.integration.second_server.conftest import MODEL, s3_config
 from tests.swift_server import SwiftServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -53,7 +53,7 @@ def _s3_keys(swift: SwiftServer, prefix: str) -> list[str]:
 def test_resume_and_sampling_through_s3(
     second_client: tinker.ServiceClient, second_server: object, swift: SwiftServer
 ) -> None:
-    tc = second_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=8).result()
+    tc = second_client.create_lora_training_client(base_model=MODEL, rank=8).result()
     for i in range(2):
         _step(tc, 4000 + i)
     path = tc.save_state("s3-resume").result().path
@@ -86,7 +86,7 @@ def test_upload_cut_off_leaves_no_checkpoint(
     second_client: tinker.ServiceClient, second_server: object, swift: SwiftServer
 ) -> None:
     """The S3 proxy is SIGKILLed while the checkpoint's multipart upload is in flight."""
-    tc = second_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=32).result()
+    tc = second_client.create_lora_training_client(base_model=MODEL, rank=32).result()
     _step(tc, 4300)
     rest = tinker.RestClient(base_url=second_server.base_url, api_key="tml-tests")  # type: ignore[attr-defined]
     client = _s3_client(swift)
