@@ -59,10 +59,11 @@ def test_sl_example_eval_loss_falls(server: object) -> None:
 
 def test_rl_example_reward_rises(server: object) -> None:
     """Cookbook RL (sync, importance_sampling) on single-digit addition: the mean reward of the last
-    3 of 10 steps (4 groups of 8 rollouts each) is at least 0.15 above that of the first 3 (the
+    3 of 10 steps (8 groups of 8 rollouts each) is at least 0.15 above that of the first 3 (the
     base model starts near 0.1 and the reward rises from step ~5 on:
-    benchmarks/report/rl_reward.png)."""
-    rows = run_example(server, "rl_arithmetic.py", "--steps", "10", "--groups-per-batch", "4")
+    benchmarks/report/rl_reward.png). With 4 groups the rise was within noise of the bound: two
+    of four runs here stayed below it."""
+    rows = run_example(server, "rl_arithmetic.py", "--steps", "10", "--groups-per-batch", "8")
     rewards = [
         row["env/all/reward/total"] for row in rows if "env/all/reward/total" in row
     ]  # not the final save's
