@@ -25,8 +25,6 @@ from tinsmith.errors import NotFoundError
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
-
 
 class MergedWeights:
     """The directories a merged-mode sampler's engine loads: the base model, and base + adapter
@@ -80,10 +78,9 @@ class MergedWeights:
     def _save(self, model: PreTrainedModel, target: Path) -> None:
         tmp = target.with_name(target.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        for name in _TOKENIZER_FILES:
-            if (self.model_dir / name).exists():
-                shutil.copyfile(self.model_dir / name, tmp / name)
+        model.save_pretrained(
+            str(tmp), safe_serialization=True
+        )  # the engine's tokenizer: model_dir
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
 

@@ -14,7 +14,6 @@ from tinsmith.cluster.config import ClusterConfig, load_config
 from tinsmith.cluster.metrics import RequestIdFilter
 from tinsmith.errors import ConfigurationError
 from tinsmith.storage.base import StorageError
-from tinsmith.types.architectures import read_model_shape
 
 if TYPE_CHECKING:
     from tinsmith.cluster.placement import ModelActors
@@ -126,8 +125,8 @@ def _start_models(
     start_models(plan, shm_dir, site, actors)
     served: dict[str, ServedModel] = {}
     for (spec, model_dir, _, sampler_cfg), started in zip(plan, actors, strict=True):
-        assert started.coordinator is not None
-        shape = read_model_shape(model_dir)
+        assert started.coordinator is not None and started.shape is not None
+        shape = started.shape
         served[spec.name] = ServedModel(
             name=spec.name,
             model_dir=model_dir,

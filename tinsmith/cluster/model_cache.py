@@ -27,19 +27,11 @@ from tinsmith.cluster.random_models import (
     resolve_spec_file,
 )
 from tinsmith.errors import ConfigurationError
+from tinsmith.types.architectures import TOKENIZER_FILES
 
 log = logging.getLogger(__name__)
 
 _PACKAGE_PREFIX = "package:"
-_TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "generation_config.json",
-    "config.json",
-    "preprocessor_config.json",
-)
 
 
 def model_dir_for(spec: ModelSpec, cache_dir: Path) -> Path:
@@ -137,7 +129,7 @@ def install_tokenizer_in_hf_cache(name: str, model_dir: Path) -> Path:
     if "/" not in name:
         return model_dir
     repo = hf_hub_cache_dir() / ("models--" + name.replace("/", "--"))
-    files = [model_dir / f for f in _TOKENIZER_FILES if (model_dir / f).exists()]
+    files = [model_dir / f for f in TOKENIZER_FILES if (model_dir / f).exists()]
     digest = hashlib.sha1(b"".join(f.read_bytes() for f in files)).hexdigest()
     snapshot = repo / "snapshots" / digest
     if not (snapshot / "tokenizer_config.json").exists():

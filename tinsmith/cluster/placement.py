@@ -20,7 +20,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from tinsmith.cluster.config import ClusterConfig, ModelSpec, SamplerConfig, TrainerConfig
 from tinsmith.errors import ConfigurationError
 from tinsmith.storage.transfer import StorageSite
-from tinsmith.types.architectures import read_model_shape
+from tinsmith.types.architectures import ModelShape, read_model_shape
 
 log = logging.getLogger(__name__)
 
@@ -103,20 +103,20 @@ class ModelActors:
     samplers: list[ActorHandle]
     groups: list[PlacementGroup] = field(default_factory=list)
     factories: tuple[TrainerFactory, SamplerFactory] | None = None
-    vocab_size: int = 0
+    shape: ModelShape | None = None  # its config.json, read once at launch
 
     def connect(self) -> ActorHandle:
         """Start the coordinator over the (ready) workers."""
         from tinsmith.actors.coordinator import Coordinator
 
-        assert self.factories is not None
+        assert self.factories is not None and self.shape is not None
         trainer_factory, sampler_factory = self.factories
         coordinator: ActorHandle = (
             cast(ActorHandle, ray.remote(Coordinator))
             .options(num_cpus=0, max_concurrency=1000)
             .remote(
                 self.spec.name,
-                self.vocab_size,
+                self.shape.vocab_size,
                 self.spec.max_context_length,
                 trainer_factory.config.micro_batch_tokens,
                 trainer_factory.config.max_padding_fraction,
@@ -286,7 +286,7 @@ def _launch(
         samplers=samplers,
         groups=groups,
         factories=(trainer_factory, factory),
-        vocab_size=read_model_shape(model_dir).vocab_size,
+        shape=read_model_shape(model_dir),
     )
     actors.append(model)
     ready: list[ObjectRef] = [t.ping.remote() for t in trainers]

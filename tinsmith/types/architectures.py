@@ -20,6 +20,19 @@ from tinsmith.errors import ConfigurationError
 ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
 UNEMBED_MODULES = ("lm_head",)
+# What a client's AutoTokenizer / AutoProcessor reads of a model directory (never the weights):
+# copied into the local Hugging Face cache by `tinsmith prepare` and served under /hf.
+TOKENIZER_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "video_preprocessor_config.json",
+)
 
 
 class Architecture(BaseModel):

@@ -20,26 +20,15 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from tinsmith.cluster.state import ServedModel, State
+from tinsmith.types.architectures import TOKENIZER_FILES
 
 router = APIRouter(prefix="/hf")
-
-SERVED_FILES = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "preprocessor_config.json",
-    "processor_config.json",
-    "video_preprocessor_config.json",
-)
 
 
 @functools.cache
 def _snapshot(model_dir: Path) -> tuple[dict[str, Path], str]:
     """The model's served files and their digest (read once: a served model does not change)."""
-    files = {n: model_dir / n for n in SERVED_FILES if (model_dir / n).is_file()}
+    files = {n: model_dir / n for n in TOKENIZER_FILES if (model_dir / n).is_file()}
     digest = hashlib.sha1()
     for name, path in sorted(files.items()):
         digest.update(name.encode() + b"\0" + path.read_bytes())
