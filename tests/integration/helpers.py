@@ -25,6 +25,21 @@ def datum(tokens: list[int], weights: list[float] | None = None) -> types.Datum:
     )
 
 
+# A tiny random-weight Qwen3 of configs/models.yaml: quick to start, for the tests that start
+# servers of their own to show promises that hold for any model.
+TINY_MODEL = "tinsmith/tiny-qwen3"
+
+
+def tiny_model_spec() -> dict[str, object]:
+    """configs/models.yaml's entry of TINY_MODEL (`make install` prepares it)."""
+    import yaml
+
+    from tests.conftest import ROOT
+
+    models = yaml.safe_load((ROOT / "configs" / "models.yaml").read_text())["models"]
+    return next(m for m in models if m["name"] == TINY_MODEL)  # type: ignore[no-any-return]
+
+
 def random_tokens(seed: int, length: int, vocab: int = 49152) -> list[int]:
     rng = np.random.default_rng(seed)
     return [int(t) for t in rng.integers(100, vocab, size=length)]

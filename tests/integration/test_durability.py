@@ -18,7 +18,14 @@ import yaml
 from tinker import types
 
 from tests.conftest import DEFAULT_MODEL, ROOT
-from tests.integration.helpers import checkpoint_dir, datum, random_tokens, read_adapter
+from tests.integration.helpers import (
+    TINY_MODEL,
+    checkpoint_dir,
+    datum,
+    random_tokens,
+    read_adapter,
+    tiny_model_spec,
+)
 from tinsmith.types import Datum, ForwardBackwardInput, ModelInput, TensorData
 from tinsmith.types.proto import encode_forward_backward_request
 from tinsmith.types.requests import ForwardBackwardRequest
@@ -62,7 +69,7 @@ def test_restart_keeps_sessions_runs_checkpoints_and_results(tmp_path: Path) -> 
     from tinsmith.cluster.launcher import ServerProcess
 
     raw = yaml.safe_load((ROOT / "configs" / "test.yaml").read_text())
-    raw["models"] = raw["models"][:1]
+    raw["models"] = [tiny_model_spec()]  # the promise holds for any model; this one starts fast
     raw["sampler"]["num_replicas"] = 0
     config = tmp_path / "durable.yaml"
     config.write_text(yaml.safe_dump(raw))
@@ -72,13 +79,13 @@ def test_restart_keeps_sessions_runs_checkpoints_and_results(tmp_path: Path) -> 
 
     with ServerProcess(config, data_dir=data_dir) as first:
         service = tinker.ServiceClient(base_url=first.base_url, api_key="tml-tests")
-        tc = service.create_lora_training_client(base_model=DEFAULT_MODEL, rank=4).result()
+        tc = service.create_lora_training_client(base_model=TINY_MODEL, rank=4).result()
         tc.forward_backward(batches[0], "cross_entropy").result()
         tc.optim_step(adam).result()
         path = tc.save_state("before-restart").result().path
         session_id = tc.model_id.split(":train:")[0]
         created = _post(first.base_url, "/api/v1/create_model", {
-            "session_id": session_id, "model_seq_id": 99, "base_model": DEFAULT_MODEL,
+            "session_id": session_id, "model_seq_id": 99, "base_model": TINY_MODEL,
             "lora_config": {"rank": 2}, "optimizer_config": {"type": "adamw"},
         }, key="create-99")  # fmt: skip
         finished = _result(first.base_url, str(created["request_id"]))
@@ -94,7 +101,7 @@ def test_restart_keeps_sessions_runs_checkpoints_and_results(tmp_path: Path) -> 
         # A finished request's result, and its idempotency key, outlive the process.
         assert _result(second.base_url, str(created["request_id"])) == finished
         again = _post(second.base_url, "/api/v1/create_model", {
-            "session_id": session_id, "model_seq_id": 99, "base_model": DEFAULT_MODEL,
+            "session_id": session_id, "model_seq_id": 99, "base_model": TINY_MODEL,
             "lora_config": {"rank": 2}, "optimizer_config": {"type": "adamw"},
         }, key="create-99")  # fmt: skip
         assert again["request_id"] == created["request_id"]

@@ -32,7 +32,10 @@ class DeepSpeedEngine(Protocol):
     optimizer: DeepSpeedOptimizer
 
     def __call__(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **images: torch.Tensor,
     ) -> torch.Tensor: ...
 
     def backward(self, loss: torch.Tensor, scale_wrt_gas: bool = True) -> object: ...

@@ -9,36 +9,48 @@ import math
 
 from tinsmith.actors.loss_specs import LossSpec, loss_spec
 from tinsmith.errors import UserInputError
-from tinsmith.types.data import Datum, LossFnInputs, TensorData
+from tinsmith.types.data import Datum, ImagePlacement, LossFnInputs, TensorData
 from tinsmith.types.internal import MicroBatch, TokenDatum
 
 
 def to_token_datums(
-    data: list[Datum], loss_fn: str, vocab_size: int, max_length: int
+    data: list[Datum],
+    loss_fn: str,
+    vocab_size: int,
+    max_length: int,
+    image_token_id: int | None = None,
 ) -> list[TokenDatum]:
-    """Validate every datum and flatten it; errors name the datum index and the field."""
+    """Validate every datum and flatten it; errors name the datum index and the field. Images
+    (read and measured by the API server) become ``image_token_id`` placeholders."""
     spec = loss_spec(loss_fn)
     if not data:
         raise UserInputError("forward_backward_input.data is empty")
     out: list[TokenDatum] = []
     for i, datum in enumerate(data):
         where = f"data[{i}]"
-        tokens = _input_tokens(datum, vocab_size, max_length, where)
+        tokens, images = _input_tokens(datum, vocab_size, max_length, image_token_id, where)
         n = len(tokens)
         targets = _target_tokens(datum.loss_fn_inputs, loss_fn, vocab_size, n, where)
         values = _float_inputs(datum.loss_fn_inputs, spec, loss_fn, n, where)
         weights = values.pop("weights", [1.0] * n)
         out.append(
             TokenDatum(
-                index=i, input_tokens=tokens, target_tokens=targets, weights=weights, extra=values
+                index=i,
+                input_tokens=tokens,
+                target_tokens=targets,
+                weights=weights,
+                extra=values,
+                images=images,
             )
         )
     return out
 
 
-def _input_tokens(datum: Datum, vocab_size: int, max_length: int, where: str) -> list[int]:
+def _input_tokens(
+    datum: Datum, vocab_size: int, max_length: int, image_token_id: int | None, where: str
+) -> tuple[list[int], list[ImagePlacement]]:
     try:
-        tokens = datum.model_input.to_ints()
+        tokens, images = datum.model_input.to_tokens(image_token_id)
     except ValueError as exc:
         raise UserInputError(f"{where}.model_input: {exc}") from exc
     n = len(tokens)
@@ -49,7 +61,7 @@ def _input_tokens(datum: Datum, vocab_size: int, max_length: int, where: str) ->
             f"{where}.model_input has {n} tokens, more than the model's {max_length}"
         )
     _check_token_range(tokens, vocab_size, f"{where}.model_input")
-    return tokens
+    return tokens, images
 
 
 def _target_tokens(

@@ -78,9 +78,11 @@ class Coordinator:
         samplers: list[_Handle],
         sampler_factory: SamplerSpawner | None = None,
         trainer_factory: TrainerSpawner | None = None,
+        image_token_id: int | None = None,
     ) -> None:
         self.base_model = base_model
         self.vocab_size = vocab_size
+        self.image_token_id = image_token_id  # None: a model without images
         self.max_length = max_length
         self.micro_batch_tokens = micro_batch_tokens
         self.max_padding_fraction = max_padding_fraction
@@ -198,7 +200,9 @@ class Coordinator:
         """Run (and unless ``forward_only``, accumulate gradients of) one batch, in seq_id order.
         The datums are checked before the turn; a bad request still consumes its seq_id."""
         try:
-            datums = to_token_datums(fb.data, fb.loss_fn, self.vocab_size, self.max_length)
+            datums = to_token_datums(
+                fb.data, fb.loss_fn, self.vocab_size, self.max_length, self.image_token_id
+            )
             loss_config = validate_loss_config(fb.loss_fn, fb.loss_fn_config)
         except UserInputError:
             async with self._turn(model_id, seq_id):

@@ -10,18 +10,25 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from tinsmith.errors import UserInputError
 from tinsmith.types.internal import DatumResult, MicroBatch, RankResult, RankWork
 
 if TYPE_CHECKING:
     import torch
 
     from tinsmith.actors.adapter_engine import DeepSpeedEngine
+    from tinsmith.actors.image_inputs import ImageInputs
 
 
 def run_forward_backward(
-    engine: DeepSpeedEngine, work: RankWork, device: torch.device, zero3: bool
+    engine: DeepSpeedEngine,
+    work: RankWork,
+    device: torch.device,
+    zero3: bool,
+    image_inputs: ImageInputs | None = None,
 ) -> RankResult:
-    """Run every micro-batch of ``work`` through ``engine`` (the adapter already active)."""
+    """Run every micro-batch of ``work`` through ``engine`` (the adapter already active);
+    ``image_inputs`` turns a vision model's images into its pixel inputs."""
     import torch
 
     from tinsmith.actors.losses import LOSSES
@@ -36,7 +43,7 @@ def run_forward_backward(
             _dummy_pass(engine, device, backward=not work.forward_only, zero3=zero3)
             continue
         with torch.set_grad_enabled(not work.forward_only):
-            logprobs_B_T, inputs, mask_B_T = _forward(engine, batch, device)
+            logprobs_B_T, inputs, mask_B_T = _forward(engine, batch, device, image_inputs)
             # where, not multiply: a non-finite loss on a padding position must not leak in as NaN
             loss_B_T = torch.where(
                 mask_B_T > 0, loss_fn(logprobs_B_T, inputs, work.loss_fn_config), 0.0
@@ -80,7 +87,10 @@ def _dummy_pass(engine: DeepSpeedEngine, device: torch.device, backward: bool, z
 
 
 def _forward(
-    engine: DeepSpeedEngine, batch: MicroBatch, device: torch.device
+    engine: DeepSpeedEngine,
+    batch: MicroBatch,
+    device: torch.device,
+    image_inputs: ImageInputs | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """Target logprobs ``(B, T)`` in fp32, the padded loss inputs and the padding mask."""
     import torch
@@ -103,7 +113,13 @@ def _forward(
             inputs[k][row, :n] = torch.tensor(v)
     # Without padding, no mask: attention then takes the fast causal path.
     attention_mask = None if all(d.length == longest for d in datums) else mask.to(device).long()
-    logits_B_T_V = engine(input_ids=input_ids.to(device), attention_mask=attention_mask)
+    images = [image for d in datums for image in d.images]
+    pixels: dict[str, torch.Tensor] = {}
+    if images:
+        if image_inputs is None:
+            raise UserInputError("this model takes text only, and a datum has images")
+        pixels = {k: v.to(device) for k, v in image_inputs(images, input_ids).items()}
+    logits_B_T_V = engine(input_ids=input_ids.to(device), attention_mask=attention_mask, **pixels)
     logprobs_B_T = target_logprobs(logits_B_T_V, targets.to(device))
     return logprobs_B_T, {k: v.to(device) for k, v in inputs.items()}, mask.to(device)
 

@@ -188,10 +188,14 @@ def _view_class() -> type[torch.nn.Module]:
             )
 
         def forward(
-            self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+            self,
+            input_ids: torch.Tensor,
+            attention_mask: torch.Tensor | None = None,
+            **images: torch.Tensor,
         ) -> torch.Tensor:
+            """Logits; ``images``: a vision model's pixel inputs (``image_inputs``), if any."""
             out = self.shared[0](
-                input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+                input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **images
             )
             return out.logits
 

@@ -31,6 +31,7 @@ class RankRuntime:
     dtype: torch.dtype
     base: torch.nn.Module
     arch: Architecture
+    image_token_id: int | None  # a vision model's image placeholder
 
 
 def start_rank(
@@ -65,13 +66,16 @@ def start_rank(
     backend = "nccl" if device.type == "cuda" else "gloo"
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
     dtype = torch.float32 if config.dtype == "float32" else torch.bfloat16
-    arch = read_model_shape(Path(model_dir)).arch
+    shape = read_model_shape(Path(model_dir))
+    arch = shape.arch
     model = auto_model_class(arch).from_pretrained(model_dir, dtype=dtype)
     model.requires_grad_(False)
     model.config.use_cache = False
     model.to(device)
     log.info("trainer rank %d/%d ready (%s, %d threads)", rank, world_size, backend, threads)
-    return RankRuntime(device=device, dtype=dtype, base=model, arch=arch)
+    return RankRuntime(
+        device=device, dtype=dtype, base=model, arch=arch, image_token_id=shape.image_token_id
+    )
 
 
 def auto_model_class(arch: Architecture) -> type[_BaseAutoModelClass]:

@@ -22,11 +22,13 @@ from tinsmith.actors.node_info import node_info
 from tinsmith.errors import NotFoundError
 from tinsmith.storage.transfer import StorageSite
 from tinsmith.types.archives import safe_name
+from tinsmith.types.data import ImagePlacement
 from tinsmith.types.internal import AdapterBlob, AdapterSource, SampleWork, WorkerStatus
 from tinsmith.types.sampling import SampledSequence, SampleResponse, StopReason, TopkLogprobs
 from tinsmith.types.settings import SamplerConfig
 
 if TYPE_CHECKING:
+    from vllm.inputs import TokensPrompt
     from vllm.lora.request import LoRARequest
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,8 @@ def engine_args(
         "max_model_len": config.max_model_len,
         **(lora if config.adapters == "lora" else {}),
         "enforce_eager": config.enforce_eager,
+        # Images only: no video memory profiling (its processor needs torchvision's video ops).
+        "limit_mm_per_prompt": {"video": 0},
         "gpu_memory_utilization": config.gpu_memory_utilization,
         "seed": 0,
         "disable_log_stats": True,
@@ -236,6 +240,8 @@ class SamplerWorker:
         )
         final = None
         prompt = TokensPrompt(prompt_token_ids=work.prompt_tokens)
+        if work.images:
+            prompt = vllm_image_prompt(work.prompt_tokens, work.images)
         gen = self._llm().generate(prompt, params, request_id=uuid.uuid4().hex, lora_request=lora)  # type: ignore[attr-defined]
         async for output in gen:
             final = output
@@ -273,6 +279,24 @@ class SamplerWorker:
             logprobs=[float(x) if x is not None else 0.0 for x in logprobs] if logprobs else None,
             topk_logprobs=_topk(raw, topk) if (raw and topk > 0) else None,
         )
+
+
+def vllm_image_prompt(tokens: list[int], images: list[ImagePlacement]) -> TokensPrompt:
+    """A prompt with images as vLLM takes it: one placeholder token per image (vLLM's processor
+    expands it to the image's tokens again) and the decoded images."""
+    import io
+
+    from PIL import Image
+    from vllm.inputs import TokensPrompt
+
+    ids: list[int] = []
+    start = 0
+    for image in images:
+        ids += tokens[start : image.offset + 1]
+        start = image.offset + image.tokens
+    ids += tokens[start:]
+    pil = [Image.open(io.BytesIO(p.data)).convert("RGB") for p in images]
+    return TokensPrompt(prompt_token_ids=ids, multi_modal_data={"image": pil})
 
 
 def _write_blob(blob: AdapterBlob, directory: Path) -> Path:

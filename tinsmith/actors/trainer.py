@@ -26,6 +26,7 @@ from tinsmith.actors.checkpoint_io import (
     write_peft_dir,
 )
 from tinsmith.actors.forward_backward import run_forward_backward
+from tinsmith.actors.image_inputs import ImageInputs
 from tinsmith.actors.lora_adapters import LoraAdapters
 from tinsmith.actors.node_info import node_info
 from tinsmith.actors.rank_setup import start_rank
@@ -72,6 +73,8 @@ class TrainerWorker:
         self.zero3 = config.zero_stage == 3
         self.lora = LoraAdapters(runtime.base, runtime.arch)
         self.engines: dict[str, AdapterEngine] = {}
+        image_token = runtime.image_token_id
+        self.image_inputs = ImageInputs(model_dir, image_token) if image_token is not None else None
 
     # ----- adapters -------------------------------------------------------------------------
     def create_adapter(self, spec: AdapterSpec) -> int:
@@ -121,7 +124,9 @@ class TrainerWorker:
     def forward_backward(self, work: RankWork) -> RankResult:
         """Run every micro-batch; gradients accumulate into this adapter until optim_step."""
         adapter = self._activate(work.adapter_id)
-        return run_forward_backward(adapter.engine, work, self.device, self.zero3)
+        return run_forward_backward(
+            adapter.engine, work, self.device, self.zero3, self.image_inputs
+        )
 
     # ----- optimizer ----------------------------------------------------------------------
     def optim_step(self, work: OptimStepWork) -> dict[str, float]:

@@ -21,6 +21,7 @@ import secrets
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tinsmith.errors import ConflictError, NotFoundError, UserInputError
 from tinsmith.storage.base import CheckpointStorage
@@ -30,6 +31,9 @@ from tinsmith.store.base import MetadataStore
 from tinsmith.store.records import CheckpointRecord, utcnow
 from tinsmith.types.archives import ArchiveRef, safe_name
 from tinsmith.types.checkpoints import CheckpointType, ParsedCheckpointTinkerPath
+
+if TYPE_CHECKING:
+    from tinsmith.cluster.images import ObjectReader
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +80,12 @@ class CheckpointService:
         self.site = StorageSite(storage=storage_config, data_dir=str(data_dir))
         self._secret = url_secret
         self._reserved: set[str] = set()
+
+    def storage_reader(self) -> ObjectReader | None:
+        """The S3 backend, which also reads images requests point to; None for local storage."""
+        from tinsmith.storage.s3 import S3Storage
+
+        return self.storage if isinstance(self.storage, S3Storage) else None
 
     @property
     def storage_config(self) -> StorageConfig:

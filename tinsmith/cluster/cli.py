@@ -61,6 +61,7 @@ def serve(config: ClusterConfig, host: str, port: int) -> None:
     import uvicorn
 
     from tinsmith.cluster.checkpoints import open_checkpoint_service
+    from tinsmith.cluster.images import ImageSource
     from tinsmith.cluster.model_cache import prepare_all
     from tinsmith.cluster.placement import check_capacity
     from tinsmith.cluster.server import ServerState, build_app
@@ -88,6 +89,7 @@ def serve(config: ClusterConfig, host: str, port: int) -> None:
             reaper_seconds=config.checkpoint_reaper_seconds,
             auth=config.auth,
             limits=config.limits,
+            images=ImageSource(config.images, checkpoints.storage_reader()),
         )
         _log_auth(config)
         log.info("tinsmith serving on http://%s:%d", host, port)
@@ -115,6 +117,7 @@ def _start_models(
     as it has workers, so a later failure still shuts it down), and describe each for the
     server."""
     from tinsmith.cluster.coordinator_handle import RayCoordinatorHandle
+    from tinsmith.cluster.images import ProcessorTokenCounter
     from tinsmith.cluster.placement import start_models
     from tinsmith.cluster.state import ServedModel
 
@@ -136,6 +139,8 @@ def _start_models(
             arch=shape.arch,
             sampleable=sampler_cfg.num_replicas > 0,
             max_lora_rank=sampler_cfg.max_lora_rank,
+            image_token_id=shape.image_token_id,
+            image_tokens=ProcessorTokenCounter(model_dir) if shape.arch.vision else None,
         )
         log.info("model %s ready from %s", spec.name, model_dir)
     return served

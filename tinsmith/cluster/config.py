@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tinsmith.errors import ConfigurationError
 from tinsmith.storage.config import StorageConfig
@@ -23,6 +23,7 @@ from tinsmith.types.settings import SamplerConfig, TrainerConfig
 __all__ = [
     "AuthConfig",
     "ClusterConfig",
+    "ImagesConfig",
     "LimitsConfig",
     "ModelSpec",
     "SamplerConfig",
@@ -85,6 +86,39 @@ class LimitsConfig(_Strict):
     )
 
 
+class ImagesConfig(_Strict):
+    """Images in requests (vision models): where an ImageAssetPointerChunk may point, and how
+    large an image may be. A location outside these is refused."""
+
+    assets_dir: str | None = Field(
+        default=None,
+        description="Directory of images a pointer may name by relative path (or file:<path>).",
+    )
+    s3_prefixes: list[str] = Field(
+        default_factory=list,
+        description=(
+            "s3://bucket/prefix/ locations pointers may name, read with the storage's S3 "
+            "endpoint and credentials (s3 storage only; never the checkpoints' prefix)."
+        ),
+    )
+    url_prefixes: list[str] = Field(
+        default_factory=list,
+        description="http(s) URL prefixes pointers may name, fetched by the API server.",
+    )
+    max_image_bytes: int = Field(
+        default=16 << 20, ge=1 << 10, description="Largest image file, in bytes."
+    )
+    max_image_pixels: int = Field(
+        default=4096 * 4096, ge=1, description="Largest image, width x height, before resizing."
+    )
+    max_images_per_request: int = Field(
+        default=256, ge=1, description="Images in one request (all its datums or its prompt)."
+    )
+    fetch_timeout_seconds: float = Field(
+        default=20.0, gt=0, description="Timeout of reading one URL."
+    )
+
+
 class ModelSpec(_Strict):
     """A base model the server offers for training and sampling."""
 
@@ -144,6 +178,9 @@ class ClusterConfig(_Strict):
     limits: LimitsConfig = Field(
         default_factory=LimitsConfig, description="Request size and concurrency limits."
     )
+    images: ImagesConfig = Field(
+        default_factory=ImagesConfig, description="Images in requests (vision models)."
+    )
     checkpoint_reaper_seconds: float = Field(
         default=60.0,
         gt=0,
@@ -160,6 +197,24 @@ class ClusterConfig(_Strict):
         default=None,
         description="CPUs a locally started Ray cluster advertises (default: detected).",
     )
+
+    @model_validator(mode="after")
+    def _image_prefixes(self) -> ClusterConfig:
+        """S3 image prefixes need the S3 storage's endpoint, and may not cover its archives."""
+        prefixes = self.images.s3_prefixes
+        if not prefixes:
+            return self
+        if self.storage.backend != "s3":
+            raise ValueError("images.s3_prefixes needs storage.backend: s3 (its endpoint is used)")
+        archives = f"s3://{self.storage.bucket}/{self.storage.prefix.strip('/')}/"
+        for prefix in prefixes:
+            if not prefix.startswith("s3://") or "/" not in prefix.removeprefix("s3://"):
+                raise ValueError(f"images.s3_prefixes: {prefix!r} is not s3://bucket/prefix/")
+            if archives.startswith(prefix) or prefix.startswith(archives):
+                raise ValueError(
+                    f"images.s3_prefixes: {prefix!r} overlaps the checkpoint archives ({archives})"
+                )
+        return self
 
     def model(self, name: str) -> ModelSpec:
         for spec in self.models:

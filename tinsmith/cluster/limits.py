@@ -95,7 +95,8 @@ def check_forward_backward(fb: ForwardBackwardInput, limits: LimitsConfig) -> No
             f"forward_backward_input.data has {len(fb.data)} datums; limits.max_datums_per_request "
             f"is {limits.max_datums_per_request}: send them in several requests"
         )
-    tokens = sum(d.model_input.length for d in fb.data)
+    # Images the server has not measured yet count 0 here; the check runs again once they are.
+    tokens = sum(d.model_input.min_length for d in fb.data)
     if tokens > limits.max_tokens_per_request:
         raise TooLargeError(
             f"forward_backward_input.data has {tokens} model-input tokens; "

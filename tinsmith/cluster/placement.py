@@ -124,6 +124,7 @@ class ModelActors:
                 self.samplers,
                 sampler_factory,
                 trainer_factory,
+                self.shape.image_token_id,
             )
         )
         ray.get(coordinator.ping.remote())

@@ -14,8 +14,9 @@ from fastapi import Depends, FastAPI, Request
 
 from tinsmith.cluster.auth import current_tenant
 from tinsmith.cluster.checkpoints import CheckpointService
-from tinsmith.cluster.config import AuthConfig, LimitsConfig
+from tinsmith.cluster.config import AuthConfig, ImagesConfig, LimitsConfig
 from tinsmith.cluster.futures import FutureStore, interrupted_failure
+from tinsmith.cluster.images import ImageSource, ImageTokenCounter
 from tinsmith.cluster.metrics import ServerMetrics
 from tinsmith.cluster.registry import ClientRegistry
 from tinsmith.cluster.submission import Submitter
@@ -45,6 +46,8 @@ class ServedModel:
     max_lora_rank: int = 512
     trainable: bool = True
     sampleable: bool = True
+    image_token_id: int | None = None  # None: text only
+    image_tokens: ImageTokenCounter | None = None  # measures images (vision models)
 
 
 @dataclass
@@ -57,6 +60,7 @@ class ServerState:
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    images: ImageSource = field(default_factory=lambda: ImageSource(ImagesConfig(), None))
     clients: ClientRegistry = field(init=False)
     futures: FutureStore = field(init=False)
     submitter: Submitter = field(init=False)

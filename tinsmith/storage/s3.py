@@ -159,6 +159,27 @@ class S3Storage:
         finally:
             tmp.unlink(missing_ok=True)
 
+    def read_object(self, bucket: str, key: str, max_bytes: int) -> bytes:
+        """An object anywhere on this endpoint (an image a request points to, under a prefix the
+        operator allowed): FileNotFoundError if missing, ValueError if over ``max_bytes``,
+        StorageError if unreadable."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            head = self._client().head_object(Bucket=bucket, Key=key)
+            if int(head.get("ContentLength", 0)) > max_bytes:
+                raise ValueError(f"the object is over {max_bytes} bytes")
+            body = self._client().get_object(Bucket=bucket, Key=key)["Body"]
+            data: bytes = body.read(max_bytes + 1)
+        except (BotoCoreError, ClientError) as exc:
+            cause = _unwrap(exc)
+            if _error_field(cause, "Code") in _MISSING_KEY_CODES:
+                raise FileNotFoundError(key) from None
+            raise self._storage_error(cause, "read", key) from None
+        if len(data) > max_bytes:
+            raise ValueError(f"the object is over {max_bytes} bytes")
+        return data
+
     def delete(self, key: str) -> None:
         name = self._name(key)
         with self._translated("delete", key, missing_ok=True):

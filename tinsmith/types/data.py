@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_serializer, field_validator
 
-from tinsmith.types.base import Text, WireModel
+from tinsmith.types.base import InternalModel, Text, WireModel
 
 TensorDtype = Literal["int64", "float32"]
 
@@ -31,13 +31,17 @@ class _BytesChunk(WireModel):
         return value
 
 
+# The number of tokens an image takes, when a client says it (advisory: the server measures it).
+ExpectedTokens = Annotated[int | None, Field(default=None, ge=1, le=1 << 20)]
+
+
 class ImageChunk(_BytesChunk):
-    """An inline image (base64 in JSON). Parsed so a request is understood, but no served model
-    takes images: turning it into tokens fails."""
+    """An inline image (base64 in JSON) for a vision model. The server measures how many tokens it
+    takes; ``expected_tokens``, if given, must agree."""
 
     data: bytes
     format: Literal["png", "jpeg"]
-    expected_tokens: int | None = None
+    expected_tokens: ExpectedTokens = None
     type: Literal["image"] = "image"
 
     _b64 = field_validator("data", mode="before")(_BytesChunk._decode_b64)
@@ -54,11 +58,12 @@ class ImageChunk(_BytesChunk):
 
 
 class ImageAssetPointerChunk(WireModel):
-    """An image by location instead of inline bytes; parsed, but no served model takes images."""
+    """An image by location instead of inline bytes (``images:`` in the config says which
+    locations the server reads); the server replaces it by the ``ImageChunk`` it reads."""
 
     format: Literal["png", "jpeg"]
     location: Text
-    expected_tokens: int | None = None
+    expected_tokens: ExpectedTokens = None
     type: Literal["image_asset_pointer"] = "image_asset_pointer"
 
     @property
@@ -107,16 +112,67 @@ class ModelInput(WireModel):
     def length(self) -> int:
         return sum(chunk.length for chunk in self.chunks)
 
+    @property
+    def images(self) -> list[ImageChunk | ImageAssetPointerChunk]:
+        return [c for c in self.chunks if isinstance(c, ImageChunk | ImageAssetPointerChunk)]
+
+    @property
+    def min_length(self) -> int:
+        """Tokens known before the server measures images (an unmeasured image counts 0)."""
+        return sum(
+            chunk.expected_tokens or 0
+            if isinstance(chunk, ImageChunk | ImageAssetPointerChunk)
+            else chunk.length
+            for chunk in self.chunks
+        )
+
     def to_ints(self) -> list[int]:
         """All tokens, in order; only text chunks can be turned into token ids."""
+        return self.to_tokens(None)[0]
+
+    def to_tokens(self, image_token_id: int | None) -> tuple[list[int], list[ImagePlacement]]:
+        """All tokens, in order, each measured image (an ``ImageChunk`` with ``expected_tokens``)
+        as that many ``image_token_id``; and where each image's tokens are. A model without
+        images (``image_token_id`` None) takes text chunks only."""
         out: list[int] = []
-        for chunk in self.chunks:
-            if not isinstance(chunk, EncodedTextChunk):
-                raise ValueError(
-                    f"chunk of type {chunk.type!r} has no token ids (only encoded_text does)"
+        images: list[ImagePlacement] = []
+        for i, chunk in enumerate(self.chunks):
+            if isinstance(chunk, EncodedTextChunk):
+                if image_token_id is not None and image_token_id in chunk.tokens:
+                    raise ValueError(
+                        f"chunks[{i}] holds token {image_token_id}, this model's image "
+                        "placeholder: send images as image chunks"
+                    )
+                out.extend(chunk.tokens)
+            elif (
+                isinstance(chunk, ImageChunk)
+                and image_token_id is not None
+                and chunk.expected_tokens is not None
+            ):
+                images.append(
+                    ImagePlacement(
+                        data=chunk.data,
+                        format=chunk.format,
+                        offset=len(out),
+                        tokens=chunk.expected_tokens,
+                    )
                 )
-            out.extend(chunk.tokens)
-        return out
+                out.extend([image_token_id] * chunk.expected_tokens)
+            elif image_token_id is None or isinstance(chunk, DmelChunk):
+                raise ValueError(f"chunks[{i}] ({chunk.type!r}): this model does not take it")
+            else:
+                raise ValueError(f"chunks[{i}] (an image) was not read and measured")
+        return out, images
+
+
+class ImagePlacement(InternalModel):
+    """A measured image in a token sequence: its bytes, and the ``tokens`` placeholder positions
+    from ``offset`` on that stand for it."""
+
+    data: bytes
+    format: Literal["png", "jpeg"]
+    offset: int
+    tokens: int
 
 
 class TensorData(WireModel):

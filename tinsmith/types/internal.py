@@ -12,6 +12,7 @@ from pydantic import Field
 
 from tinsmith.types.archives import ArchiveRef, StoredObject
 from tinsmith.types.base import InternalModel
+from tinsmith.types.data import ImagePlacement
 from tinsmith.types.training import AdamParams, LoraConfig
 
 
@@ -24,6 +25,9 @@ class TokenDatum(InternalModel):
     target_tokens: list[int]
     weights: list[float]
     extra: dict[str, list[float]] = Field(default_factory=dict, description="Other loss inputs.")
+    images: list[ImagePlacement] = Field(
+        default_factory=list, description="Images whose placeholders are in input_tokens."
+    )
 
     @property
     def length(self) -> int:
@@ -109,6 +113,9 @@ class SampleWork(InternalModel):
     topk_sample_logprobs: int
     adapter_key: str | None = Field(
         description="Loaded adapter to use; None samples the base model."
+    )
+    images: list[ImagePlacement] = Field(
+        default_factory=list, description="Images whose placeholders are in prompt_tokens."
     )
 
 

@@ -64,26 +64,39 @@ def _assert_stopped(pids: dict[int, str]) -> None:
 MODEL = "tinsmith/tiny-qwen3"
 
 
-def models_config(swift: SwiftServer, path: Path) -> Path:
+# Where the server reads the images an ImageAssetPointerChunk names (besides the assets_dir).
+ASSETS_S3_PREFIX = f"s3://{S3_BUCKET}/assets/"
+
+
+def models_config(swift: SwiftServer, path: Path, assets_dir: Path) -> Path:
     """configs/models.yaml's tiny models (MODEL with two sampler replicas) on configs/test.yaml's
-    settings, with checkpoints in S3."""
+    settings, with checkpoints in S3, and images read from ``assets_dir`` and ASSETS_S3_PREFIX."""
     s3_config(swift, path, replicas=1)
     raw = yaml.safe_load(path.read_text())
     models = yaml.safe_load((ROOT / "configs" / "models.yaml").read_text())["models"]
     raw["models"] = [m for m in models if m["source"].startswith("random:")]
     first = next(m for m in raw["models"] if m["name"] == MODEL)
     first["sampler"] = {**raw["sampler"], "num_replicas": 2}
+    raw["images"] = {"assets_dir": str(assets_dir), "s3_prefixes": [ASSETS_S3_PREFIX]}
     path.write_text(yaml.safe_dump(raw))
     return path
 
 
 @pytest.fixture(scope="package")
-def second_server(swift: SwiftServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+def assets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The second server's images.assets_dir."""
+    return tmp_path_factory.mktemp("assets")
+
+
+@pytest.fixture(scope="package")
+def second_server(
+    swift: SwiftServer, assets_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[object]:
     """`tinsmith serve` on S3 with the tiny models, MODEL with two sampler replicas; stopped
     (by PID) after this package."""
     from tinsmith.cluster.launcher import ServerProcess
 
-    config = models_config(swift, tmp_path_factory.mktemp("s3") / "s3.yaml")
+    config = models_config(swift, tmp_path_factory.mktemp("s3") / "s3.yaml", assets_dir)
     with ServerProcess(config) as proc:
         yield proc
     _assert_stopped(REPLACEMENTS)

@@ -79,12 +79,15 @@ def test_a_client_without_the_hub_loads_each_tokenizer_from_the_server(
 ) -> None:
     """A fresh process with an empty HF_HOME, HF_HUB_OFFLINE unset and HF_ENDPOINT at the server's
     /hf loads every served model's tokenizer by its public name, and it encodes as the server's
-    copy does."""
+    copy does; and the VL model's processor (AutoProcessor)."""
     script = (
         "import json, sys\n"
         "from transformers import AutoTokenizer\n"
         "out = {n: AutoTokenizer.from_pretrained(n).encode('Hello, tinsmith!')\n"
         "       for n in sys.argv[1:]}\n"
+        "from transformers import AutoProcessor\n"
+        "processor = AutoProcessor.from_pretrained(sys.argv[-1])\n"
+        "out['processor'] = [type(processor).__name__, processor.image_processor.patch_size]\n"
         "print(json.dumps(out))\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
@@ -99,3 +102,4 @@ def test_a_client_without_the_hub_loads_each_tokenizer_from_the_server(
 
     for name in names:  # the server's copy, from the local cache `tinsmith prepare` filled
         assert got[name] == AutoTokenizer.from_pretrained(name).encode("Hello, tinsmith!"), name
+    assert got["processor"] == ["Qwen3VLProcessor", 16]  # the VL model's, with its image config

@@ -6,15 +6,19 @@ a 400 naming the field instead of reaching a sampler replica.
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request
 
 from tinsmith.cluster.auth import current_tenant
 from tinsmith.cluster.checkpoints import parse_tinker_path
 from tinsmith.cluster.futures import FutureResult
+from tinsmith.cluster.images import check_image_count, resolve_images
 from tinsmith.cluster.registry import SamplerSession
-from tinsmith.cluster.state import ServerState, State
+from tinsmith.cluster.state import ServedModel, ServerState, State
 from tinsmith.errors import UserInputError
 from tinsmith.types import proto
+from tinsmith.types.data import ImagePlacement, ModelInput
 from tinsmith.types.futures import UntypedAPIFuture
 from tinsmith.types.internal import AdapterSource, SampleWork
 from tinsmith.types.requests import (
@@ -62,7 +66,13 @@ async def asample(body: SampleRequest, request: Request, state: State) -> Untype
     """Sample from a session, a checkpoint or a base model; the future resolves to protobuf."""
     session = _sampler_for(state, body)
     served = state.served(session.base_model)
-    work_item = _sample_work(body, session, served.max_context_length, served.vocab_size)
+    prompt = body.prompt
+    if prompt.images:
+        check_image_count([prompt], state.images.config, "prompt")
+        prompt = await asyncio.to_thread(
+            resolve_images, prompt, "prompt", state.images, served.image_tokens
+        )
+    work_item = _sample_work(body, prompt, session, served)
 
     async def work() -> FutureResult:
         out = await served.coordinator.sample(work_item, session.source)
@@ -105,10 +115,12 @@ def _checkpoint_sampler(state: ServerState, model_path: str, sampler_id: str) ->
 
 
 def _sample_work(
-    body: SampleRequest, session: SamplerSession, max_context: int, vocab_size: int
+    body: SampleRequest, prompt: ModelInput, session: SamplerSession, served: ServedModel
 ) -> SampleWork:
-    """Validate a sample request against the model's limits; errors name the field."""
-    tokens = _prompt_tokens(body, max_context, vocab_size)
+    """Validate a sample request (its ``prompt`` with images read) against the model's limits;
+    errors name the field."""
+    max_context = served.max_context_length
+    tokens, images = _prompt_tokens(prompt, max_context, served.vocab_size, served.image_token_id)
     _check_sampling(body)
     params = body.sampling_params
     room = max_context - len(tokens)
@@ -127,13 +139,17 @@ def _sample_work(
         topk_prompt_logprobs=body.topk_prompt_logprobs,
         topk_sample_logprobs=body.topk_sample_logprobs,
         adapter_key=session.adapter_key,
+        images=images,
     )
 
 
-def _prompt_tokens(body: SampleRequest, max_context: int, vocab_size: int) -> list[int]:
-    """The prompt's token ids: not empty, inside the vocabulary, shorter than the context."""
+def _prompt_tokens(
+    prompt: ModelInput, max_context: int, vocab_size: int, image_token_id: int | None
+) -> tuple[list[int], list[ImagePlacement]]:
+    """The prompt's token ids (an image's as placeholders) and images: not empty, inside the
+    vocabulary, shorter than the context."""
     try:
-        tokens = body.prompt.to_ints()
+        tokens, images = prompt.to_tokens(image_token_id)
     except ValueError as exc:
         raise UserInputError(f"prompt: {exc}") from exc
     if not tokens:
@@ -147,7 +163,7 @@ def _prompt_tokens(body: SampleRequest, max_context: int, vocab_size: int) -> li
         raise UserInputError(
             f"prompt has {len(tokens)} tokens; the model's context is {max_context}"
         )
-    return tokens
+    return tokens, images
 
 
 def _check_sampling(body: SampleRequest) -> None:

@@ -6,10 +6,13 @@ the client's seq_id order.
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, HTTPException, Request
 
 from tinsmith.cluster.auth import current_tenant
 from tinsmith.cluster.futures import FutureResult
+from tinsmith.cluster.images import read_datum_images
 from tinsmith.cluster.limits import check_forward_backward
 from tinsmith.cluster.registry import TrainingModel
 from tinsmith.cluster.state import State
@@ -117,8 +120,16 @@ async def forward_backward(request: Request, state: State) -> UntypedAPIFuture:
     async def work() -> FutureResult:
         model = state.clients.training_model(fb.model_id)
         served = state.served(model.base_model)
+        batch = fb.forward_backward_input
+        if any(d.model_input.images for d in batch.data):
+            try:
+                batch = await asyncio.to_thread(
+                    read_datum_images, batch, state.images, served.image_tokens, state.limits
+                )
+            except UserInputError as exc:  # consumes the seq_id, in order
+                await served.coordinator.refuse(fb.model_id, fb.seq_id, str(exc))
         out = await served.coordinator.forward_backward(
-            fb.model_id, fb.seq_id, fb.forward_backward_input, fb.forward_only
+            fb.model_id, fb.seq_id, batch, fb.forward_only
         )
         state.metrics.train_tokens.labels(model.base_model).inc(
             out.metrics.get("num_tokens:sum", 0.0)
