@@ -177,14 +177,14 @@ def test_image_locations_in_the_config_are_checked() -> None:
 
 def test_torchvision_imports_beside_the_cpu_torch() -> None:
     """`make install` installs torchvision and the .pth that lets it import in every process of
-    the environment (here a fresh interpreter): its transforms work, nms has a CPU kernel."""
+    the environment (here a fresh interpreter): its transforms work, peft imports beside it, and
+    the nms operator it declares has a CPU kernel."""
     script = (
         "import torch, torchvision\n"
         "from torchvision.transforms.v2 import functional as F\n"
-        "from torchvision.ops import nms\n"
         "import peft\n"
         "boxes = torch.tensor([[0., 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30]])\n"
-        "keep = nms(boxes, torch.tensor([0.9, 0.8, 0.7]), 0.5).tolist()\n"
+        "keep = torch.ops.torchvision.nms(boxes, torch.tensor([0.9, 0.8, 0.7]), 0.5).tolist()\n"
         "print(tuple(F.resize(torch.rand(3, 32, 32), [16, 16]).shape), keep)\n"
     )
     done = subprocess.run(

