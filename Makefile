@@ -58,6 +58,7 @@ bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/sampling.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/checkpoint.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/load.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/models.py
 
 # Every benchmark and the tinker-cookbook examples -> benchmarks/REPORT.md and benchmarks/report/*.png.
 report: install

@@ -49,9 +49,9 @@ def mean(values: list[float]) -> float:
 
 
 def test_sl_example_eval_loss_falls(server: object) -> None:
-    """Cookbook SL on its bundled conversations: held-out NLL after 6 steps is at least 5 % below
+    """Cookbook SL on its bundled conversations: held-out NLL after 4 steps is at least 5 % below
     the start (it falls ~35 % within the first 4 steps: benchmarks/REPORT.md)."""
-    rows = run_example(server, "sl_conversations.py", "--steps", "8", "--eval-every", "3")
+    rows = run_example(server, "sl_conversations.py", "--steps", "6", "--eval-every", "2")
     evals = [row["test/nll"] for row in rows if "test/nll" in row]
     assert len(evals) >= 3, rows
     assert evals[-1] < 0.95 * evals[0], evals
@@ -59,16 +59,22 @@ def test_sl_example_eval_loss_falls(server: object) -> None:
 
 def test_rl_example_reward_rises(server: object) -> None:
     """Cookbook RL (sync, importance_sampling) on single-digit addition: the mean reward of the last
-    3 of 10 steps (8 groups of 8 rollouts each) is at least 0.15 above that of the first 3 (the
-    base model starts near 0.1 and the reward rises from step ~5 on:
-    benchmarks/report/rl_reward.png). With 4 groups the rise was within noise of the bound: two
-    of four runs here stayed below it."""
-    rows = run_example(server, "rl_arithmetic.py", "--steps", "10", "--groups-per-batch", "8")
+    2 of 6 steps (8 groups of 8 rollouts each, learning rate 6e-4) is at least 0.15 above that of
+    the first 2. The base model starts near 0.1; at this rate the reward rises from step 3 on
+    (two calibration runs here: 0.09, 0.10, 0.29, 0.45, 0.62, 0.52 and -0.01, 0.07, 0.03, 0.17,
+    0.34, 0.61: rises of +0.47 and +0.44; at 4e-4 over 8 steps +0.66). At the example's default
+    2e-4 it rises from step ~5 and needed 10 steps of 8 groups (with 4 groups, two of four runs
+    stayed below the bound)."""
+    rows = run_example(
+        server,
+        "rl_arithmetic.py",
+        *("--steps", "6", "--groups-per-batch", "8", "--learning-rate", "6e-4"),
+    )
     rewards = [
         row["env/all/reward/total"] for row in rows if "env/all/reward/total" in row
     ]  # not the final save's
-    assert len(rewards) == 10, rows
-    assert mean(rewards[-3:]) >= mean(rewards[:3]) + 0.15, rewards
+    assert len(rewards) == 6, rows
+    assert mean(rewards[-2:]) >= mean(rewards[:2]) + 0.15, rewards
 
 
 def test_async_rl_example_trains_on_stale_rollouts(server: object) -> None:
