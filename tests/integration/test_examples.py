@@ -59,22 +59,22 @@ def test_sl_example_eval_loss_falls(server: object) -> None:
 
 def test_rl_example_reward_rises(server: object) -> None:
     """Cookbook RL (sync, importance_sampling) on single-digit addition: the mean reward of the last
-    2 of 6 steps (8 groups of 8 rollouts each, learning rate 6e-4) is at least 0.15 above that of
-    the first 2. The base model starts near 0.1; at this rate the reward rises from step 3 on
-    (two calibration runs here: 0.09, 0.10, 0.29, 0.45, 0.62, 0.52 and -0.01, 0.07, 0.03, 0.17,
-    0.34, 0.61: rises of +0.47 and +0.44; at 4e-4 over 8 steps +0.66). At the example's default
-    2e-4 it rises from step ~5 and needed 10 steps of 8 groups (with 4 groups, two of four runs
-    stayed below the bound)."""
+    3 of 10 steps (8 groups of 8 rollouts each, learning rate 4e-4) is at least 0.15 above that of
+    the first 3. The base model starts near 0.1 and the step where the reward starts to rise
+    varies from run to run. Runs here: at the example's default 2e-4 over 10 steps, rises of +0.42
+    and +0.21 (with 4 groups per batch two of four runs stayed below the bound); at 4e-4 over 8
+    steps +0.58; at 6e-4 over 6 steps +0.37, +0.34 and +0.06 (last 3 vs first 3: the reward had
+    not started rising by step 6 in the third). So: the faster rate, and the full 10 steps."""
     rows = run_example(
         server,
         "rl_arithmetic.py",
-        *("--steps", "6", "--groups-per-batch", "8", "--learning-rate", "6e-4"),
+        *("--steps", "10", "--groups-per-batch", "8", "--learning-rate", "4e-4"),
     )
     rewards = [
         row["env/all/reward/total"] for row in rows if "env/all/reward/total" in row
     ]  # not the final save's
-    assert len(rewards) == 6, rows
-    assert mean(rewards[-2:]) >= mean(rewards[:2]) + 0.15, rewards
+    assert len(rewards) == 10, rows
+    assert mean(rewards[-3:]) >= mean(rewards[:3]) + 0.15, rewards
 
 
 def test_async_rl_example_trains_on_stale_rollouts(server: object) -> None:

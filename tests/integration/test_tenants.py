@@ -76,6 +76,14 @@ def test_tenants_are_isolated(service_client: tinker.ServiceClient, server: obje
     )  # fmt: skip
     sampler_id = made["sampling_session_id"]  # type: ignore[index]
     assert _http(base_url, "GET", f"/api/v1/samplers/{sampler_id}", "tml-tests")[0] == 200
+    # Alice's session id (public in her tinker:// paths) does not let Bob replace her sampler.
+    status, _ = _http(
+        base_url, "POST", "/api/v1/create_sampling_session", OTHER_TENANT_KEY,
+        {"session_id": session_id, "sampling_session_seq_id": 500, "base_model": DEFAULT_MODEL},
+    )  # fmt: skip
+    assert status == 404
+    _, still = _http(base_url, "GET", f"/api/v1/samplers/{sampler_id}", "tml-tests")
+    assert still["model_path"] == sampler_path, still  # type: ignore[index]
     assert _http(base_url, "GET", f"/api/v1/samplers/{sampler_id}", OTHER_TENANT_KEY)[0] == 404
     prompt = {"chunks": [{"type": "encoded_text", "tokens": [1, 2, 3]}]}
     sample = {

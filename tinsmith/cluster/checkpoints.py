@@ -150,7 +150,9 @@ class CheckpointService:
 
     # ----- changing --------------------------------------------------------------------------
     def delete(self, record: CheckpointRecord) -> None:
-        self.store.delete_checkpoint(record.tinker_path)
+        """Delete this version of a checkpoint: its record (unless a later save replaced it: the
+        TTL reaper may hold a record read before that save) and its archive."""
+        self.store.delete_checkpoint(record.tinker_path, record.storage_key)
         self._delete_object(record.storage_key)
 
     def _delete_object(self, key: str) -> None:

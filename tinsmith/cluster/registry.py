@@ -86,7 +86,11 @@ class ClientRegistry:
         return None if model is None else model.base_model
 
     def add_sampler(self, session: SamplerSession) -> None:
-        """Register (or replace) a sampling session under its id."""
+        """Register a sampling session under its id; the same tenant may replace its own (a
+        retried create), nobody may replace another tenant's (it answers as unknown)."""
+        existing = self.samplers.get(session.sampler_id)
+        if existing is not None and existing.owner != session.owner:
+            raise NotFoundError(f"session of sampling_session_id {session.sampler_id!r} is unknown")
         self.samplers[session.sampler_id] = session
 
     def sampler(self, sampler_id: str) -> SamplerSession:

@@ -185,8 +185,12 @@ class SQLiteStore:
             ),
         )
 
-    def delete_checkpoint(self, tinker_path: str) -> None:
-        self._write("DELETE FROM checkpoints WHERE tinker_path = ?", (tinker_path,))
+    def delete_checkpoint(self, tinker_path: str, storage_key: str) -> None:
+        self._write(
+            "DELETE FROM checkpoints WHERE tinker_path = ? "
+            "AND json_extract(body, '$.storage_key') = ?",
+            (tinker_path, storage_key),
+        )
 
     def expired_checkpoints(self, now: dt.datetime) -> list[CheckpointRecord]:
         rows = self._rows(

@@ -40,6 +40,7 @@ async def create_sampling_session(
 ) -> CreateSamplingSessionResponse:
     """A sampling session of a stored checkpoint (``model_path``) or of a bare base model."""
     sampler_id = f"{body.session_id}:sample:{body.sampling_session_seq_id}"
+    state.check_session(body.session_id)  # another tenant's session answers as unknown
     if body.model_path is not None:
         state.clients.add_sampler(_checkpoint_sampler(state, body.model_path, sampler_id))
     elif body.base_model is not None:

@@ -1,0 +1,57 @@
+"""The TTL reaper against a save to the same path (real SQLite store and local storage): the
+reaper reads the expired records, a save then overwrites one of them, and deleting what the
+reaper read removes neither the new record nor its archive."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from tinsmith.cluster.checkpoints import open_checkpoint_service
+from tinsmith.storage.config import StorageConfig
+from tinsmith.store.records import CheckpointRecord, utcnow
+from tinsmith.types.training import LoraConfig
+
+PATH = "tinker://run-1:train:0/weights/ckpt"
+
+
+def record(key: str, expires: dt.datetime | None) -> CheckpointRecord:
+    return CheckpointRecord(
+        training_run_id="run-1:train:0",
+        checkpoint_id="weights/ckpt",
+        checkpoint_type="training",
+        tinker_path=PATH,
+        owner="tenant-a",
+        base_model="m",
+        lora=LoraConfig(rank=4),
+        storage_key=key,
+        size_bytes=5,
+        sha256="0" * 64,
+        step=1,
+        has_optimizer=False,
+        expires_at=expires,
+    )
+
+
+def test_a_save_between_the_reapers_read_and_delete_survives(tmp_path: Path) -> None:
+    service = open_checkpoint_service(StorageConfig(), tmp_path / "data")
+    source = tmp_path / "archive.tar"
+    source.write_bytes(b"bytes")
+    for key in ("run-1/weights/ckpt-old.tar", "run-1/weights/ckpt-new.tar"):
+        service.storage.put(key, source)
+    past = utcnow() - dt.timedelta(seconds=1)
+    service.commit(record("run-1/weights/ckpt-old.tar", past), overwrite=False)
+
+    expired = service.store.expired_checkpoints(utcnow())  # what the reaper read
+    assert [r.storage_key for r in expired] == ["run-1/weights/ckpt-old.tar"]
+    service.commit(record("run-1/weights/ckpt-new.tar", None), overwrite=True)  # a new save
+    for old in expired:
+        service.delete(old)
+
+    kept = service.store.get_checkpoint(PATH)
+    assert kept is not None and kept.storage_key == "run-1/weights/ckpt-new.tar"
+    assert service.storage.exists("run-1/weights/ckpt-new.tar")
+    assert not service.storage.exists("run-1/weights/ckpt-old.tar")
+    assert service.reap() == 0 and service.store.get_checkpoint(PATH) == kept
+    service.delete(kept)  # a delete of the current version still deletes it
+    assert service.store.get_checkpoint(PATH) is None
