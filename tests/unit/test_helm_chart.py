@@ -56,12 +56,14 @@ def helm() -> Path:
     return Path(proc.stdout.strip().splitlines()[-1])
 
 
-def _render(helm: Path, home: Path, preset: str) -> list[dict[str, Any]]:
+def _render(helm: Path, home: Path, preset: str | None) -> list[dict[str, Any]]:
+    """``helm template`` with values-<preset>.yaml (None: the chart's defaults alone)."""
     env = dict(os.environ)
     for name in ("CACHE", "CONFIG", "DATA"):
         env[f"HELM_{name}_HOME"] = str(home / name.lower())
+    values = ["-f", str(CHART / f"values-{preset}.yaml")] if preset else []
     proc = subprocess.run(
-        [str(helm), "template", "tinsmith", str(CHART), "-f", str(CHART / f"values-{preset}.yaml")],
+        [str(helm), "template", "tinsmith", str(CHART), *values],
         capture_output=True,
         text=True,
         timeout=120,
@@ -161,3 +163,9 @@ def test_presets_embed_the_config_presets(
         assert {k: v for k, v in embedded.items() if k not in differs_in} == {
             k: v for k, v in expected.items() if k not in differs_in
         }
+
+
+@pytest.mark.parametrize("preset", [None, "local-cpu", "gpu-node", "multi-node"])
+def test_every_preset_requires_api_keys(helm: Path, tmp_path: Path, preset: str | None) -> None:
+    """The API listens on 0.0.0.0 behind a Service: the defaults and every preset enforce keys."""
+    assert _embedded_config(_render(helm, tmp_path, preset)).auth.mode == "keys"
