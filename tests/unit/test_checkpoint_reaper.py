@@ -55,3 +55,19 @@ def test_a_save_between_the_reapers_read_and_delete_survives(tmp_path: Path) -> 
     assert service.reap() == 0 and service.store.get_checkpoint(PATH) == kept
     service.delete(kept)  # a delete of the current version still deletes it
     assert service.store.get_checkpoint(PATH) is None
+
+
+def test_an_expired_checkpoint_is_hidden_at_once_and_deleted_by_the_reaper(tmp_path: Path) -> None:
+    """Readers (listings, loads) never see an expired checkpoint, and never pay for its deletion
+    (a slow object store would hold up the request): the background reaper deletes it."""
+    service = open_checkpoint_service(StorageConfig(), tmp_path / "data")
+    source = tmp_path / "archive.tar"
+    source.write_bytes(b"bytes")
+    service.storage.put("run-1/weights/ckpt-old.tar", source)
+    service.commit(record("run-1/weights/ckpt-old.tar", utcnow() - dt.timedelta(seconds=1)), False)
+    assert service.get(PATH) is None
+    assert service.list("run-1:train:0", "tenant-a", 10, 0) == ([], 0)
+    assert service.storage.exists("run-1/weights/ckpt-old.tar")  # not deleted by the readers
+    assert service.reap() == 1
+    assert not service.storage.exists("run-1/weights/ckpt-old.tar")
+    assert service.store.get_checkpoint(PATH) is None

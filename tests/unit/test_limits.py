@@ -24,6 +24,7 @@ from tinsmith.types.requests import ForwardBackwardRequest
 
 LIMITS = LimitsConfig(
     max_body_bytes=1 << 16,
+    max_decompressed_bytes=1 << 17,
     max_datums_per_request=4,
     max_tokens_per_request=40,
     max_pending_per_tenant=2,
@@ -116,8 +117,23 @@ def test_oversized_requests_get_413_naming_the_limit(
     streamed = client.post("/api/v1/forward_backward", content=chunks(), headers=PROTO)
     assert streamed.status_code == 413 and "max_body_bytes" in streamed.json()["detail"]
 
+    # A small zstd body that inflates past max_decompressed_bytes, with and without its size
+    # in the frame header: refused before it is decoded.
+    import zstandard
+
+    zstd_headers = {**PROTO, "content-encoding": "zstd"}
+    inflating = b"\x00" * (LIMITS.max_decompressed_bytes + 1)
+    for sized in (True, False):
+        body = zstandard.ZstdCompressor(write_content_size=sized).compress(inflating)
+        assert len(body) < 1024
+        bomb = client.post("/api/v1/forward_backward", content=body, headers=zstd_headers)
+        assert bomb.status_code == 413, bomb.text
+        assert "max_decompressed_bytes" in bomb.json()["detail"]
+    packed = zstandard.ZstdCompressor(write_content_size=False).compress(_fb(model_id, 1, 2, 1))
+    assert client.post("/api/v1/forward_backward", content=packed, headers=zstd_headers).is_success
+
     # The server keeps serving: a request within the limits goes through.
-    ok = client.post("/api/v1/forward_backward", content=_fb(model_id, 4, 10, 1), headers=PROTO)
+    ok = client.post("/api/v1/forward_backward", content=_fb(model_id, 4, 10, 2), headers=PROTO)
     assert ok.status_code == 200, ok.text
 
 

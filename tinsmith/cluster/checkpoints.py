@@ -126,9 +126,10 @@ class CheckpointService:
 
     # ----- reading ---------------------------------------------------------------------------
     def get(self, tinker_path: str) -> CheckpointRecord | None:
+        """The live record of ``tinker_path``; an expired one is gone to readers at once (the
+        background reaper deletes it, off the request path)."""
         record = self.store.get_checkpoint(tinker_path)
         if record is not None and record.expires_at is not None and record.expires_at <= utcnow():
-            self.delete(record)
             return None
         return record
 
@@ -145,8 +146,8 @@ class CheckpointService:
     def list(
         self, run_id: str | None, owner: str | None, limit: int, offset: int
     ) -> tuple[list[CheckpointRecord], int]:
-        self.reap()
-        return self.store.list_checkpoints(run_id, owner, limit, offset)
+        """Live checkpoints (expired ones are left out; the background reaper deletes them)."""
+        return self.store.list_checkpoints(run_id, owner, limit, offset, live_at=utcnow())
 
     # ----- changing --------------------------------------------------------------------------
     def delete(self, record: CheckpointRecord) -> None:

@@ -67,6 +67,11 @@ class LimitsConfig(_Strict):
         ge=1 << 16,
         description="Largest request body as sent (compressed or not), in bytes.",
     )
+    max_decompressed_bytes: int = Field(
+        default=128 << 20,
+        ge=1 << 16,
+        description="Largest forward_backward body once a zstd body is decompressed, in bytes.",
+    )
     max_datums_per_request: int = Field(
         default=1024,
         ge=1,

@@ -36,9 +36,15 @@ class MetadataStore(Protocol):
     def get_checkpoint(self, tinker_path: str) -> CheckpointRecord | None: ...
 
     def list_checkpoints(
-        self, training_run_id: str | None, owner: str | None, limit: int, offset: int
+        self,
+        training_run_id: str | None,
+        owner: str | None,
+        limit: int,
+        offset: int,
+        live_at: dt.datetime | None = None,
     ) -> tuple[list[CheckpointRecord], int]:
-        """Checkpoints newest first, of one run or of an owner, with the total count."""
+        """Checkpoints newest first, of one run or of an owner, with the total count; with
+        ``live_at``, only those not expired by then."""
         ...
 
     def latest_checkpoint(

@@ -144,10 +144,18 @@ class SQLiteStore:
         return CheckpointRecord.model_validate_json(str(rows[0][0])) if rows else None
 
     def list_checkpoints(
-        self, training_run_id: str | None, owner: str | None, limit: int, offset: int
+        self,
+        training_run_id: str | None,
+        owner: str | None,
+        limit: int,
+        offset: int,
+        live_at: dt.datetime | None = None,
     ) -> tuple[list[CheckpointRecord], int]:
         clauses: list[str] = []
         args: list[object] = []
+        if live_at is not None:
+            clauses.append("(expires_at IS NULL OR expires_at > ?)")
+            args.append(_ts(live_at))
         if training_run_id is not None:
             clauses.append("training_run_id = ?")
             args.append(training_run_id)

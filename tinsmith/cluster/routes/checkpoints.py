@@ -100,8 +100,10 @@ async def list_user_checkpoints(
 
 @router.delete(_CHECKPOINT)
 async def delete_checkpoint(run_id: str, kind: Kind, name: str, state: State) -> dict[str, str]:
-    """Remove the record, then the stored object (owner only)."""
-    state.checkpoints.delete(state.owned_checkpoint(run_id, kind, name))
+    """Remove the record, then the stored object (owner only), off the event loop (a slow
+    object store must not hold up other requests)."""
+    record = state.owned_checkpoint(run_id, kind, name)
+    await asyncio.to_thread(state.checkpoints.delete, record)
     return {"status": "deleted"}
 
 

@@ -155,14 +155,14 @@ def _prompt_tokens(
         raise UserInputError(f"prompt: {exc}") from exc
     if not tokens:
         raise UserInputError("prompt is empty")
-    for pos, tok in enumerate(tokens):
-        if not 0 <= tok < vocab_size:
-            raise UserInputError(
-                f"prompt token [{pos}] = {tok} is outside the vocabulary (0..{vocab_size - 1})"
-            )
-    if len(tokens) >= max_context:
+    if len(tokens) >= max_context:  # before any per-token work on a huge prompt
         raise UserInputError(
             f"prompt has {len(tokens)} tokens; the model's context is {max_context}"
+        )
+    if not 0 <= min(tokens) <= max(tokens) < vocab_size:
+        pos, tok = next((i, t) for i, t in enumerate(tokens) if not 0 <= t < vocab_size)
+        raise UserInputError(
+            f"prompt token [{pos}] = {tok} is outside the vocabulary (0..{vocab_size - 1})"
         )
     return tokens, images
 

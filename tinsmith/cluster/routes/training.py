@@ -22,6 +22,7 @@ from tinsmith.types import proto
 from tinsmith.types.futures import UntypedAPIFuture
 from tinsmith.types.requests import (
     CreateModelRequest,
+    ForwardBackwardRequest,
     GetInfoRequest,
     OptimStepRequest,
     UnloadModelRequest,
@@ -35,8 +36,6 @@ from tinsmith.types.training import (
     OptimStepResponse,
     UnloadModelResponse,
 )
-
-MAX_BODY_BYTES = 256 << 20  # a decompressed forward_backward body
 
 router = APIRouter(prefix="/api/v1")
 
@@ -109,12 +108,9 @@ async def unload_model(
 async def forward_backward(request: Request, state: State) -> UntypedAPIFuture:
     """A protobuf (optionally zstd) batch of datums; the future resolves to protobuf outputs."""
     raw = await request.body()
-    if request.headers.get("content-encoding", "") == "zstd":
-        raw = _unzstd(raw)
-    try:
-        fb = proto.decode_forward_backward_request(raw)
-    except ValueError as exc:
-        raise HTTPException(status_code=400, detail=str(exc)) from exc
+    zstd = request.headers.get("content-encoding", "") == "zstd"
+    # Decompressing and decoding a large batch takes CPU: off the event loop.
+    fb = await asyncio.to_thread(_decode, raw, zstd, state.limits.max_decompressed_bytes)
     check_forward_backward(fb.forward_backward_input, state.limits)
 
     async def work() -> FutureResult:
@@ -156,15 +152,37 @@ async def optim_step(body: OptimStepRequest, request: Request, state: State) -> 
     return state.submitter.submit(request, work, model_id=body.model_id)
 
 
-def _unzstd(raw: bytes) -> bytes:
-    """Decompress a zstd request body, refusing garbage (400) and bombs (413) before allocating."""
+def _decode(raw: bytes, zstd: bool, max_bytes: int) -> ForwardBackwardRequest:
+    """The request, from its (optionally zstd) protobuf body; a bad body is a 400."""
+    if zstd:
+        raw = _unzstd(raw, max_bytes)
+    try:
+        return proto.decode_forward_backward_request(raw)
+    except ValueError as exc:
+        raise HTTPException(status_code=400, detail=str(exc)) from exc
+
+
+def _unzstd(raw: bytes, max_bytes: int) -> bytes:
+    """Decompress a zstd request body, refusing garbage (400) and anything over ``max_bytes``
+    (413: ``limits.max_decompressed_bytes``), whether or not its frame header says its size."""
     import zstandard
 
+    too_large = HTTPException(
+        status_code=413,
+        detail=f"body decompresses to over limits.max_decompressed_bytes = {max_bytes} bytes",
+    )
     try:
-        if zstandard.frame_content_size(raw) > MAX_BODY_BYTES:  # -1 when the header does not say
-            raise HTTPException(
-                status_code=413, detail=f"body decompresses to over {MAX_BODY_BYTES} bytes"
-            )
-        return zstandard.ZstdDecompressor().decompress(raw, max_output_size=MAX_BODY_BYTES)
+        if zstandard.frame_content_size(raw) > max_bytes:  # -1 when the header does not say
+            raise too_large
+        # Streamed first, so that a body without its size in the header stops at the limit...
+        reader = zstandard.ZstdDecompressor().stream_reader(raw)
+        seen = len(reader.read(max_bytes + 1))
+        while seen <= max_bytes and (more := reader.read(max_bytes + 1 - seen)):
+            seen += len(more)
+        if seen > max_bytes:
+            raise too_large
+        # ...then whole, which also refuses a truncated or corrupt frame.
+        out: bytes = zstandard.ZstdDecompressor().decompress(raw, max_output_size=max_bytes)
     except zstandard.ZstdError as exc:
         raise HTTPException(status_code=400, detail=f"body is not valid zstd data: {exc}") from exc
+    return out
