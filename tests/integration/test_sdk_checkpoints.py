@@ -217,10 +217,12 @@ def test_cli_lists_and_downloads_a_checkpoint_peft_loads(
     ).is_file()
     # The temporary export the CLI made is deleted again.
     rest = tinker.RestClient(base_url=server.base_url, api_key="tml-tests")  # type: ignore[attr-defined]
-    kinds = {
-        c.checkpoint_type for c in rest.list_user_checkpoints(limit=10000).result().checkpoints
-    }
-    assert "external" not in kinds
+    exports = [  # the CLI names its export "download" (other tests' exports may be listed)
+        c.tinker_path
+        for c in rest.list_user_checkpoints(limit=10000).result().checkpoints
+        if c.checkpoint_type == "external" and c.tinker_path.endswith("/external_weights/download")
+    ]
+    assert exports == []
 
     tokens = random_tokens(3300, 24)
     base = AutoModelForCausalLM.from_pretrained(local_model_dir(DEFAULT_MODEL), dtype=torch.float32)
