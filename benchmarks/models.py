@@ -147,7 +147,8 @@ def main() -> None:
     for name in sampled:
         cmd = [sys.executable, __file__, "--vllm-worker", name, "--rounds", str(args.rounds)]
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        rows[name]["sample_vllm"] = json.loads(done.stdout.strip().splitlines()[-1])["rate"]
+        line = next(x for x in reversed(done.stdout.splitlines()) if x.startswith('{"rate"'))
+        rows[name]["sample_vllm"] = json.loads(line)["rate"]  # vLLM logs to stdout too
     print(
         f"\ntrain: {BATCH} x {SEQ_LEN} tokens, LoRA rank {LORA_RANK}; sample: {REQUESTS} "
         f"concurrent requests, {PROMPT_TOKENS}-token prompts, {MAX_TOKENS} new tokens"
