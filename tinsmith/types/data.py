@@ -118,11 +118,14 @@ class ModelInput(WireModel):
 
     @property
     def min_length(self) -> int:
-        """Tokens known before the server measures images (an unmeasured image counts 0)."""
+        """Tokens known before the server measures images (an unmeasured image counts 0, and so
+        does audio, which no served model takes: it is refused when the input is tokenized)."""
         return sum(
-            chunk.expected_tokens or 0
-            if isinstance(chunk, ImageChunk | ImageAssetPointerChunk)
-            else chunk.length
+            chunk.length
+            if isinstance(chunk, EncodedTextChunk)
+            else 0
+            if isinstance(chunk, DmelChunk)
+            else chunk.expected_tokens or 0
             for chunk in self.chunks
         )
 
