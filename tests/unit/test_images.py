@@ -18,8 +18,9 @@ from PIL import Image
 from pydantic import ValidationError
 
 from tests.conftest import ROOT
+from tinsmith.actors.image_inputs import ImageProcessor
 from tinsmith.cluster.config import ImagesConfig, parse_config
-from tinsmith.cluster.images import ImageSource, ProcessorTokenCounter, resolve_images
+from tinsmith.cluster.images import ImageSource, resolve_images
 from tinsmith.errors import ConfigurationError, TooLargeError, UserInputError
 from tinsmith.types.data import (
     EncodedTextChunk,
@@ -38,12 +39,12 @@ def image_bytes(color: str, size: tuple[int, int] = (64, 64), fmt: str = "PNG") 
 
 
 @pytest.fixture(scope="module")
-def counter(tmp_path_factory: pytest.TempPathFactory) -> ProcessorTokenCounter:
+def counter(tmp_path_factory: pytest.TempPathFactory) -> ImageProcessor:
     """The tiny Qwen3-VL's image processor (patch 16, 2x2 merge: a 64x64 image is 4 tokens)."""
     spec = yaml.safe_load((ROOT / "configs" / "models" / "tiny-qwen3-vl.yaml").read_text())
     model_dir = tmp_path_factory.mktemp("vl")
     (model_dir / "preprocessor_config.json").write_text(json.dumps(spec["processor"]))
-    return ProcessorTokenCounter(model_dir)
+    return ImageProcessor(model_dir)
 
 
 def prompt(*chunks: EncodedTextChunk | ImageChunk | ImageAssetPointerChunk) -> ModelInput:
@@ -54,7 +55,7 @@ def text(*tokens: int) -> EncodedTextChunk:
     return EncodedTextChunk(tokens=list(tokens))
 
 
-def test_an_image_is_measured_and_placed(counter: ProcessorTokenCounter) -> None:
+def test_an_image_is_measured_and_placed(counter: ImageProcessor) -> None:
     source = ImageSource(ImagesConfig(), None)
     raw = prompt(text(1, 2), ImageChunk(data=image_bytes("red"), format="png"), text(3))
     with pytest.raises(ValueError, match="expected_tokens"):
@@ -101,7 +102,7 @@ def test_an_image_is_measured_and_placed(counter: ProcessorTokenCounter) -> None
     ],
 )
 def test_a_bad_image_is_a_user_error_naming_the_chunk(
-    counter: ProcessorTokenCounter, chunk: ImageChunk, error: type[Exception], words: list[str]
+    counter: ImageProcessor, chunk: ImageChunk, error: type[Exception], words: list[str]
 ) -> None:
     source = ImageSource(ImagesConfig(max_image_pixels=100_000), None)
     with pytest.raises(error) as info:
@@ -111,7 +112,7 @@ def test_a_bad_image_is_a_user_error_naming_the_chunk(
 
 
 def test_a_text_model_refuses_images_and_sizes_are_bounded(
-    counter: ProcessorTokenCounter,
+    counter: ImageProcessor,
 ) -> None:
     image = ImageChunk(data=image_bytes("red"), format="png")
     with pytest.raises(UserInputError, match="text only"):
@@ -131,7 +132,7 @@ def test_a_text_model_refuses_images_and_sizes_are_bounded(
             ImageAssetPointerChunk(location="a.png", format="png", expected_tokens=bad)
 
 
-def test_pointers_read_only_allowed_places(counter: ProcessorTokenCounter, tmp_path: Path) -> None:
+def test_pointers_read_only_allowed_places(counter: ImageProcessor, tmp_path: Path) -> None:
     assets = tmp_path / "assets"
     (assets / "colors").mkdir(parents=True)
     (assets / "colors" / "red.png").write_bytes(image_bytes("red"))

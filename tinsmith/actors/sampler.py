@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tinsmith.actors.image_inputs import decode
 from tinsmith.actors.lora_residency import LoraResidency
 from tinsmith.actors.merged_weights import MergedServing, MergedWeights
 from tinsmith.actors.node_info import node_info
@@ -284,9 +285,6 @@ class SamplerWorker:
 def vllm_image_prompt(tokens: list[int], images: list[ImagePlacement]) -> TokensPrompt:
     """A prompt with images as vLLM takes it: one placeholder token per image (vLLM's processor
     expands it to the image's tokens again) and the decoded images."""
-    import io
-
-    from PIL import Image
     from vllm.inputs import TokensPrompt
 
     ids: list[int] = []
@@ -295,8 +293,7 @@ def vllm_image_prompt(tokens: list[int], images: list[ImagePlacement]) -> Tokens
         ids += tokens[start : image.offset + 1]
         start = image.offset + image.tokens
     ids += tokens[start:]
-    pil = [Image.open(io.BytesIO(p.data)).convert("RGB") for p in images]
-    return TokensPrompt(prompt_token_ids=ids, multi_modal_data={"image": pil})
+    return TokensPrompt(prompt_token_ids=ids, multi_modal_data={"image": decode(images)})
 
 
 def _write_blob(blob: AdapterBlob, directory: Path) -> Path:

@@ -116,8 +116,8 @@ def _start_models(
     """Start every configured model's actors, all together (each appended to ``actors`` as soon
     as it has workers, so a later failure still shuts it down), and describe each for the
     server."""
+    from tinsmith.actors.image_inputs import ImageProcessor
     from tinsmith.cluster.coordinator_handle import RayCoordinatorHandle
-    from tinsmith.cluster.images import ProcessorTokenCounter
     from tinsmith.cluster.placement import start_models
     from tinsmith.cluster.state import ServedModel
 
@@ -140,7 +140,7 @@ def _start_models(
             sampleable=sampler_cfg.num_replicas > 0,
             max_lora_rank=sampler_cfg.max_lora_rank,
             image_token_id=shape.image_token_id,
-            image_tokens=ProcessorTokenCounter(model_dir) if shape.arch.vision else None,
+            image_tokens=ImageProcessor(model_dir) if shape.arch.vision else None,
         )
         log.info("model %s ready from %s", spec.name, model_dir)
     return served

@@ -12,11 +12,10 @@ server read its own checkpoints, files or internal network.
 from __future__ import annotations
 
 import io
-import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Protocol
 
 from tinsmith.cluster.config import ImagesConfig, LimitsConfig
 from tinsmith.cluster.limits import check_forward_backward
@@ -39,37 +38,6 @@ class ImageTokenCounter(Protocol):
     """What ``resolve_images`` needs of a model's image processor."""
 
     def count(self, height: int, width: int) -> int: ...
-
-
-class _QwenVLImageProcessor(Protocol):
-    merge_size: int
-
-    def get_number_of_image_patches(
-        self, height: int, width: int, images_kwargs: dict[str, object]
-    ) -> int: ...
-
-
-class ProcessorTokenCounter:
-    """Tokens an image of a given size takes, by the model's own image processor (the count the
-    cookbook's ``image_to_chunk`` computes, and the one vLLM and the trainer produce); loaded on
-    first use."""
-
-    def __init__(self, model_dir: Path) -> None:
-        self.model_dir = model_dir
-        self._processor: _QwenVLImageProcessor | None = None
-        self._lock = threading.Lock()
-
-    def count(self, height: int, width: int) -> int:
-        with self._lock:
-            if self._processor is None:
-                from transformers import AutoImageProcessor
-
-                self._processor = cast(
-                    _QwenVLImageProcessor, AutoImageProcessor.from_pretrained(str(self.model_dir))
-                )
-            proc = self._processor
-        patches = proc.get_number_of_image_patches(height, width, images_kwargs={})
-        return int(patches) // int(proc.merge_size) ** 2
 
 
 class ImageSource:

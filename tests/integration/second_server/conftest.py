@@ -17,6 +17,7 @@ import tinker
 import yaml
 
 from tests.conftest import ROOT, S3_BUCKET
+from tests.integration.helpers import TINY_MODEL
 from tests.swift_server import SwiftServer
 
 # Workers the coordinator started in place of dead ones (pid -> what): stopping the server must
@@ -61,7 +62,7 @@ def _assert_stopped(pids: dict[int, str]) -> None:
 
 
 # The model this package's replica, restart and S3 tests train and sample.
-MODEL = "tinsmith/tiny-qwen3"
+MODEL = TINY_MODEL
 
 
 # Where the server reads the images an ImageAssetPointerChunk names (besides the assets_dir).
