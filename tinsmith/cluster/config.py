@@ -89,6 +89,36 @@ class LimitsConfig(_Strict):
             "Unfinished requests (futures) one tenant may have; more get 429 and the SDK backs off."
         ),
     )
+    max_training_clients_per_tenant: int = Field(
+        default=64,
+        ge=1,
+        description="Live training clients (LoRA adapters on the trainers) per tenant; more: 429.",
+    )
+    max_sampling_sessions_per_tenant: int = Field(
+        default=256,
+        ge=1,
+        description=(
+            "Sampling sessions per tenant; a new one beyond this forgets the tenant's least "
+            "recently used one (an RL loop makes one per weight sync)."
+        ),
+    )
+    session_timeout_seconds: float = Field(
+        default=3600.0,
+        ge=0,
+        description=(
+            "A session with no heartbeat (the SDK sends one every 10 s) and no request for this "
+            "long is closed: its training clients are unloaded, its sampling sessions forgotten "
+            "(0: never)."
+        ),
+    )
+    future_retention_seconds: float = Field(
+        default=86400.0,
+        ge=60,
+        description=(
+            "How long a finished request's result (and its idempotency key) is kept for "
+            "retrieve_future and retries."
+        ),
+    )
 
 
 class ImagesConfig(_Strict):

@@ -10,6 +10,7 @@ honouring idempotency keys, so a retried request is applied once.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import uuid
 from collections import Counter, OrderedDict
@@ -17,7 +18,7 @@ from collections.abc import Awaitable, Callable
 
 from tinsmith.errors import NotFoundError, TooManyRequestsError
 from tinsmith.store.base import MetadataStore
-from tinsmith.store.records import FutureResult
+from tinsmith.store.records import FutureResult, utcnow
 from tinsmith.types.futures import RequestErrorCategory, RequestFailedResponse
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ class FutureStore:
     def __init__(
         self,
         store: MetadataStore | None = None,
-        keep_finished: int = 4096,
+        keep_finished: int = 256,
         max_pending_per_owner: int | None = None,
     ) -> None:
         self._tasks: dict[str, asyncio.Task[FutureResult]] = {}
@@ -40,6 +41,7 @@ class FutureStore:
         self._max_pending = max_pending_per_owner
         self._owners: dict[str, str] = {}
         self._by_idempotency_key: dict[str, str] = {}
+        self._key_of: dict[str, str] = {}  # request id -> its idempotency key
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._store = store
         self._keep_finished = keep_finished
@@ -78,10 +80,12 @@ class FutureStore:
         task.add_done_callback(lambda t: self._finish(request_id, t))
         if idempotency_key:
             self._by_idempotency_key[idempotency_key] = request_id
+            self._key_of[request_id] = idempotency_key
         return request_id, True
 
     def _finish(self, request_id: str, task: asyncio.Task[FutureResult]) -> None:
-        """Persist the result, and let old finished tasks go from memory (the store keeps them)."""
+        """Persist the result, and let old finished tasks go from memory (the store keeps them,
+        and their idempotency keys, until ``prune``)."""
         owner = self._owners.get(request_id, "")
         self._pending[owner] -= 1
         if self._pending[owner] <= 0:
@@ -98,6 +102,9 @@ class FutureStore:
             old, _ = self._finished.popitem(last=False)
             self._tasks.pop(old, None)
             self._owners.pop(old, None)
+            key = self._key_of.pop(old, None)
+            if key is not None:
+                self._by_idempotency_key.pop(key, None)
 
     async def retrieve(
         self, request_id: str, timeout: float, owner: str = "local"
@@ -119,6 +126,17 @@ class FutureStore:
             return await asyncio.wait_for(asyncio.shield(task), timeout)
         except TimeoutError:
             return None
+
+    def prune(self, retention_seconds: float) -> int:
+        """Forget stored futures (results, idempotency keys) older than ``retention_seconds``;
+        returns how many. The reaper calls this off the event loop."""
+        if self._store is None:
+            return 0
+        cutoff = utcnow() - dt.timedelta(seconds=retention_seconds)
+        forgotten = self._store.forget_futures(cutoff)
+        if forgotten:
+            log.info("forgot %d futures older than %.0f s", forgotten, retention_seconds)
+        return forgotten
 
     def pending(self) -> int:
         return sum(1 for t in self._tasks.values() if not t.done())

@@ -97,10 +97,18 @@ def _detail_handler(status: int) -> Callable[[Request, Exception], Awaitable[JSO
 
 
 async def _reap_forever(state: ServerState) -> None:
-    """Delete expired checkpoints in the background (listings also hide them at once)."""
+    """In the background, off every request's path: delete expired checkpoints (listings hide
+    them at once), close quiet sessions, and forget futures past their retention."""
+    retention = state.limits.future_retention_seconds
+    chores: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+        ("checkpoint reaper", lambda: asyncio.to_thread(state.checkpoints.reap)),
+        ("session timeout", state.close_quiet_sessions),
+        ("future retention", lambda: asyncio.to_thread(state.futures.prune, retention)),
+    ]
     while True:
         await asyncio.sleep(state.reaper_seconds)
-        try:
-            await asyncio.to_thread(state.checkpoints.reap)
-        except Exception:
-            log.exception("checkpoint reaper failed; will retry")
+        for name, chore in chores:
+            try:
+                await chore()
+            except Exception:
+                log.exception("%s failed; will retry", name)

@@ -18,7 +18,7 @@ from tinsmith.cluster.config import AuthConfig, ImagesConfig, LimitsConfig
 from tinsmith.cluster.futures import FutureStore, interrupted_failure
 from tinsmith.cluster.images import ImageSource, ImageTokenCounter
 from tinsmith.cluster.metrics import ServerMetrics
-from tinsmith.cluster.registry import ClientRegistry
+from tinsmith.cluster.registry import ClientLimits, ClientRegistry
 from tinsmith.cluster.submission import Submitter
 from tinsmith.errors import NotFoundError, UserInputError
 from tinsmith.storage.config import StorageConfig
@@ -77,7 +77,14 @@ class ServerState:
         self.futures = FutureStore(
             self.store, max_pending_per_owner=self.limits.max_pending_per_tenant
         )
-        self.clients = ClientRegistry(self.models, self.store, self.metrics.training_clients)
+        limits = ClientLimits(
+            training_per_tenant=self.limits.max_training_clients_per_tenant,
+            samplers_per_tenant=self.limits.max_sampling_sessions_per_tenant,
+            session_timeout_seconds=self.limits.session_timeout_seconds,
+        )
+        self.clients = ClientRegistry(
+            self.models, self.store, self.metrics.training_clients, limits
+        )
         self.submitter = Submitter(self.futures, self.metrics, self.clients)
 
     @property
@@ -115,11 +122,25 @@ class ServerState:
         return record
 
     def check_session(self, session_id: str) -> None:
-        """A session of another tenant answers as unknown (ids of unknown sessions pass: the
-        SDK always creates its session first, and ids are random)."""
-        owner = self.store.session_owner(session_id)
-        if owner is not None and owner != current_tenant():
+        """A session of another tenant answers as unknown. An id nobody has used yet becomes
+        the caller's (the SDK always creates its session first; a client that makes up its own
+        ids still owns them), so every run and sampler is under a session with one owner."""
+        if self.store.claim_session(session_id, current_tenant()) != current_tenant():
             raise NotFoundError(f"session_id {session_id!r} is unknown")
+        self.clients.touch(session_id)
+
+    async def close_quiet_sessions(self) -> int:
+        """Unload the training clients of sessions quiet for longer than
+        ``limits.session_timeout_seconds`` (the background reaper calls this); returns how many."""
+        closed = self.clients.expire_quiet_sessions()
+        for model in closed:
+            try:
+                await self.served(model.base_model).coordinator.unload_model(model.model_id)
+            except Exception:  # its ranks may be restarting; the adapter goes with them then
+                log.exception("could not unload %s of a closed session", model.model_id)
+            self.clients.remove_training(model.model_id)
+            log.info("unloaded %s: its session %s went quiet", model.model_id, model.session_id)
+        return len(closed)
 
 
 def attach_state(app: FastAPI, state: ServerState) -> None:

@@ -17,7 +17,8 @@ class MetadataStore(Protocol):
     sessions and futures."""
 
     def put_run(self, run: RunRecord) -> None:
-        """Insert or replace a run."""
+        """Insert a run, or replace its owner's own; raises ``ConflictError`` if another owner
+        has a run with that id (rows never change owner)."""
         ...
 
     def get_run(self, training_run_id: str) -> RunRecord | None: ...
@@ -29,8 +30,8 @@ class MetadataStore(Protocol):
         ...
 
     def add_checkpoint(self, record: CheckpointRecord, replace: bool) -> None:
-        """Record a checkpoint; raises ``ConflictError`` if its path
-        exists and ``replace`` is False."""
+        """Record a checkpoint; raises ``ConflictError`` if its path exists and ``replace`` is
+        False, or if it exists under another owner (rows never change owner)."""
         ...
 
     def get_checkpoint(self, tinker_path: str) -> CheckpointRecord | None: ...
@@ -68,6 +69,11 @@ class MetadataStore(Protocol):
 
     def add_session(self, session_id: str, owner: str) -> None: ...
 
+    def claim_session(self, session_id: str, owner: str) -> str:
+        """The owner of ``session_id``, which becomes ``owner`` if the id was unknown (the first
+        tenant to use an id owns it, atomically)."""
+        ...
+
     def session_owner(self, session_id: str) -> str | None: ...
 
     def add_future(self, request_id: str, idempotency_key: str | None, owner: str) -> str:
@@ -78,6 +84,10 @@ class MetadataStore(Protocol):
 
     def get_future(self, request_id: str) -> tuple[str, FutureResult | None] | None:
         """(owner, result or None while pending), or None for an unknown id."""
+        ...
+
+    def forget_futures(self, finished_before: dt.datetime) -> int:
+        """Delete finished futures created before ``finished_before``; returns how many."""
         ...
 
     def interrupt_pending_futures(self, result: FutureResult) -> int:

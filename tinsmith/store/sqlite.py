@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS futures (
     body BLOB,
     created_at TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS futures_created ON futures(created_at);
 """
 
 
@@ -83,12 +84,22 @@ class SQLiteStore:
         with self._lock:
             self._db.execute(sql, args)
 
+    def _upsert(self, sql: str, args: tuple[object, ...]) -> bool:
+        """Run an ``INSERT ... ON CONFLICT DO UPDATE ... WHERE``; False if the row existed and
+        the WHERE refused the update."""
+        with self._lock:
+            return int(self._db.execute(sql, args).rowcount) > 0
+
     # ----- runs -----------------------------------------------------------------------------
     def put_run(self, run: RunRecord) -> None:
-        self._write(
-            "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?)",
+        changed = self._upsert(
+            "INSERT INTO runs VALUES (?, ?, ?, ?) ON CONFLICT(training_run_id) DO UPDATE SET "
+            "created_at = excluded.created_at, body = excluded.body "
+            "WHERE runs.owner = excluded.owner",
             (run.training_run_id, run.owner, _ts(run.created_at), run.model_dump_json()),
         )
+        if not changed:
+            raise ConflictError(f"training run {run.training_run_id!r} already exists")
 
     def get_run(self, training_run_id: str) -> RunRecord | None:
         rows = self._rows("SELECT body FROM runs WHERE training_run_id = ?", (training_run_id,))
@@ -122,10 +133,16 @@ class SQLiteStore:
 
     # ----- checkpoints ------------------------------------------------------------------------
     def add_checkpoint(self, record: CheckpointRecord, replace: bool) -> None:
-        verb = "INSERT OR REPLACE" if replace else "INSERT"
+        # Only the owner's own row is ever replaced: a conflict with another owner's is refused.
+        upsert = (
+            " ON CONFLICT(tinker_path) DO UPDATE SET training_run_id = excluded.training_run_id, "
+            "checkpoint_type = excluded.checkpoint_type, created_at = excluded.created_at, "
+            "expires_at = excluded.expires_at, body = excluded.body "
+            "WHERE checkpoints.owner = excluded.owner"
+        )
         try:
-            self._write(
-                f"{verb} INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?)",
+            changed = self._upsert(
+                f"INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?){upsert if replace else ''}",
                 (
                     record.tinker_path,
                     record.training_run_id,
@@ -138,6 +155,8 @@ class SQLiteStore:
             )
         except sqlite3.IntegrityError as exc:
             raise ConflictError(f"checkpoint {record.tinker_path!r} already exists") from exc
+        if not changed:
+            raise ConflictError(f"checkpoint {record.tinker_path!r} already exists")
 
     def get_checkpoint(self, tinker_path: str) -> CheckpointRecord | None:
         rows = self._rows("SELECT body FROM checkpoints WHERE tinker_path = ?", (tinker_path,))
@@ -221,6 +240,17 @@ class SQLiteStore:
             "INSERT OR IGNORE INTO sessions VALUES (?, ?, ?)", (session_id, owner, _ts(utcnow()))
         )
 
+    def claim_session(self, session_id: str, owner: str) -> str:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO sessions VALUES (?, ?, ?)",
+                (session_id, owner, _ts(utcnow())),
+            )
+            rows = self._db.execute(
+                "SELECT owner FROM sessions WHERE session_id = ?", (session_id,)
+            ).fetchall()
+        return str(rows[0][0])
+
     def session_owner(self, session_id: str) -> str | None:
         rows = self._rows("SELECT owner FROM sessions WHERE session_id = ?", (session_id,))
         return str(rows[0][0]) if rows else None
@@ -268,6 +298,14 @@ class SQLiteStore:
         return str(owner), FutureResult(
             kind="proto" if kind == "proto" else "json", body=body, failed=bool(failed)
         )
+
+    def forget_futures(self, finished_before: dt.datetime) -> int:
+        with self._lock:
+            cur = self._db.execute(
+                "DELETE FROM futures WHERE state = 'done' AND created_at < ?",
+                (_ts(finished_before),),
+            )
+            return int(cur.rowcount)
 
     def interrupt_pending_futures(self, result: FutureResult) -> int:
         """At start-up: futures a previous process never finished get ``result`` (a failure)."""

@@ -2,7 +2,7 @@
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 
 class WireModel(BaseModel):
@@ -51,6 +51,14 @@ def _utf8_tree(value: object) -> object:
 
 Text = Annotated[str, AfterValidator(_utf8)]
 """``str`` for request fields: valid unicode only (no lone surrogates)."""
+
+Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,256}$")]
+"""A session, model or sampling-session id from a request: the server makes these (``sess-...``,
+``<session>:train:<n>``), so anything longer or with other characters is refused before it is
+used as a key, stored, or put into a ``tinker://`` path."""
+
+SeqNumber = Annotated[int, Field(ge=0, le=2**31 - 1)]
+"""A client's sequence number for the models and samplers it creates (part of their ids)."""
 
 Seed = Annotated[int, Field(ge=-(2**63), le=2**64 - 1)]
 """A random seed: the range torch and vLLM accept (a larger one would fail in the workers)."""

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from tinsmith.types.base import JsonMetadata, Text, WireModel
+from tinsmith.types.base import Identifier, JsonMetadata, SeqNumber, Text, WireModel
 from tinsmith.types.data import ModelInput, TensorData
 from tinsmith.types.sampling import SamplingClientKind, SamplingParams
 from tinsmith.types.training import (
@@ -72,7 +72,7 @@ class CreateSessionResponse(WireModel):
 class SessionHeartbeatRequest(WireModel):
     """``POST /session_heartbeat``: sent by the SDK every 10 s while a session is open."""
 
-    session_id: Text
+    session_id: Identifier
     type: Literal["session_heartbeat"] = "session_heartbeat"
 
 
@@ -86,8 +86,8 @@ class CreateModelRequest(WireModel):
     """``POST /create_model`` (``create_lora_training_client``): a new LoRA training client; the
     model id is ``<session_id>:train:<model_seq_id>``."""
 
-    session_id: Text
-    model_seq_id: int
+    session_id: Identifier
+    model_seq_id: SeqNumber
     base_model: Text
     user_metadata: JsonMetadata | None = None
     lora_config: LoraConfig | None = None
@@ -98,7 +98,7 @@ class CreateModelRequest(WireModel):
 class GetInfoRequest(WireModel):
     """``POST /get_info``, sent right after a training client is created or loaded."""
 
-    model_id: Text
+    model_id: Identifier
     type: Literal["get_info"] = "get_info"
 
 
@@ -106,7 +106,7 @@ class ForwardBackwardRequest(WireModel):
     """Decoded form of the protobuf ForwardBackwardRequest."""
 
     forward_backward_input: ForwardBackwardInput
-    model_id: str
+    model_id: Identifier
     seq_id: int | None = None
     forward_only: bool = False
 
@@ -115,7 +115,7 @@ class OptimStepRequest(WireModel):
     """``POST /optim_step`` (``TrainingClient.optim_step``): AdamW in ``adam_params``; Dimuon's
     ``optimizer_params`` is refused."""
 
-    model_id: Text
+    model_id: Identifier
     seq_id: int | None = None
     adam_params: AdamParams | None = None
     optimizer_params: DimuonParams | None = None
@@ -126,7 +126,7 @@ class SaveWeightsRequest(WireModel):
     """``POST /save_weights`` (``TrainingClient.save_state``): weights and optimizer state under
     ``tinker://<run>/weights/<path>``."""
 
-    model_id: Text
+    model_id: Identifier
     path: Text | None = None
     seq_id: int | None = None
     ttl_seconds: int | None = None
@@ -139,9 +139,9 @@ class SaveWeightsForSamplerRequest(WireModel):
     """``POST /save_weights_for_sampler``: a stored sampler checkpoint (with ``path``), or, from
     ``save_weights_and_get_sampling_client``, an ephemeral sync (``sampling_session_seq_id``)."""
 
-    model_id: Text
+    model_id: Identifier
     path: Text | None = None
-    sampling_session_seq_id: int | None = None
+    sampling_session_seq_id: SeqNumber | None = None
     kind: SamplingClientKind = "snapshot"
     seq_id: int | None = None
     ttl_seconds: int | None = None
@@ -153,7 +153,7 @@ class SaveWeightsExternalRequest(WireModel):
     """``POST /save_weights_external`` (``TrainingClient.save_weights_external``): the adapter as
     downloadable files."""
 
-    model_id: Text
+    model_id: Identifier
     path: Text
     seq_id: int | None = None
     ttl_seconds: int | None = None
@@ -165,10 +165,10 @@ class LoadWeightsRequest(WireModel):
     """Either a new training client (session_id + model_seq_id) or the older load_state form on an
     existing one (model_id + seq_id)."""
 
-    model_id: Text | None = None
+    model_id: Identifier | None = None
     seq_id: int | None = None
-    session_id: Text | None = None
-    model_seq_id: int | None = None
+    session_id: Identifier | None = None
+    model_seq_id: SeqNumber | None = None
     base_model: Text | None = None
     user_metadata: JsonMetadata | None = None
     path: Text
@@ -194,7 +194,7 @@ class CheckpointTtlRequest(WireModel):
 class UnloadModelRequest(WireModel):
     """``POST /unload_model``: frees a training client's adapter (no SDK method sends it)."""
 
-    model_id: Text
+    model_id: Identifier
     type: Literal["unload_model"] = "unload_model"
 
 
@@ -202,8 +202,8 @@ class CreateSamplingSessionRequest(WireModel):
     """``POST /create_sampling_session`` (``create_sampling_client``): a sampler of a stored
     checkpoint (``model_path``) or of a base model."""
 
-    session_id: Text
-    sampling_session_seq_id: int
+    session_id: Identifier
+    sampling_session_seq_id: SeqNumber
     base_model: Text | None = None
     model_path: Text | None = None
     type: Literal["create_sampling_session"] = "create_sampling_session"
@@ -225,7 +225,7 @@ class SampleRequest(WireModel):
     sampling_params: SamplingParams
     base_model: Text | None = None
     model_path: Text | None = None
-    sampling_session_id: Text | None = None
+    sampling_session_id: Identifier | None = None
     seq_id: int | None = None
     prompt_logprobs: bool | None = None
     topk_prompt_logprobs: int = 0

@@ -50,6 +50,7 @@ async def heartbeat(body: SessionHeartbeatRequest, state: State) -> SessionHeart
     """Succeeds for the caller's sessions, also those of an earlier server process."""
     if state.store.session_owner(body.session_id) != current_tenant():
         raise HTTPException(status_code=404, detail=f"session_id {body.session_id!r} is unknown")
+    state.clients.touch(body.session_id)
     return SessionHeartbeatResponse()
 
 

@@ -47,6 +47,7 @@ async def create_model(
     """A new training client with a fresh LoRA adapter on the base model's trainer ranks."""
     model_id = f"{body.session_id}:train:{body.model_seq_id}"
     state.check_session(body.session_id)
+    state.clients.check_training_capacity(current_tenant())  # 429 at once, not in the future
 
     async def work() -> FutureResult:
         served = state.served(body.base_model)
@@ -60,13 +61,10 @@ async def create_model(
                 f"lora_config.rank {lora.rank} is larger than this server's sampler limit "
                 f"({served.max_lora_rank}, sampler.max_lora_rank in the config)"
             )
-        if model_id in state.clients.training:
-            raise UserInputError(f"model {model_id!r} already exists (model_seq_id reused)")
-        await served.coordinator.create_model(model_id, lora)
-        state.clients.add_training(
-            TrainingModel(model_id, body.session_id, body.base_model, lora, current_tenant()),
-            {k: str(v) for k, v in body.user_metadata.items()} if body.user_metadata else None,
-        )
+        model = TrainingModel(model_id, body.session_id, body.base_model, lora, current_tenant())
+        metadata = {k: str(v) for k, v in (body.user_metadata or {}).items()} or None
+        async with state.clients.creating(model, metadata):
+            await served.coordinator.create_model(model_id, lora)
         return json_result(CreateModelResponse(model_id=model_id))
 
     return state.submitter.submit(request, work, model_id=model_id)

@@ -182,6 +182,7 @@ async def load_weights(
     session_id = body.session_id
     new_id = f"{session_id}:train:{body.model_seq_id}"
     state.check_session(session_id)
+    state.clients.check_training_capacity(current_tenant())
 
     async def work() -> FutureResult:
         return await _load_new(state, body, session_id, new_id)
@@ -205,14 +206,13 @@ async def _load_new(
             f"optimizer_config.type {body.optimizer_config.type!r} is not supported; use adamw"
         )
     served = state.served(base_model)
-    if model_id in state.clients.training:
-        raise UserInputError(f"model {model_id!r} already exists (model_seq_id reused)")
     archive = state.checkpoints.ref_of(record)
-    await served.coordinator.create_from_checkpoint(model_id, record.lora, archive, body.optimizer)
+    model = TrainingModel(model_id, session_id, base_model, record.lora, current_tenant())
     metadata = {k: str(v) for k, v in (body.user_metadata or {}).items()} or None
-    state.clients.add_training(
-        TrainingModel(model_id, session_id, base_model, record.lora, current_tenant()), metadata
-    )
+    async with state.clients.creating(model, metadata):
+        await served.coordinator.create_from_checkpoint(
+            model_id, record.lora, archive, body.optimizer
+        )
     return json_result(LoadWeightsResponse(path=body.path, model_id=model_id))
 
 
