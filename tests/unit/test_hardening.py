@@ -222,3 +222,130 @@ def test_finished_futures_are_forgotten_after_their_retention(make_app: object) 
     assert futures.prune(retention_seconds=0) >= 301
     resp = app.http.post("/api/v1/retrieve_future", json={"request_id": first}, headers=A)
     assert resp.status_code == 404, resp.text
+
+
+def _saved_checkpoint(app: App, who: dict[str, str]) -> tuple[str, str]:
+    """A training client of ``who`` and one saved state: (model id, checkpoint route)."""
+    model_id = str(app.create_model(who, app.session(who))["model_id"])
+    body = {"model_id": model_id, "path": "c1", "seq_id": 1}
+    resp = app.http.post("/api/v1/save_weights", json=body, headers=who)
+    assert app.result(resp.json()["request_id"], who)["path"] == f"tinker://{model_id}/weights/c1"
+    return model_id, f"/api/v1/training_runs/{model_id}/checkpoints/weights/c1"
+
+
+def test_download_links_follow_the_checkpoints_access(make_app: object) -> None:
+    """Finding 8: a link handed out while a checkpoint was public kept working after it was
+    unpublished, and the files unpacked for it stayed on disk after the checkpoint's delete."""
+    app: App = make_app()  # type: ignore[operator]
+    _, route = _saved_checkpoint(app, A)
+    assert app.http.post(f"{route}/publish", headers=A).status_code == 200
+    links = {}
+    for name, who in (("a", A), ("b", B)):
+        resp = app.http.get(f"{route}/external_weights_urls", headers=who)
+        assert resp.status_code == 200, resp.text
+        links[name] = resp.json()["urls"]["adapter_config.json"]
+    for url in links.values():  # no API key: the token is the credential
+        assert app.http.get(url.split("testserver", 1)[1]).status_code == 200
+    assert app.http.delete(f"{route}/publish", headers=A).status_code == 200
+    resp = app.http.get(links["b"].split("testserver", 1)[1])
+    assert resp.status_code == 404 and "no longer readable" in resp.text, resp.text
+    assert app.http.get(links["a"].split("testserver", 1)[1]).status_code == 200  # the owner's
+
+    unpacked = list((app.state.checkpoints.site.cache_dir("x").parent).iterdir())
+    assert len(unpacked) == 1
+    assert app.http.delete(route, headers=A).status_code == 200
+    assert not unpacked[0].exists()
+    assert app.http.get(links["a"].split("testserver", 1)[1]).status_code == 404
+
+
+def test_a_malformed_signing_key_is_refused_and_a_new_one_is_private(tmp_path: Path) -> None:
+    """Finding 8: an empty ``url-signing.key`` (a crash while writing it) was accepted, and a
+    token signed with the empty key downloaded archives with no API key."""
+    from tinsmith.cluster.checkpoints import URL_SECRET_BYTES, load_url_secret
+    from tinsmith.errors import ConfigurationError
+
+    secret = load_url_secret(tmp_path)
+    path = tmp_path / "url-signing.key"
+    assert len(secret) == URL_SECRET_BYTES and path.stat().st_mode & 0o777 == 0o600
+    assert load_url_secret(tmp_path) == secret  # kept across restarts
+    path.write_bytes(b"")
+    with pytest.raises(ConfigurationError, match="holds 0 bytes"):
+        load_url_secret(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["url-signing.key"]  # no temporary left
+
+
+def test_errors_status_and_docs_reveal_nothing_internal(
+    make_app: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding 9: an unexpected exception went to the client as ``<Type>: <msg>`` (with server
+    paths in it); any tenant saw every worker in the status; /docs answered without a key."""
+    app: App = make_app()  # type: ignore[operator]
+    app.state.auth = AuthConfig(mode="keys", admin_tenants=["alice"])
+    model_id = str(app.create_model(B, app.session(B))["model_id"])
+
+    async def broken(*args: object) -> None:
+        raise OSError(2, "No such file", "/srv/tinsmith/data/secret/adapter.safetensors")
+
+    monkeypatch.setattr(app.coordinator, "optim_step", broken)
+    resp = app.http.post(
+        "/api/v1/optim_step",
+        json={"model_id": model_id, "seq_id": 1, "adam_params": {}},
+        headers=B | {"X-Request-Id": "req-42"},
+    )
+    failed = app.result(resp.json()["request_id"], B)
+    assert failed["category"] == "server", failed
+    assert "/srv" not in str(failed) and "OSError" not in str(failed), failed
+    assert "request id req-42" in str(failed["error"]), failed
+
+    mine = app.http.get("/api/v1/tinsmith/status", headers=B).json()
+    assert mine == [{"base_model": MODEL, "training_models": 1, "workers": [],
+                     "sampler_alive": [], "sampler_requests": [], "sampler_restarts": [],
+                     "trainer_restarts": 0}]  # fmt: skip
+    assert "status" not in app.coordinator.calls  # nothing asked of the workers for B
+    app.http.get("/api/v1/tinsmith/status", headers=A)
+    assert "status" in app.coordinator.calls  # the admin's view is the coordinator's
+    for path in ("/docs", "/openapi.json", "/redoc"):
+        assert app.http.get(path).status_code == 404, path
+
+
+def test_keys_are_checked_stored_durably_privately_and_revocable(tmp_path: Path) -> None:
+    """Finding 10: SQLite ran with synchronous=NORMAL (an acknowledged key or checkpoint could
+    vanish at power loss), files were world-readable, no key could be revoked, tenant names
+    were not checked where keys are loaded, and a refused entry echoed part of its key."""
+    import os
+    import subprocess
+    import sys
+
+    from tinsmith.cluster.auth import parse_keys
+    from tinsmith.errors import ConfigurationError
+    from tinsmith.store.sqlite import SQLiteStore
+
+    config = tmp_path / "server.yaml"
+    data = tmp_path / "data"
+    config.write_text(f"data_dir: {data}\nauth:\n  mode: keys\nmodels: []\n")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "tinsmith.cluster.cli", "keys", *args, "--config", str(config)]
+        return subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ), timeout=60)
+
+    made = cli("create", "--tenant", "carol")
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip().splitlines()[-1]
+    db = data / "tinsmith.db"
+    assert db.stat().st_mode & 0o777 == 0o600 and data.stat().st_mode & 0o777 == 0o700
+    store = SQLiteStore(db)
+    assert store._rows("PRAGMA synchronous") == [(2,)]  # FULL
+    from tinsmith.cluster.auth import hash_key
+
+    assert store.tenant_for_key(hash_key(key)) == "carol"
+    revoked = cli("revoke", "--key", key)
+    assert revoked.returncode == 0 and "revoked 1" in revoked.stdout, revoked.stderr
+    assert store.tenant_for_key(hash_key(key)) is None
+    assert cli("revoke", "--tenant", "nobody").returncode == 1
+    assert cli("create", "--tenant", "a/b").returncode == 2
+
+    for text in ("a/b:tml-secretsecret", "tenant-without-key", "t:not-a-tml-key-abcdef"):
+        with pytest.raises(ConfigurationError) as info:
+            parse_keys(f"ok:tml-fine,{text}", "$TINSMITH_API_KEYS")
+        assert "entry 2" in str(info.value) and "secret" not in str(info.value)
+        assert "abcdef" not in str(info.value)

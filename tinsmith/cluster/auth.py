@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import os
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -31,6 +32,17 @@ OPEN_TENANT = "local"
 KEY_PREFIX = "tml-"
 TENANT: contextvars.ContextVar[str] = contextvars.ContextVar("tinsmith_tenant", default=OPEN_TENANT)
 _PUBLIC_PATHS = ("/api/v1/healthz", "/api/v1/tinsmith/files/")
+_TENANT_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def check_tenant(name: str, source: str) -> str:
+    """A tenant name, refused unless 1-64 letters, digits, '.', '_' or '-': tenants scope
+    idempotency keys and storage paths, where a '/' or ':' would let two tenants collide."""
+    if not _TENANT_RE.match(name):
+        raise ConfigurationError(
+            f"{source}: tenant {name!r} must be 1-64 letters, digits, '.', '_' or '-'"
+        )
+    return name
 
 
 def current_tenant() -> str:
@@ -49,19 +61,16 @@ def new_key() -> str:
 
 
 def parse_keys(text: str, source: str) -> dict[str, str]:
-    """``tenant:key`` entries (commas or newlines; ``#`` comments) -> {hash: tenant}."""
+    """``tenant:key`` entries (commas or newlines; ``#`` comments) -> {hash: tenant}. A refused
+    entry is named by its position, never echoed (it may hold a key)."""
     found: dict[str, str] = {}
-    for raw in text.replace(",", "\n").splitlines():
-        entry = raw.split("#", 1)[0].strip()
-        if not entry:
-            continue
+    entries = [raw.split("#", 1)[0].strip() for raw in text.replace(",", "\n").splitlines()]
+    for number, entry in enumerate(filter(None, entries), start=1):
         tenant, sep, key = entry.partition(":")
         tenant, key = tenant.strip(), key.strip()
-        if not sep or not tenant or not key.startswith(KEY_PREFIX):
-            raise ConfigurationError(
-                f"{source}: entries must look like 'tenant:tml-...' (got {entry[:12]!r}...)"
-            )
-        found[hash_key(key)] = tenant
+        if not sep or len(key) <= len(KEY_PREFIX) or not key.startswith(KEY_PREFIX):
+            raise ConfigurationError(f"{source}: entry {number} is not 'tenant:tml-...'")
+        found[hash_key(key)] = check_tenant(tenant, f"{source}: entry {number}")
     return found
 
 

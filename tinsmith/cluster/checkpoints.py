@@ -18,12 +18,13 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tinsmith.errors import ConflictError, NotFoundError, UserInputError
+from tinsmith.errors import ConfigurationError, ConflictError, NotFoundError, UserInputError
 from tinsmith.storage.base import CheckpointStorage
 from tinsmith.storage.config import StorageConfig
 from tinsmith.storage.transfer import StorageSite
@@ -155,6 +156,9 @@ class CheckpointService:
         TTL reaper may hold a record read before that save) and its archive."""
         self.store.delete_checkpoint(record.tinker_path, record.storage_key)
         self._delete_object(record.storage_key)
+        # Files unpacked here for download links go too (unless a live record has that content).
+        if not self.store.has_checkpoint_content(record.sha256):
+            shutil.rmtree(self.site.cache_dir(record.sha256), ignore_errors=True)
 
     def _delete_object(self, key: str) -> None:
         try:
@@ -178,14 +182,19 @@ class CheckpointService:
         return len(expired)
 
     # ----- download URLs ---------------------------------------------------------------------
-    def sign(self, record: CheckpointRecord, filename: str | None, expires: dt.datetime) -> str:
-        """A token for ``/api/v1/tinsmith/files/<token>``: names one archive (or one file in it)
-        and an expiry, signed with the server's secret; the holder needs no API key."""
+    def sign(
+        self, record: CheckpointRecord, filename: str | None, expires: dt.datetime, tenant: str
+    ) -> str:
+        """A token for ``/api/v1/tinsmith/files/<token>``: names one archive (or one file in it),
+        an expiry and the tenant it was made for, signed with the server's secret; the holder
+        needs no API key, but the link works only while that tenant may still read the
+        checkpoint (unpublishing one stops other tenants' links at once)."""
         body = {
             "p": record.tinker_path,
             "k": record.storage_key,
             "f": filename,
             "e": int(expires.timestamp()),
+            "t": tenant,
         }
         raw = json.dumps(body, separators=(",", ":")).encode()
         mac = hmac.new(self._secret, raw, hashlib.sha256).digest()
@@ -212,6 +221,8 @@ class CheckpointService:
         record = self.get(str(body["p"]))
         if record is None or record.storage_key != body["k"]:
             raise NotFoundError("the checkpoint of this download link no longer exists")
+        if record.owner != body.get("t") and not record.public:
+            raise NotFoundError("the checkpoint of this download link is no longer readable")
         filename = body["f"]
         return record, str(filename) if filename is not None else None
 
@@ -232,14 +243,39 @@ def expiry(ttl_seconds: int | None) -> dt.datetime | None:
     return utcnow() + dt.timedelta(seconds=ttl_seconds)
 
 
+URL_SECRET_BYTES = 32
+
+
 def load_url_secret(data_dir: Path) -> bytes:
-    """The key that signs download links, kept in the data directory so links survive restarts."""
+    """The key that signs download links, kept in the data directory so links survive restarts.
+    Written whole or not at all (a temporary file, fsynced, then linked into place), and refused
+    unless it is exactly ``URL_SECRET_BYTES`` long: an empty key would let anyone forge links."""
+    from tinsmith.storage.local import fsync_dir
+
     path = data_dir / "url-signing.key"
     if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(secrets.token_bytes(32))
-    return path.read_bytes()
+        tmp = data_dir / f".url-signing.key.{uuid.uuid4().hex[:8]}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_bytes(URL_SECRET_BYTES))
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)  # fails if another process made one first: keep theirs
+            except FileExistsError:
+                pass
+            fsync_dir(data_dir)
+        finally:
+            tmp.unlink(missing_ok=True)
+    secret = path.read_bytes()
+    if len(secret) != URL_SECRET_BYTES:
+        raise ConfigurationError(
+            f"{path.name} in the data directory holds {len(secret)} bytes, not "
+            f"{URL_SECRET_BYTES}: delete it to make a new one (download links made with the old "
+            "one stop working)"
+        )
+    return secret
 
 
 def open_checkpoint_service(storage_config: StorageConfig, data_dir: Path) -> CheckpointService:

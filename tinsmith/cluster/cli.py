@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from tinsmith.cluster.placement import ModelActors
     from tinsmith.cluster.state import ServedModel
     from tinsmith.storage.transfer import StorageSite
+    from tinsmith.store.sqlite import SQLiteStore
 
 log = logging.getLogger("tinsmith")
 
@@ -161,14 +162,10 @@ def _log_auth(config: ClusterConfig) -> None:
 
 def create_key(config: ClusterConfig, tenant: str) -> str:
     """A new API key for ``tenant``, stored (hashed) in the store the config's server uses."""
-    from tinsmith.cluster.auth import hash_key, new_key
-    from tinsmith.store.sqlite import SQLiteStore
+    from tinsmith.cluster.auth import check_tenant, hash_key, new_key
 
-    if not tenant or not all(c.isalnum() or c in "-_." for c in tenant):
-        raise ConfigurationError(f"--tenant {tenant!r}: use letters, digits, '-', '_' or '.'")
-    data_dir = config.resolved_data_dir()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    store = SQLiteStore(data_dir / "tinsmith.db")
+    check_tenant(tenant, "--tenant")
+    store = _open_store(config)
     try:
         key = new_key()
         store.add_api_key(hash_key(key), tenant)
@@ -182,8 +179,34 @@ def create_key(config: ClusterConfig, tenant: str) -> str:
     return key
 
 
+def revoke_keys(config: ClusterConfig, key: str | None, tenant: str | None) -> int:
+    """Revoke one stored key, or every stored key of a tenant; returns how many. The running
+    server refuses them from its next request (it looks stored keys up on every request). Keys
+    from a keys file or the environment are revoked by removing them there and restarting."""
+    from tinsmith.cluster.auth import hash_key
+
+    if (key is None) == (tenant is None):
+        raise ConfigurationError("keys revoke: give exactly one of --key and --tenant")
+    store = _open_store(config)
+    try:
+        return store.revoke_api_keys(
+            key_hash=hash_key(key) if key is not None else None, tenant=tenant
+        )
+    finally:
+        store.close()
+
+
+def _open_store(config: ClusterConfig) -> SQLiteStore:
+    from tinsmith.store.sqlite import SQLiteStore
+
+    data_dir = config.resolved_data_dir()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return SQLiteStore(data_dir / "tinsmith.db")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """The ``tinsmith`` command (``serve``, ``prepare``, ``keys create``); returns the exit code."""
+    """The ``tinsmith`` command (``serve``, ``prepare``, ``keys create|revoke``); returns the exit
+    code."""
     parser = argparse.ArgumentParser(
         prog="tinsmith", description="Tinker-compatible fine-tuning on Ray"
     )
@@ -201,7 +224,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     p_create.add_argument("--config", default="configs/local.yaml")
     p_create.add_argument("--tenant", required=True)
+    p_revoke = keys_sub.add_parser(
+        "revoke", help="revoke a key (--key) or every key of a tenant (--tenant) made by create"
+    )
+    p_revoke.add_argument("--config", default="configs/local.yaml")
+    p_revoke.add_argument("--key", help="the key to revoke (tml-...)")
+    p_revoke.add_argument("--tenant", help="revoke every stored key of this tenant")
     args = parser.parse_args(argv)
+    # What tinsmith writes (database, signing key, archives, shared memory, logs) is private.
+    os.umask(0o077)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s [%(request_id)s] %(message)s"
     )
@@ -211,8 +242,13 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
         if args.command == "serve":
             serve(config, args.host, args.port)
-        elif args.command == "keys":
+        elif args.command == "keys" and args.keys_command == "create":
             print(create_key(config, args.tenant))
+        elif args.command == "keys":
+            revoked = revoke_keys(config, args.key, args.tenant)
+            print(f"revoked {revoked} key(s)")
+            if not revoked:
+                return 1
         elif args.command == "prepare":
             from tinsmith.cluster.model_cache import prepare_all
 

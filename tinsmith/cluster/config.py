@@ -56,6 +56,13 @@ class AuthConfig(_Strict):
         default="TINSMITH_API_KEYS",
         description="Environment variable with 'tenant:tml-...' entries, comma-separated.",
     )
+    admin_tenants: list[str] = Field(
+        default_factory=list,
+        description=(
+            "keys mode: tenants that see every worker (pids, memory, nodes) and every tenant's "
+            "client counts in /api/v1/tinsmith/status; others see only their own clients."
+        ),
+    )
 
 
 class LimitsConfig(_Strict):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -18,6 +19,7 @@ from fastapi import FastAPI, Request, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # a client's own id, if it is one
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("tinsmith_request_id", default="-")
 
 
@@ -99,7 +101,8 @@ class ServerMetrics:
         async def observe(
             request: Request, call_next: Callable[[Request], Awaitable[Response]]
         ) -> Response:
-            request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+            given = request.headers.get("x-request-id", "")
+            request_id = given if _REQUEST_ID_RE.match(given) else uuid.uuid4().hex[:16]
             token = REQUEST_ID.set(request_id)
             start = time.perf_counter()
             status = 500

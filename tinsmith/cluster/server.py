@@ -60,7 +60,16 @@ def build_app(state: ServerState) -> FastAPI:
         finally:
             reaper.cancel()
 
-    app = FastAPI(title="tinsmith", version="0.1.0", lifespan=lifespan)
+    # The interactive docs and schema sit outside /api/v1 (no key checked): only in open mode.
+    is_open = state.auth.mode == "open"
+    app = FastAPI(
+        title="tinsmith",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/docs" if is_open else None,
+        redoc_url="/redoc" if is_open else None,
+        openapi_url="/openapi.json" if is_open else None,
+    )
     attach_state(app, state)
     KeyRing(state.auth, state.store.tenant_for_key).install(app)
     app.add_middleware(BodyLimit, max_bytes=state.limits.max_body_bytes)

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from tinsmith.cluster.auth import current_tenant
 from tinsmith.cluster.futures import FutureResult, FutureStore, failure
-from tinsmith.cluster.metrics import ServerMetrics
+from tinsmith.cluster.metrics import REQUEST_ID, ServerMetrics
 from tinsmith.cluster.registry import ClientRegistry
 from tinsmith.errors import NotFoundError, TinsmithError, UserInputError
 from tinsmith.types.futures import RequestErrorCategory, UntypedAPIFuture
@@ -102,5 +102,12 @@ async def _guard(work: Awaitable[FutureResult]) -> FutureResult:
         category = _category(exc)
         if category == RequestErrorCategory.SERVER:
             log.error("request failed: %s", "".join(traceback.format_exception(raw))[-4000:])
-        message = str(exc) if isinstance(exc, TinsmithError) else f"{type(exc).__name__}: {exc}"
-        return failure(message, category)
+        if isinstance(exc, TinsmithError):
+            return failure(str(exc), category)
+        # Anything else is a bug or a library's error (logged above): its text may hold paths or
+        # internals, so the client gets the request id to quote.
+        return failure(
+            f"internal error while serving this request (request id {REQUEST_ID.get()}); "
+            "the server's log has the details",
+            RequestErrorCategory.SERVER,
+        )

@@ -1,7 +1,9 @@
 """The local-directory backend (the default): archives are files under one root directory.
 
 Writes go to a temporary file in the same directory and are renamed into place after an fsync,
-so a key never names a partial file. On a multi-node cluster the root must be a shared mount.
+so a key never names a partial file; the directory is fsynced after the rename, so an archive
+whose checkpoint was acknowledged is still there after a power loss. On a multi-node cluster the
+root must be a shared mount.
 """
 
 from __future__ import annotations
@@ -14,6 +16,15 @@ from pathlib import Path
 from tinsmith.errors import NotFoundError
 from tinsmith.storage.archive import sha256_file
 from tinsmith.storage.base import StorageError, StoredObject
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable (POSIX: the directory entry itself)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class LocalStorage:
@@ -51,6 +62,7 @@ class LocalStorage:
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, dest)
+            fsync_dir(dest.parent)
         finally:
             tmp.unlink(missing_ok=True)
         return StoredObject(key=key, size_bytes=dest.stat().st_size, sha256=sha256_file(dest))

@@ -35,6 +35,10 @@ class StorageSite(InternalModel):
         pool per site, not per transfer)."""
         return _storage(self.storage.model_dump_json(), self.data_dir)
 
+    def cache_dir(self, sha256: str) -> Path:
+        """Where ``fetch_dir`` unpacks the archive with this sha256 on this node."""
+        return Path(self.data_dir).expanduser() / "cache" / "checkpoints" / sha256
+
     def staging(self) -> Path:
         path = Path(self.data_dir).expanduser() / "staging"
         path.mkdir(parents=True, exist_ok=True)
@@ -64,7 +68,7 @@ def fetch_dir(site: StorageSite, ref: ArchiveRef) -> Path:
     """A verified local directory with the archive's files (cached by sha256)."""
     if ref.sha256 is None:
         raise ValueError("fetch_dir needs the archive's sha256")
-    cache = Path(site.data_dir).expanduser() / "cache" / "checkpoints" / ref.sha256
+    cache = site.cache_dir(ref.sha256)
     if cache.is_dir():
         return cache
     storage = site.open()

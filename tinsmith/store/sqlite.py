@@ -1,5 +1,8 @@
 """SQLite implementation of the metadata store (WAL mode, one file).
 
+``synchronous=FULL``: every committed write (an acknowledged checkpoint, a new API key, a finished
+future) is on disk before the call returns, so it survives a power loss, not only a crash.
+
 Each row keeps the record as JSON beside the few columns that queries filter or sort on, so
 adding a field to a record needs no migration. One connection guarded by a lock: the server's
 writes are small and rare next to training steps.
@@ -73,7 +76,7 @@ class SQLiteStore:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
 
     def _rows(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
@@ -226,6 +229,12 @@ class SQLiteStore:
         )
         return [CheckpointRecord.model_validate_json(str(r[0])) for r in rows]
 
+    def has_checkpoint_content(self, sha256: str) -> bool:
+        rows = self._rows(
+            "SELECT 1 FROM checkpoints WHERE json_extract(body, '$.sha256') = ? LIMIT 1", (sha256,)
+        )
+        return bool(rows)
+
     # ----- API keys ---------------------------------------------------------------------------
     def add_api_key(self, key_hash: str, tenant: str) -> None:
         self._write("INSERT INTO api_keys VALUES (?, ?, ?)", (key_hash, tenant, _ts(utcnow())))
@@ -233,6 +242,13 @@ class SQLiteStore:
     def tenant_for_key(self, key_hash: str) -> str | None:
         rows = self._rows("SELECT tenant FROM api_keys WHERE key_hash = ?", (key_hash,))
         return str(rows[0][0]) if rows else None
+
+    def revoke_api_keys(self, key_hash: str | None, tenant: str | None) -> int:
+        with self._lock:
+            cur = self._db.execute(
+                "DELETE FROM api_keys WHERE key_hash = ? OR tenant = ?", (key_hash, tenant)
+            )
+            return int(cur.rowcount)
 
     # ----- sessions -------------------------------------------------------------------------
     def add_session(self, session_id: str, owner: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from fastapi import APIRouter, Response
 
 from tinsmith.cluster.auth import current_tenant
@@ -23,8 +25,17 @@ async def healthz() -> HealthResponse:
 
 @router.get("/tinsmith/status")
 async def status(state: State) -> list[ModelStatus]:
-    """Per base model: its training clients and each worker's memory and adapters."""
-    return [await served.coordinator.status() for served in state.models.values()]
+    """Per base model: its training clients and each worker's memory and adapters. A tenant
+    that is not an admin (``auth.admin_tenants``; in open mode the one tenant is) sees only the
+    number of its own training clients."""
+    tenant = current_tenant()
+    if state.auth.mode == "open" or tenant in state.auth.admin_tenants:
+        return [await served.coordinator.status() for served in state.models.values()]
+    mine = Counter(m.base_model for m in state.clients.training.values() if m.owner == tenant)
+    return [
+        ModelStatus(base_model=name, training_models=mine[name], workers=[])
+        for name in state.models
+    ]
 
 
 @router.post("/retrieve_future")

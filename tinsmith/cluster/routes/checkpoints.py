@@ -144,8 +144,8 @@ async def external_weights_urls(
     expires = utcnow() + dt.timedelta(seconds=state.storage_config.url_expiry_seconds)
     files = await _files_of(state, record)
     base = str(request.base_url).rstrip("/")
-    sign = state.checkpoints.sign
-    urls = {f: f"{base}/api/v1/tinsmith/files/{sign(record, f, expires)}" for f in files}
+    sign, tenant = state.checkpoints.sign, current_tenant()
+    urls = {f: f"{base}/api/v1/tinsmith/files/{sign(record, f, expires, tenant)}" for f in files}
     return ExternalWeightsUrlsResponse(urls=urls, expires=expires)
 
 
@@ -161,7 +161,8 @@ async def archive_url(
     url = ckpts.storage.download_url(record.storage_key, seconds)
     if url is None:
         base = str(request.base_url).rstrip("/")
-        url = f"{base}/api/v1/tinsmith/files/{ckpts.sign(record, None, expires)}"
+        token = ckpts.sign(record, None, expires, current_tenant())
+        url = f"{base}/api/v1/tinsmith/files/{token}"
     return CheckpointArchiveUrlResponse(url=url, expires=expires)
 
 
