@@ -117,6 +117,15 @@ def test_oversized_requests_get_413_naming_the_limit(
     streamed = client.post("/api/v1/forward_backward", content=chunks(), headers=PROTO)
     assert streamed.status_code == 413 and "max_body_bytes" in streamed.json()["detail"]
 
+    # JSON routes have their own, smaller limit: a 16 MiB prompt is refused before it is read
+    # (parsing it would hold the event loop), and a body within it is served.
+    prompt = {"chunks": [{"type": "encoded_text", "tokens": [7] * (8 << 20)}]}
+    body = {"prompt": prompt, "num_samples": 1, "sampling_params": {}, "base_model": MODEL}
+    big = client.post("/api/v1/asample", json=body)
+    assert big.status_code == 413 and "max_json_body_bytes" in big.json()["detail"], big.text
+    ok = client.post("/api/v1/client/config", content=b"{" + b" " * (60 << 10) + b"}")
+    assert ok.status_code == 200, ok.text
+
     # A small zstd body that inflates past max_decompressed_bytes, with and without its size
     # in the frame header: refused before it is decoded.
     import zstandard

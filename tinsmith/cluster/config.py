@@ -74,6 +74,22 @@ class LimitsConfig(_Strict):
         ge=1 << 16,
         description="Largest request body as sent (compressed or not), in bytes.",
     )
+    max_json_body_bytes: int = Field(
+        default=4 << 20,
+        ge=1 << 16,
+        description=(
+            "Largest JSON request body (every route but forward_backward), in bytes: a prompt of "
+            "the longest context is far smaller; inline images count (point to larger ones)."
+        ),
+    )
+    max_concurrent_decodes: int = Field(
+        default=2,
+        ge=1,
+        description=(
+            "forward_backward bodies decompressed and decoded at once (each may take up to "
+            "max_decompressed_bytes of memory); more wait their turn."
+        ),
+    )
     max_decompressed_bytes: int = Field(
         default=128 << 20,
         ge=1 << 16,

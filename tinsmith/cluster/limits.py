@@ -1,5 +1,9 @@
 """Request limits: body size (413, before the body is read), datums and tokens per request (413).
 
+JSON bodies have a limit of their own, far below the protobuf one: parsing JSON holds the
+interpreter, so a few large JSON bodies at once would stall every other request (the health
+check too) for as long as they took to parse.
+
 The per-tenant limit on unfinished requests (429) lives in ``FutureStore.submit``, where futures
 are counted. Limits come from ``limits:`` in the config (``LimitsConfig``); the SDK is told the
 datum limit through ``/client/config`` so it chunks its batches to fit.
@@ -18,25 +22,35 @@ if TYPE_CHECKING:
     from tinsmith.types.training import ForwardBackwardInput
 
 
+PROTOBUF_PATHS = frozenset({"/api/v1/forward_backward"})
+"""The routes whose bodies are protobuf (decoded off the event loop): ``max_body_bytes``."""
+
+
 class BodyLimit:
-    """ASGI middleware: a body over ``max_bytes`` gets 413 without being buffered.
+    """ASGI middleware: a body over its limit gets 413 without being buffered: ``max_bytes``
+    for the protobuf routes, ``max_json_bytes`` for every other.
 
     A declared ``Content-Length`` over the limit is refused before reading; a chunked body is
     counted as it arrives and refused once it passes the limit.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, max_json_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_json_bytes = max_json_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if scope.get("path") in PROTOBUF_PATHS:
+            limit, name = self.max_bytes, "max_body_bytes"
+        else:
+            limit, name = self.max_json_bytes, "max_json_body_bytes"
         headers = dict(scope.get("headers", []))
         declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._refuse(send, limit, name)
             return
         seen = 0
         refused = False
@@ -46,7 +60,7 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > limit:
                     refused = True
                     raise _BodyTooLarge
             return message
@@ -64,12 +78,10 @@ class BodyLimit:
             if not refused:
                 raise
             if not started:
-                await self._refuse(send)
+                await self._refuse(send, limit, name)
 
-    async def _refuse(self, send: Send) -> None:
-        body = (
-            f'{{"detail":"request body is larger than limits.max_body_bytes = {self.max_bytes}"}}'
-        ).encode()
+    async def _refuse(self, send: Send, limit: int, name: str) -> None:
+        body = f'{{"detail":"request body is larger than limits.{name} = {limit}"}}'.encode()
         await send(
             {
                 "type": "http.response.start",

@@ -72,7 +72,11 @@ def build_app(state: ServerState) -> FastAPI:
     )
     attach_state(app, state)
     KeyRing(state.auth, state.store.tenant_for_key).install(app)
-    app.add_middleware(BodyLimit, max_bytes=state.limits.max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=state.limits.max_body_bytes,
+        max_json_bytes=state.limits.max_json_body_bytes,
+    )
     state.metrics.install(app)  # added last, so it runs first: refused requests are counted too
     _install_error_handlers(app)
     for module in (sessions, training, sampling, admin, weights, checkpoints, hub):

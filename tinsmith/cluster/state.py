@@ -5,6 +5,7 @@ checkpoint service, and the tenant checks on them. Routes receive it as a FastAP
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,7 @@ class ServerState:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     images: ImageSource = field(default_factory=lambda: ImageSource(ImagesConfig(), None))
     clients: ClientRegistry = field(init=False)
+    decode_slots: asyncio.Semaphore = field(init=False)  # forward_backward bodies being decoded
     futures: FutureStore = field(init=False)
     submitter: Submitter = field(init=False)
 
@@ -86,6 +88,7 @@ class ServerState:
             self.models, self.store, self.metrics.training_clients, limits
         )
         self.submitter = Submitter(self.futures, self.metrics, self.clients)
+        self.decode_slots = asyncio.Semaphore(self.limits.max_concurrent_decodes)
 
     @property
     def store(self) -> MetadataStore:

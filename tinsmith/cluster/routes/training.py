@@ -107,8 +107,10 @@ async def forward_backward(request: Request, state: State) -> UntypedAPIFuture:
     """A protobuf (optionally zstd) batch of datums; the future resolves to protobuf outputs."""
     raw = await request.body()
     zstd = request.headers.get("content-encoding", "") == "zstd"
-    # Decompressing and decoding a large batch takes CPU: off the event loop.
-    fb = await asyncio.to_thread(_decode, raw, zstd, state.limits.max_decompressed_bytes)
+    # Decompressing and decoding a large batch takes CPU and memory: off the event loop, and
+    # only limits.max_concurrent_decodes at once.
+    async with state.decode_slots:
+        fb = await asyncio.to_thread(_decode, raw, zstd, state.limits.max_decompressed_bytes)
     check_forward_backward(fb.forward_backward_input, state.limits)
 
     async def work() -> FutureResult:
