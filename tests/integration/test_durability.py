@@ -1,12 +1,17 @@
 """A restart loses nothing that finished, and a retried request is applied once.
 
-The restart test runs its own trainer-only server twice over one data directory; the replay
-test sends raw wire requests (protobuf forward_backward, JSON optim_step) to the session server.
+The restart test runs its own trainer-only server twice over one data directory, the first
+ended by SIGKILL right after a save and a new API key were acknowledged; the replay test sends
+raw wire requests (protobuf forward_backward, JSON optim_step) to the session server.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -34,13 +39,17 @@ pytestmark = pytest.mark.integration
 
 
 def _post(
-    base_url: str, path: str, body: bytes | dict[str, object], key: str | None = None
+    base_url: str,
+    path: str,
+    body: bytes | dict[str, object],
+    key: str | None = None,
+    api_key: str = "tml-tests",
 ) -> dict[str, object]:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     headers = {
         "Content-Type": "application/x-protobuf" if isinstance(body, bytes) else "application/json"
     }
-    headers["X-API-Key"] = "tml-tests"
+    headers["X-API-Key"] = api_key
     if key:
         headers["X-Idempotency-Key"] = key
     req = urllib.request.Request(f"{base_url}{path}", data=raw, headers=headers, method="POST")
@@ -62,6 +71,17 @@ def _result(base_url: str, request_id: str) -> bytes:
         if b'"try_again"' not in body:
             return body
     raise AssertionError(f"{request_id} never finished")
+
+
+def _create_key(config: Path, data_dir: Path, tenant: str) -> str:
+    """``tinsmith keys create`` against a running server's data directory."""
+    env = dict(os.environ, TINSMITH_DATA_DIR=str(data_dir))
+    cmd = [sys.executable, "-m", "tinsmith.cluster.cli", "keys", "create", "--config", str(config)]
+    done = subprocess.run(
+        [*cmd, "--tenant", tenant], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines()[-1]
 
 
 @pytest.mark.slow
@@ -93,11 +113,23 @@ def test_restart_keeps_sessions_runs_checkpoints_and_results(tmp_path: Path) -> 
         for batch in batches[1:]:
             tc.forward_backward(batch, "cross_entropy").result()
             tc.optim_step(adam).result()
-        expected = read_adapter(
-            checkpoint_dir(first, tc.save_weights_for_sampler("reference").result().path)
-        )
+        reference = tc.save_weights_for_sampler("reference").result().path
+        expected = read_adapter(checkpoint_dir(first, reference))
+        # A key made while the server runs, then the power-cut stand-in: SIGKILL to the server's
+        # whole process group right after the last save and the key were acknowledged.
+        late_key = _create_key(config, data_dir, "late")
+        os.killpg(first.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
+        first.proc.wait(timeout=60)  # type: ignore[union-attr]
 
     with ServerProcess(config, data_dir=data_dir) as second:
+        # Both survived: the key authenticates, and the last save is listed and loadable.
+        assert "session_id" in _post(
+            second.base_url, "/api/v1/create_session", {}, api_key=late_key
+        )
+        rest = tinker.RestClient(base_url=second.base_url, api_key="tml-tests")
+        listed = {c.tinker_path for c in rest.list_checkpoints(tc.model_id).result().checkpoints}
+        assert {path, reference} <= listed, listed
+        assert read_adapter(checkpoint_dir(second, reference)).keys() == expected.keys()
         # A finished request's result, and its idempotency key, outlive the process.
         assert _result(second.base_url, str(created["request_id"])) == finished
         again = _post(second.base_url, "/api/v1/create_model", {
@@ -109,10 +141,6 @@ def test_restart_keeps_sessions_runs_checkpoints_and_results(tmp_path: Path) -> 
             _post(second.base_url, "/api/v1/session_heartbeat", {"session_id": session_id})
             is not None
         )
-        rest = tinker.RestClient(base_url=second.base_url, api_key="tml-tests")
-        assert path in {
-            c.tinker_path for c in rest.list_checkpoints(tc.model_id).result().checkpoints
-        }
         assert rest.get_training_run(tc.model_id).result().lora_rank == 4
         # The client resumes from its last save_state, exactly.
         service2 = tinker.ServiceClient(base_url=second.base_url, api_key="tml-tests")

@@ -219,6 +219,7 @@ def test_finished_futures_are_forgotten_after_their_retention(make_app: object) 
     futures = app.state.futures
     assert len(futures._tasks) <= 256 and len(futures._by_idempotency_key) <= 256
     assert app.result(first, A)["metrics"]  # from the store, after leaving memory
+    assert futures.prune(retention_seconds=3600) == 0  # none is that old yet
     assert futures.prune(retention_seconds=0) >= 301
     resp = app.http.post("/api/v1/retrieve_future", json={"request_id": first}, headers=A)
     assert resp.status_code == 404, resp.text

@@ -56,14 +56,15 @@ def helm() -> Path:
     return Path(proc.stdout.strip().splitlines()[-1])
 
 
-def _render(helm: Path, home: Path, preset: str | None) -> list[dict[str, Any]]:
-    """``helm template`` with values-<preset>.yaml (None: the chart's defaults alone)."""
+def _render(helm: Path, home: Path, preset: str | None, *extra: str) -> list[dict[str, Any]]:
+    """``helm template`` with values-<preset>.yaml (None: the chart's defaults alone) and any
+    ``extra`` arguments."""
     env = dict(os.environ)
     for name in ("CACHE", "CONFIG", "DATA"):
         env[f"HELM_{name}_HOME"] = str(home / name.lower())
     values = ["-f", str(CHART / f"values-{preset}.yaml")] if preset else []
     proc = subprocess.run(
-        [str(helm), "template", "tinsmith", str(CHART), *values],
+        [str(helm), "template", "tinsmith", str(CHART), *values, *extra],
         capture_output=True,
         text=True,
         timeout=120,
@@ -169,3 +170,9 @@ def test_presets_embed_the_config_presets(
 def test_every_preset_requires_api_keys(helm: Path, tmp_path: Path, preset: str | None) -> None:
     """The API listens on 0.0.0.0 behind a Service: the defaults and every preset enforce keys."""
     assert _embedded_config(_render(helm, tmp_path, preset)).auth.mode == "keys"
+
+
+def test_open_mode_is_an_explicit_opt_in(helm: Path, tmp_path: Path) -> None:
+    """Open mode renders only when asked for by name (the install notes then warn)."""
+    docs = _render(helm, tmp_path, None, "--set", "tinsmithConfig.auth.mode=open")
+    assert _embedded_config(docs).auth.mode == "open"

@@ -242,7 +242,10 @@ class ClusterConfig(_Strict):
     checkpoint_reaper_seconds: float = Field(
         default=60.0,
         gt=0,
-        description="How often expired checkpoints (TTL) are deleted from storage.",
+        description=(
+            "How often the background reaper runs: deletes expired checkpoints (TTL), closes "
+            "quiet sessions, forgets futures past their retention."
+        ),
     )
     ray_autoscaling: bool = Field(
         default=False,

@@ -174,10 +174,11 @@ def _unzstd(raw: bytes, max_bytes: int) -> bytes:
     try:
         if zstandard.frame_content_size(raw) > max_bytes:  # -1 when the header does not say
             raise too_large
-        # Streamed first, so that a body without its size in the header stops at the limit...
+        # Counted first, in pieces that are dropped as they come, so a body without its size in
+        # the header stops at the limit having held a few MiB at most...
         reader = zstandard.ZstdDecompressor().stream_reader(raw)
-        seen = len(reader.read(max_bytes + 1))
-        while seen <= max_bytes and (more := reader.read(max_bytes + 1 - seen)):
+        seen = 0
+        while seen <= max_bytes and (more := reader.read(min(4 << 20, max_bytes + 1 - seen))):
             seen += len(more)
         if seen > max_bytes:
             raise too_large
