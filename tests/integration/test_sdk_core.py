@@ -193,6 +193,12 @@ def test_bad_input_fails_with_user_error_and_server_keeps_serving(
     with pytest.raises(tinker.RequestFailedError) as info:
         service_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=128).result()
     assert "lora_config.rank 128" in info.value.message
+    # Over limits.max_tokens_per_request (2^20): refused with a 413 before it is queued, and its
+    # seq_id is still consumed, so the client's next requests do not wait for it.
+    too_long = datum(list(range(1, (1 << 20) + 3)))  # 2^20 + 1 input tokens
+    with pytest.raises(tinker.APIStatusError) as refused:
+        tc.forward_backward([too_long], "cross_entropy").result()
+    assert refused.value.status_code == 413 and "max_tokens_per_request" in str(refused.value)
     # The same client (its seq_ids intact) and the server keep working.
     fb = tc.forward_backward([good], "cross_entropy").result()
     assert fb.metrics["loss:sum"] > 0

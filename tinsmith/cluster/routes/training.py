@@ -7,6 +7,7 @@ the client's seq_id order.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from fastapi import APIRouter, HTTPException, Request
 
@@ -15,9 +16,9 @@ from tinsmith.cluster.futures import FutureResult
 from tinsmith.cluster.images import read_datum_images
 from tinsmith.cluster.limits import check_forward_backward
 from tinsmith.cluster.registry import TrainingModel
-from tinsmith.cluster.state import State
+from tinsmith.cluster.state import ServerState, State
 from tinsmith.cluster.submission import json_result
-from tinsmith.errors import UserInputError
+from tinsmith.errors import NotFoundError, TooLargeError, UserInputError
 from tinsmith.types import proto
 from tinsmith.types.futures import UntypedAPIFuture
 from tinsmith.types.requests import (
@@ -36,6 +37,8 @@ from tinsmith.types.training import (
     OptimStepResponse,
     UnloadModelResponse,
 )
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1")
 
@@ -111,7 +114,11 @@ async def forward_backward(request: Request, state: State) -> UntypedAPIFuture:
     # only limits.max_concurrent_decodes at once.
     async with state.decode_slots:
         fb = await asyncio.to_thread(_decode, raw, zstd, state.limits.max_decompressed_bytes)
-    check_forward_backward(fb.forward_backward_input, state.limits)
+    try:
+        check_forward_backward(fb.forward_backward_input, state.limits)
+    except TooLargeError as exc:
+        _consume_turn(state, fb, str(exc))
+        raise
 
     async def work() -> FutureResult:
         model = state.clients.training_model(fb.model_id)
@@ -150,6 +157,31 @@ async def optim_step(body: OptimStepRequest, request: Request, state: State) -> 
         return json_result(OptimStepResponse(metrics=metrics))
 
     return state.submitter.submit(request, work, model_id=body.model_id)
+
+
+_REFUSALS: set[asyncio.Task[None]] = set()  # refusals under way (a task needs a reference)
+
+
+def _consume_turn(state: ServerState, fb: ForwardBackwardRequest, message: str) -> None:
+    """A request refused with a 4xx still takes its seq_id's turn in the background: the
+    client's later requests are numbered after it and would otherwise wait for it forever."""
+    try:
+        model = state.clients.training_model(fb.model_id)
+    except NotFoundError:  # no such client of this tenant: no turns to keep
+        return
+    coordinator = state.served(model.base_model).coordinator
+
+    async def refuse() -> None:
+        try:
+            await coordinator.refuse(fb.model_id, fb.seq_id, message)
+        except UserInputError:  # what refuse raises once the turn is taken
+            pass
+        except Exception:
+            log.exception("could not give seq_id %s of %s its turn", fb.seq_id, fb.model_id)
+
+    task = asyncio.ensure_future(refuse())
+    _REFUSALS.add(task)
+    task.add_done_callback(_REFUSALS.discard)
 
 
 def _decode(raw: bytes, zstd: bool, max_bytes: int) -> ForwardBackwardRequest:
