@@ -25,6 +25,21 @@ OTHER_TENANT_KEY = (
 os.environ["TINSMITH_API_KEYS"] = f"tests:tml-tests,other:{OTHER_TENANT_KEY}"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The trainer-restart tests run first of the session server's tests. A restart re-creates
+    every live training client, and by the end of the suite the server holds dozens (each test
+    makes its own): the restart then spends most of a minute in peft's adapter injection, which
+    is not what those tests show. The second server's tests and the durability tests (which
+    start servers of their own) keep running first, so no two servers start together."""
+    order = ("second_server", "test_durability.py", "test_trainer_restart.py")
+
+    def rank(item: pytest.Item) -> int:
+        parts = item.path.parts
+        return next((i for i, name in enumerate(order) if name in parts), len(order))
+
+    items.sort(key=rank)  # stable: the order within each group is kept
+
+
 @pytest.fixture(scope="session")
 def server() -> Iterator[object]:
     """A `tinsmith serve` process with configs/test.yaml on a free

@@ -49,11 +49,12 @@ def mean(values: list[float]) -> float:
 
 
 def test_sl_example_eval_loss_falls(server: object) -> None:
-    """Cookbook SL on its bundled conversations: held-out NLL after 4 steps is at least 5 % below
-    the start (it falls ~35 % within the first 4 steps: benchmarks/REPORT.md)."""
-    rows = run_example(server, "sl_conversations.py", "--steps", "6", "--eval-every", "2")
+    """Cookbook SL on its bundled conversations: held-out NLL after 2 of 4 steps is at least 5 %
+    below the start (it falls ~35 % within the first 4 steps: benchmarks/REPORT.md; 0.815 ->
+    0.557 after 2 here)."""
+    rows = run_example(server, "sl_conversations.py", "--steps", "4", "--eval-every", "2")
     evals = [row["test/nll"] for row in rows if "test/nll" in row]
-    assert len(evals) >= 3, rows
+    assert len(evals) >= 2, rows
     assert evals[-1] < 0.95 * evals[0], evals
 
 
@@ -79,11 +80,12 @@ def test_rl_example_reward_rises(server: object) -> None:
 
 def test_async_rl_example_trains_on_stale_rollouts(server: object) -> None:
     """Cookbook async RL (importance_sampling, max_steps_off_policy=2): every batch reports its
-    staleness, and some batch mixes rollouts of at least 2 sampler versions (max staleness >= 1)."""
+    staleness, and some batch mixes rollouts of at least 2 sampler versions (max staleness >= 1;
+    batches of 2 groups reached staleness 0, 1, 2 here)."""
     rows = run_example(
         server,
         "rl_arithmetic.py",
-        *("--steps", "3", "--groups-per-batch", "4", "--max-steps-off-policy", "2"),
+        *("--steps", "3", "--groups-per-batch", "2", "--max-steps-off-policy", "2"),
     )
     rows = [
         row for row in rows if "env/all/reward/total" in row
@@ -99,11 +101,12 @@ def test_async_rl_example_trains_on_stale_rollouts(server: object) -> None:
 def test_dpo_example_preference_accuracy_rises(server: object) -> None:
     """Cookbook DPO through forward_backward_custom on a preference set built by the example. At the
     first step policy == reference: margin ~0 (|margin| < 0.05), so its accuracy is chance. Over the
-    last 3 of 9 steps (pairs not yet trained on) the accuracy averages >= 0.9, the margin > 0.3, and
-    the DPO loss is below 0.6 (ln 2 = 0.693 at the start)."""
-    rows = run_example(server, "dpo_preferences.py", "--pairs", "72", "--batch-size", "8")
+    last 3 of 6 steps (pairs not yet trained on) the accuracy averages >= 0.9, the margin > 0.3, and
+    the DPO loss is below 0.6 (ln 2 = 0.693 at the start). Runs here (the same every time): margins
+    0.51, 0.68, 0.88 and losses 0.47, 0.41, 0.35 at steps 3-5, accuracy 1.0 from step 1."""
+    rows = run_example(server, "dpo_preferences.py", "--pairs", "48", "--batch-size", "8")
     rows = [row for row in rows if "accuracy" in row]
-    assert len(rows) == 9, rows
+    assert len(rows) == 6, rows
     assert abs(rows[0]["margin"]) < 0.05, rows[0]
     last = rows[-3:]
     assert mean([row["accuracy"] for row in last]) >= 0.9, [row["accuracy"] for row in rows]

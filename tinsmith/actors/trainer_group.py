@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol, TypeVar, cast
 
@@ -261,6 +262,7 @@ class TrainerGroup:
     async def _restart(self, reason: str) -> None:
         assert self.spawner is not None
         log.error("%s: restarting all %d trainer ranks", reason, len(self.ranks))
+        started = time.monotonic()
         for attempt in range(1, RESTART_ATTEMPTS + 1):
             for rank in self.ranks:  # the survivors too: their group is broken
                 kill_actor(rank)
@@ -276,8 +278,9 @@ class TrainerGroup:
             self.restarts += 1
             self._broken = None
             log.warning(
-                "trainer ranks of %s restarted (%d clients restored)",
+                "trainer ranks of %s restarted in %.0f s (%d clients restored)",
                 self.base_model,
+                time.monotonic() - started,
                 len(self._adapters()),
             )
             return
