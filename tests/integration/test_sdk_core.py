@@ -122,8 +122,8 @@ def test_two_zero3_ranks_match_one_rank(
     data = [datum(random_tokens(seed, length)) for seed, length in enumerate([40, 64, 33, 57])]
     one = service_client.create_lora_training_client(base_model=ONE_BATCH_MODEL, rank=8).result()
     two = service_client.create_lora_training_client(base_model=ZERO3_MODEL, rank=8).result()
-    losses_one = _train(one, data, 3)
-    losses_two = _train(two, data, 3)
+    losses_one = _train(one, data, 2)  # the second step's loss shows the first update
+    losses_two = _train(two, data, 2)
     print("1 rank:", losses_one, "2 ranks:", losses_two)
     # fp32 sums of ~190 token losses, grouped differently on two ranks: relative 1e-6
     np.testing.assert_allclose(losses_two, losses_one, atol=0, rtol=1e-6)
@@ -131,18 +131,18 @@ def test_two_zero3_ranks_match_one_rank(
     b = read_adapter(checkpoint_dir(server, two.save_weights_for_sampler("z2").result().path))  # type: ignore[attr-defined]
     # AdamW normalises each element's step, so an element whose gradient is at fp32 rounding level
     # moves by up to a whole step (lr 1e-3) either way, set by the summation order, which two ranks
-    # change: all but 0.1% of the elements agree within 1e-5, none by more than the 3 steps' reach.
+    # change: all but 0.1% of the elements agree within 1e-5, none by more than the 2 steps' reach.
     assert sorted(a) == sorted(b)
     differences = np.concatenate([np.abs(b[key] - a[key]).ravel() for key in a])
     assert (differences > 1e-5).mean() <= 1e-3, (differences > 1e-5).mean()
-    assert differences.max() <= 3 * 2 * 1e-3, differences.max()
+    assert differences.max() <= 2 * 2 * 1e-3, differences.max()
 
 
 def test_batch_over_token_budget_matches_one_micro_batch(
     service_client: tinker.ServiceClient, server: object
 ) -> None:
-    # 6 datums of ~300 tokens: ~1800 padded tokens against the default model's 1024-token budget.
-    data = [datum(random_tokens(100 + i, 280 + 9 * i)) for i in range(6)]
+    # 4 datums of ~300 tokens: ~1200 padded tokens against the default model's 1024-token budget.
+    data = [datum(random_tokens(100 + i, 280 + 9 * i)) for i in range(4)]
     split = service_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=8).result()
     whole = service_client.create_lora_training_client(base_model=ONE_BATCH_MODEL, rank=8).result()
     loss_split = split.forward_backward(data, "cross_entropy").result().metrics["loss:sum"]
@@ -151,11 +151,11 @@ def test_batch_over_token_budget_matches_one_micro_batch(
     # a gradient at fp32 rounding level, whose sign the micro-batch split may flip, moves a whole
     # lr either way. With eps = 1e-3 the step is lr/eps-Lipschitz in g, so a gradient difference
     # of d moves an element by at most d (lr = eps): the bound below holds for any |d| <= 1e-5,
-    # far above the rounding of ~1800 summed fp32 terms.
+    # far above the rounding of ~1200 summed fp32 terms.
     adam = types.AdamParams(learning_rate=1e-3, eps=1e-3)
     split.optim_step(adam).result()
     whole.optim_step(adam).result()
-    # Tolerance: fp32 sums over ~1800 tokens in a different grouping (relative 1e-6).
+    # Tolerance: fp32 sums over ~1200 tokens in a different grouping (relative 1e-6).
     assert abs(loss_split - loss_whole) <= 1e-6 * abs(loss_whole) + 1e-4, (loss_split, loss_whole)
     a = read_adapter(checkpoint_dir(server, split.save_weights_for_sampler("s").result().path))  # type: ignore[attr-defined]
     b = read_adapter(checkpoint_dir(server, whole.save_weights_for_sampler("w").result().path))  # type: ignore[attr-defined]

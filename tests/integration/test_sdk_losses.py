@@ -149,7 +149,7 @@ def test_interleaved_tenants_match_training_alone(
         step(warm, batch)
     before = _trainer_status(server)
     together = [make(s) for s in specs]
-    for _ in range(3):
+    for _ in range(2):  # the second step reads each tenant's own AdamW moments
         for tc, batch in zip(together, data, strict=True):
             step(tc, batch)
     after = _trainer_status(server)
@@ -163,7 +163,7 @@ def test_interleaved_tenants_match_training_alone(
     assert grown < 300 * 2**20, grown
     for i, (spec, batch) in enumerate(zip(specs, data, strict=True)):
         alone = make(spec)
-        for _ in range(3):
+        for _ in range(2):
             step(alone, batch)
         a = read_adapter(
             checkpoint_dir(server, together[i].save_weights_for_sampler(f"mt{i}").result().path)

@@ -164,7 +164,7 @@ def test_snapshots_are_immutable_and_many_adapters_sample_concurrently(
     for t, tc in enumerate(tenants):
         target = random_tokens(5300 + t, 14)
         for version in range(2):
-            for _ in range(3):
+            for _ in range(2):
                 tc.forward_backward([datum(prompt.to_ints() + target)], "cross_entropy").result()
                 tc.optim_step(types.AdamParams(learning_rate=5e-3)).result()
             # Even versions ephemeral, odd ones named: both kinds are snapshots.
