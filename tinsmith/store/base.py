@@ -75,8 +75,6 @@ class MetadataStore(Protocol):
         """Delete the key with this hash, or every key of ``tenant``; returns how many."""
         ...
 
-    def add_session(self, session_id: str, owner: str) -> None: ...
-
     def claim_session(self, session_id: str, owner: str) -> str:
         """The owner of ``session_id``, which becomes ``owner`` if the id was unknown (the first
         tenant to use an id owns it, atomically)."""

@@ -83,19 +83,15 @@ class SQLiteStore:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
 
-    def _write(self, sql: str, args: tuple[object, ...]) -> None:
+    def _write(self, sql: str, args: tuple[object, ...]) -> int:
+        """Run one statement; returns the rows it changed (0 for an ``INSERT ... ON CONFLICT DO
+        UPDATE ... WHERE`` whose WHERE refused the update)."""
         with self._lock:
-            self._db.execute(sql, args)
-
-    def _upsert(self, sql: str, args: tuple[object, ...]) -> bool:
-        """Run an ``INSERT ... ON CONFLICT DO UPDATE ... WHERE``; False if the row existed and
-        the WHERE refused the update."""
-        with self._lock:
-            return int(self._db.execute(sql, args).rowcount) > 0
+            return int(self._db.execute(sql, args).rowcount)
 
     # ----- runs -----------------------------------------------------------------------------
     def put_run(self, run: RunRecord) -> None:
-        changed = self._upsert(
+        changed = self._write(
             "INSERT INTO runs VALUES (?, ?, ?, ?) ON CONFLICT(training_run_id) DO UPDATE SET "
             "created_at = excluded.created_at, body = excluded.body "
             "WHERE runs.owner = excluded.owner",
@@ -144,7 +140,7 @@ class SQLiteStore:
             "WHERE checkpoints.owner = excluded.owner"
         )
         try:
-            changed = self._upsert(
+            changed = self._write(
                 f"INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?){upsert if replace else ''}",
                 (
                     record.tinker_path,
@@ -244,28 +240,17 @@ class SQLiteStore:
         return str(rows[0][0]) if rows else None
 
     def revoke_api_keys(self, key_hash: str | None, tenant: str | None) -> int:
-        with self._lock:
-            cur = self._db.execute(
-                "DELETE FROM api_keys WHERE key_hash = ? OR tenant = ?", (key_hash, tenant)
-            )
-            return int(cur.rowcount)
+        return self._write(
+            "DELETE FROM api_keys WHERE key_hash = ? OR tenant = ?", (key_hash, tenant)
+        )
 
     # ----- sessions -------------------------------------------------------------------------
-    def add_session(self, session_id: str, owner: str) -> None:
+    def claim_session(self, session_id: str, owner: str) -> str:
+        # A session row never changes owner, so the first INSERT wins and the SELECT reads it.
         self._write(
             "INSERT OR IGNORE INTO sessions VALUES (?, ?, ?)", (session_id, owner, _ts(utcnow()))
         )
-
-    def claim_session(self, session_id: str, owner: str) -> str:
-        with self._lock:
-            self._db.execute(
-                "INSERT OR IGNORE INTO sessions VALUES (?, ?, ?)",
-                (session_id, owner, _ts(utcnow())),
-            )
-            rows = self._db.execute(
-                "SELECT owner FROM sessions WHERE session_id = ?", (session_id,)
-            ).fetchall()
-        return str(rows[0][0])
+        return str(self.session_owner(session_id))
 
     def session_owner(self, session_id: str) -> str | None:
         rows = self._rows("SELECT owner FROM sessions WHERE session_id = ?", (session_id,))
@@ -316,24 +301,17 @@ class SQLiteStore:
         )
 
     def forget_futures(self, finished_before: dt.datetime) -> int:
-        with self._lock:
-            cur = self._db.execute(
-                "DELETE FROM futures WHERE state = 'done' AND created_at < ?",
-                (_ts(finished_before),),
-            )
-            return int(cur.rowcount)
+        return self._write(
+            "DELETE FROM futures WHERE state = 'done' AND created_at < ?", (_ts(finished_before),)
+        )
 
     def interrupt_pending_futures(self, result: FutureResult) -> int:
         """At start-up: futures a previous process never finished get ``result`` (a failure)."""
-        with self._lock:
-            cur = self._db.execute(
-                (
-                    "UPDATE futures SET state = 'done', kind = ?, failed = ?, "
-                    "body = ? WHERE state = 'pending'"
-                ),
-                (result.kind, int(result.failed), result.body),
-            )
-            return int(cur.rowcount)
+        return self._write(
+            "UPDATE futures SET state = 'done', kind = ?, failed = ?, body = ? "
+            "WHERE state = 'pending'",
+            (result.kind, int(result.failed), result.body),
+        )
 
     def close(self) -> None:
         with self._lock:

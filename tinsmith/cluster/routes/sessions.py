@@ -41,7 +41,7 @@ async def dynamic_config() -> ClientDynamicConfigResponse:
 async def create_session(body: CreateSessionRequest, state: State) -> CreateSessionResponse:
     """A new session, owned by the caller's tenant."""
     session_id = f"sess-{uuid.uuid4().hex[:12]}"
-    state.store.add_session(session_id, current_tenant())
+    state.store.claim_session(session_id, current_tenant())
     return CreateSessionResponse(session_id=session_id)
 
 
