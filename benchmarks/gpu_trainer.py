@@ -79,7 +79,7 @@ def _train(
     import torch
     import torch.distributed as dist
 
-    from tinsmith.actors.batching import plan_rank_work
+    from tinsmith.actors.batching import batch_layout, plan_rank_work
     from tinsmith.actors.trainer import TrainerWorker
     from tinsmith.cluster.launcher import free_port
     from tinsmith.storage.transfer import StorageSite
@@ -99,7 +99,7 @@ def _train(
     for name, (lora, _) in specs.items():
         worker.create_adapter(AdapterSpec(adapter_id=name, lora=lora))
     data = _datums(count, 64, 512, seed=0)
-    batches = plan_rank_work(data, 1, config.micro_batch_tokens)[0]
+    batches = plan_rank_work(data, 1, batch_layout(config, packable=True))[0]
     tokens = sum(d.length for d in data)
     adam = AdamParams(learning_rate=1e-3, weight_decay=0.01, grad_clip_norm=1.0)
     losses: dict[str, list[float]] = {n: [] for n in specs}

@@ -1,9 +1,14 @@
 """Training throughput: tinsmith through the SDK vs. a bare in-process transformers+peft step.
 
-Same model (SmolLM2-135M), batch (8 x 128 tokens), LoRA rank 8 on Tinker's default targets,
-AdamW, fp32, on this machine. The two alternate step by step (the server idles while the bare
-loop runs, and the other way round) so drift on a noisy machine hits both alike. Prints tokens/s
-of each and their ratio (target >= 0.9). Run: `python benchmarks/train_step.py`.
+Same model (SmolLM2-135M), LoRA rank 8 on Tinker's default targets, AdamW, fp32, on this machine.
+Two batches: uniform (8 x 128 tokens) and mixed (16 datums of 64-512 tokens, fixed seed), which
+the bare loop runs as one would write it: micro-batches of 8 datums in request order, each padded
+to its longest. The bare step runs in a process of its own three times: with no server running
+(before the server starts and after it stops: the baseline), and with the server up and idle,
+alternating step by step with the SDK's (so drift on a noisy machine hits both alike). Prints
+tokens/s of each, the ratios (targets: uniform >= 0.95x the no-server bare step, mixed >= 1.3x
+the padded bare loop) and tinsmith's padding fraction (target 0).
+Run: `python benchmarks/train_step.py`.
 """
 
 from __future__ import annotations
@@ -16,14 +21,26 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import BATCH, LORA_RANK, MODEL, ROOT, SEQ_LEN, fixed_batch, median
 
+BARE_MICRO_BATCH = 8  # datums per padded micro-batch of the bare loop
+
+
+def mixed_batch(seed: int = 7) -> list[list[int]]:
+    """16 sequences of 64-512 tokens (+1: inputs are [:-1], targets [1:]), lengths uniform."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(64, 513, size=16)
+    return [[int(t) for t in rng.integers(100, 49152, size=int(n) + 1)] for n in lengths]
+
 
 def bare_step(model_dir: str, batch: list[list[int]]) -> Callable[[], None]:
-    """One plain training step: forward, summed token NLL, backward, AdamW, logprobs to Python.
-    LoRA rank LORA_RANK on Tinker's default targets for the model's family (tinsmith's own
-    mapping, so both sides train the same parameters)."""
+    """One plain training step: micro-batches of BARE_MICRO_BATCH datums in order, each right-
+    padded to its longest (attention mask, padding's loss zeroed), summed token NLL, backward,
+    AdamW, logprobs to Python. LoRA rank LORA_RANK on Tinker's default targets for the model's
+    family (tinsmith's own mapping, so both sides train the same parameters)."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -46,29 +63,41 @@ def bare_step(model_dir: str, batch: list[list[int]]) -> Callable[[], None]:
     model = get_peft_model(model, lora)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), eps=1e-12, weight_decay=0.0)
-    ids = torch.tensor([seq[:-1] for seq in batch])
-    tgt = torch.tensor([seq[1:] for seq in batch])
+    micro = []
+    for i in range(0, len(batch), BARE_MICRO_BATCH):
+        rows = batch[i : i + BARE_MICRO_BATCH]
+        longest = max(len(r) - 1 for r in rows)
+        ids = torch.zeros((len(rows), longest), dtype=torch.long)
+        tgt = torch.zeros((len(rows), longest), dtype=torch.long)
+        mask = torch.zeros((len(rows), longest), dtype=torch.long)
+        for j, r in enumerate(rows):
+            ids[j, : len(r) - 1] = torch.tensor(r[:-1])
+            tgt[j, : len(r) - 1] = torch.tensor(r[1:])
+            mask[j, : len(r) - 1] = 1
+        padded = bool((mask == 0).any())
+        micro.append((ids, tgt, mask if padded else None, mask))
 
     def step() -> None:
-        logits = model(input_ids=ids, use_cache=False).logits.float()
-        nll = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="none"
-        )
-        nll.sum().backward()
+        for ids, tgt, attention, mask in micro:
+            logits = model(input_ids=ids, attention_mask=attention, use_cache=False).logits
+            nll = torch.nn.functional.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="none"
+            )
+            (nll * mask.reshape(-1)).sum().backward()
+            _ = (-nll).detach().tolist()  # the server returns per-token logprobs too
         opt.step()
         opt.zero_grad(set_to_none=True)
-        _ = (-nll).detach().tolist()  # the server returns per-token logprobs too
 
     return step
 
 
-def bare_worker(model_dir: str) -> None:
+def bare_worker(model_dir: str, kind: str) -> None:
     """Child-process mode: one bare step per line on stdin, its seconds on stdout.
 
     The bare loop runs in its own clean process (no SDK threads, no server client) so the
     baseline is not handicapped by the measuring process.
     """
-    step = bare_step(model_dir, fixed_batch())
+    step = bare_step(model_dir, fixed_batch() if kind == "uniform" else mixed_batch())
     print("ready", flush=True)
     for _ in sys.stdin:
         start = time.perf_counter()
@@ -77,9 +106,9 @@ def bare_worker(model_dir: str) -> None:
 
 
 class BareProcess:
-    def __init__(self, model_dir: str) -> None:
+    def __init__(self, model_dir: str, kind: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--bare-worker", model_dir],
+            [sys.executable, __file__, "--bare-worker", model_dir, kind],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -98,6 +127,14 @@ class BareProcess:
         if self.proc.stdin is not None:
             self.proc.stdin.close()
         self.proc.wait(timeout=60)
+
+
+def bare_alone(model_dir: str, kind: str, steps: int, warmup: int) -> list[float]:
+    """Seconds of ``steps`` bare steps in a fresh process, nothing else running."""
+    bare = BareProcess(model_dir, kind)
+    times = [bare.step() for _ in range(warmup + steps)][warmup:]
+    bare.close()
+    return times
 
 
 def scaling(config: str, steps: int, warmup: int) -> None:
@@ -196,6 +233,18 @@ def scaling(config: str, steps: int, warmup: int) -> None:
     print("  (RSS can grow less: the allocator reuses memory freed by earlier steps' activations)")
 
 
+def _data(batch: list[list[int]]) -> list[object]:
+    from tinker import types
+
+    return [
+        types.Datum(
+            model_input=types.ModelInput.from_ints(seq[:-1]),
+            loss_fn_inputs={"target_tokens": seq[1:], "weights": [1.0] * (len(seq) - 1)},
+        )
+        for seq in batch
+    ]
+
+
 def main() -> None:
     import tinker
     from tinker import types
@@ -208,7 +257,9 @@ def main() -> None:
     parser.add_argument("--config", default=str(ROOT / "configs" / "local.yaml"))
     parser.add_argument("--steps", type=int, default=6, help="measured steps of each kind")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--bare-worker", metavar="MODEL_DIR", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--bare-worker", nargs=2, metavar=("MODEL_DIR", "KIND"), help=argparse.SUPPRESS
+    )
     parser.add_argument(
         "--scaling",
         action="store_true",
@@ -216,53 +267,63 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.bare_worker:
-        bare_worker(args.bare_worker)
+        bare_worker(*args.bare_worker)
         return
     if args.scaling:
         scaling(str(ROOT / "configs" / "bench-ranks.yaml"), args.steps, args.warmup)
         return
-    batch = fixed_batch()
-    data = [
-        types.Datum(
-            model_input=types.ModelInput.from_ints(seq[:-1]),
-            loss_fn_inputs={"target_tokens": seq[1:], "weights": [1.0] * SEQ_LEN},
-        )
-        for seq in batch
-    ]
+    batches = {"uniform": fixed_batch(), "mixed": mixed_batch()}
+    tokens = {kind: sum(len(seq) - 1 for seq in batch) for kind, batch in batches.items()}
+    model_dir = str(prepare_all(load_config(args.config))[MODEL])
+    before = {k: bare_alone(model_dir, k, args.steps, args.warmup) for k in batches}
+    sdk: dict[str, list[float]] = {}
+    beside: dict[str, list[float]] = {}
+    trainer: dict[str, list[float]] = {}
+    padding: dict[str, float] = {}
     with ServerProcess(args.config) as server:
         service = tinker.ServiceClient(base_url=server.base_url, api_key="tml-bench")
         tc = service.create_lora_training_client(base_model=MODEL, rank=LORA_RANK).result()
-        bare = BareProcess(str(prepare_all(load_config(args.config))[MODEL]))
-        sdk_times, trainer_times, bare_times = [], [], []
-        for i in range(args.warmup + args.steps):
-            start = time.perf_counter()
-            fb = tc.forward_backward(data, "cross_entropy")
-            opt = tc.optim_step(types.AdamParams(learning_rate=1e-4))
-            metrics = fb.result().metrics
-            opt.result()
-            sdk = time.perf_counter() - start
-            plain = bare.step()
-            if i >= args.warmup:
-                sdk_times.append(sdk)
-                bare_times.append(plain)
-                trainer_times.append(metrics.get("trainer_seconds:max", 0.0))
-        bare.close()
-    tokens = BATCH * SEQ_LEN
-    sdk_tps, bare_tps = tokens / median(sdk_times), tokens / median(bare_times)
-    print(
-        f"batch: {BATCH} x {SEQ_LEN} tokens, LoRA rank {LORA_RANK}, model "
-        f"{MODEL}, {os.cpu_count()} CPUs"
-    )
-    print(
-        f"bare transformers+peft step: {bare_tps:8.1f} tokens/s  (median "
-        f"step {median(bare_times):.3f} s)"
-    )
-    print(
-        f"tinsmith via tinker SDK:     {sdk_tps:8.1f} tokens/s  (median "
-        f"step {median(sdk_times):.3f} s)"
-    )
-    print(f"  of which trainer forward+backward: {median(trainer_times):.3f} s")
-    print(f"ratio (target >= 0.90):      {sdk_tps / bare_tps:8.3f}")
+        for kind, batch in batches.items():
+            data = _data(batch)
+            bare = BareProcess(model_dir, kind)
+            for i in range(args.warmup + args.steps):
+                start = time.perf_counter()
+                fb = tc.forward_backward(data, "cross_entropy")  # type: ignore[arg-type]
+                opt = tc.optim_step(types.AdamParams(learning_rate=1e-4))
+                metrics = fb.result().metrics
+                opt.result()
+                took = time.perf_counter() - start
+                plain = bare.step()
+                if i >= args.warmup:
+                    sdk.setdefault(kind, []).append(took)
+                    beside.setdefault(kind, []).append(plain)
+                    trainer.setdefault(kind, []).append(metrics.get("trainer_seconds:max", 0.0))
+            padding[kind] = metrics["padding_tokens:sum"] / (
+                metrics["padding_tokens:sum"] + tokens[kind]
+            )
+            bare.close()
+    after = {k: bare_alone(model_dir, k, args.steps, args.warmup) for k in batches}
+    setup = f"LoRA rank {LORA_RANK}, fp32, {os.cpu_count()} CPUs"
+    print(f"{MODEL}, {setup}; tokens/s (median step seconds)")
+    for kind in batches:
+        n = tokens[kind]
+
+        def rate(times: list[float], n: int = n) -> str:
+            return f"{n / median(times):8.1f} ({median(times):.2f} s)"
+
+        alone = n / median(before[kind] + after[kind])
+        ours = n / median(sdk[kind])
+        label = "8 x 128" if kind == "uniform" else f"16 datums, {n} tokens"
+        print(f"{kind} batch ({label}):")
+        print(f"  bare, no server, before:        {rate(before[kind])}")
+        print(f"  bare, no server, after:         {rate(after[kind])}")
+        print(f"  bare, beside the idle server:   {rate(beside[kind])}")
+        print(f"  tinsmith via tinker SDK:        {rate(sdk[kind])}")
+        print(f"    of which trainer forward+backward: {median(trainer[kind]):.2f} s")
+        print(f"  tinsmith padding fraction:      {padding[kind]:.3f} (target 0)")
+        print(f"  ratio to the no-server bare step:   {ours / alone:.3f}")
+        print(f"  ratio to the bare step beside it:   {ours / (n / median(beside[kind])):.3f}")
+    print("targets: uniform >= 0.95 (no server) and >= 1.0; mixed >= 1.3 (no server)")
 
 
 if __name__ == "__main__":

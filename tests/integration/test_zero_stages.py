@@ -47,11 +47,13 @@ def _model_dir() -> str:
 
 
 class Spec(NamedTuple):
-    """One training run in a rank process: its ZeRO stage, dtype and datum lengths."""
+    """One training run in a rank process: its ZeRO stage, dtype and datum lengths; ``features``:
+    the long-sequence features' runs (``_train_features``) instead of the stage comparison."""
 
     stage: int
     dtype: str = "float32"
     lengths: tuple[int, ...] = LENGTHS
+    features: bool = False
 
 
 def _run_rank(
@@ -70,7 +72,8 @@ def _run_rank(
     try:
         results = []
         for spec in specs:
-            results.append(_train(rank, world, port, spec, model_dir))
+            train = _train_features if spec.features else _train
+            results.append(train(rank, world, port, spec, model_dir))
             gc.collect()
         out.put((rank, results))
     except BaseException as exc:  # the parent reports it
@@ -85,7 +88,13 @@ def _train(rank: int, world: int, port: int, spec: Spec, model_dir: str) -> dict
     from tinsmith.actors.batching import plan_rank_work
     from tinsmith.actors.trainer import TrainerWorker
     from tinsmith.storage.transfer import StorageSite
-    from tinsmith.types.internal import AdapterSpec, OptimStepWork, RankWork, TokenDatum
+    from tinsmith.types.internal import (
+        AdapterSpec,
+        BatchLayout,
+        OptimStepWork,
+        RankWork,
+        TokenDatum,
+    )
     from tinsmith.types.settings import TrainerConfig
     from tinsmith.types.training import AdamParams, LoraConfig
 
@@ -112,7 +121,8 @@ def _train(rank: int, world: int, port: int, spec: Spec, model_dir: str) -> dict
                 index=i, input_tokens=tokens[:-1], target_tokens=tokens[1:], weights=[1.0] * n
             )
         )
-    batches = plan_rank_work(datums, world, MICRO_BATCH_TOKENS)[rank]
+    layout = BatchLayout(micro_batch_tokens=MICRO_BATCH_TOKENS, packing=False)
+    batches = plan_rank_work(datums, world, layout)[rank]
     # eps 1e-6: with a smaller one, AdamW moves an element whose gradient is at fp32 rounding level
     # by a whole step, in a direction set by the summation order (which differs across ranks).
     # AdamW's step lr * g / (|g| + eps) moves by at most lr / eps = 1e3 times a change of g, and
@@ -151,7 +161,7 @@ def _train(rank: int, world: int, port: int, spec: Spec, model_dir: str) -> dict
     )
     logprobs = {d.index: d.logprobs for d in forward.datums}
     # one datum: the other rank has nothing to run, but under ZeRO-3 it must join the gathers
-    alone = plan_rank_work(datums[:1], world, MICRO_BATCH_TOKENS)[rank]
+    alone = plan_rank_work(datums[:1], world, layout)[rank]
     forward = worker.forward_backward(
         RankWork(
             adapter_id="a",
@@ -187,6 +197,97 @@ def _train(rank: int, world: int, port: int, spec: Spec, model_dir: str) -> dict
         "export": export,
         "adapters": adapters if rank == 0 else {},
     }
+
+
+# The long-sequence features against one datum per micro-batch with all of them off: each alone,
+# then all three together. Chunks of 16 tokens split every datum; packed rows of up to 128 tokens
+# hold several datums (and leave rank 1 one micro-batch short, so its dummy pass runs).
+FEATURES = {
+    "one datum at a time": {"micro_batch_tokens": 1, "packing": False},
+    "checkpointing": {"micro_batch_tokens": 1, "packing": False, "checkpoint_above_tokens": 0},
+    "chunked logprobs": {"micro_batch_tokens": 1, "packing": False, "logprob_chunk_tokens": 16},
+    "packed": {"micro_batch_tokens": MICRO_BATCH_TOKENS, "packing": True},
+    "all three": {
+        "micro_batch_tokens": MICRO_BATCH_TOKENS,
+        "packing": True,
+        "checkpoint_above_tokens": 0,
+        "logprob_chunk_tokens": 16,
+    },
+}
+FEATURE_LOSSES = ("cross_entropy", "ppo")
+
+
+def _train_features(
+    rank: int, world: int, port: int, spec: Spec, model_dir: str
+) -> dict[str, object]:
+    """Per loss and layout of ``FEATURES``: a fresh adapter (same seed), its loss, one AdamW step,
+    then its forward logprobs and weights (which show the gradients agreed)."""
+    import torch.distributed as dist
+
+    from tinsmith.actors.batching import plan_rank_work
+    from tinsmith.actors.trainer import TrainerWorker
+    from tinsmith.storage.transfer import StorageSite
+    from tinsmith.types.internal import (
+        AdapterSpec,
+        BatchLayout,
+        OptimStepWork,
+        RankWork,
+        TokenDatum,
+    )
+    from tinsmith.types.settings import TrainerConfig
+    from tinsmith.types.training import AdamParams, LoraConfig
+
+    config = TrainerConfig(num_ranks=world, zero_stage=spec.stage, torch_threads=1)  # type: ignore[arg-type]
+    site = StorageSite(data_dir=tempfile.mkdtemp(prefix="tinsmith-features-"))
+    worker = TrainerWorker(rank, world, "127.0.0.1", port, model_dir, config, site)
+    rng = random.Random(1)
+    datums = []
+    for i, n in enumerate(spec.lengths):
+        tokens = [rng.randrange(100, 20000) for _ in range(n + 1)]
+        # the sampler's logprobs around the tiny model's (~ -10.8): ratios clip on both sides
+        sampled = [rng.uniform(-11.5, -10.0) for _ in range(n)]
+        advantages = [rng.uniform(-1.0, 1.0) for _ in range(n)]
+        datums.append(
+            TokenDatum(
+                index=i,
+                input_tokens=tokens[:-1],
+                target_tokens=tokens[1:],
+                weights=[rng.choice((0.0, 1.0, 1.0)) for _ in range(n)],
+                extra={"logprobs": sampled, "advantages": advantages},
+            )
+        )
+    adam = AdamParams(learning_rate=1e-3, eps=1e-6, weight_decay=0.1, grad_clip_norm=0.05)
+    out: dict[str, object] = {}
+    for loss in FEATURE_LOSSES:
+        for k, (label, fields) in enumerate(FEATURES.items()):
+            name = f"{loss}_{k}"
+            worker.create_adapter(AdapterSpec(adapter_id=name, lora=LoraConfig(rank=8, seed=1)))
+            batches = plan_rank_work(datums, world, BatchLayout(**fields))[rank]  # type: ignore[arg-type]
+
+            def run(
+                forward_only: bool, name: str = name, batches: list = batches, loss: str = loss
+            ) -> object:
+                work = RankWork(
+                    adapter_id=name,
+                    loss_fn=loss,
+                    forward_only=forward_only,
+                    micro_batches=batches,
+                    grad_scale=world,
+                )
+                return worker.forward_backward(work)
+
+            losses = [run(False).loss_sum]  # type: ignore[attr-defined]
+            worker.optim_step(OptimStepWork(adapter_id=name, adam=adam))
+            forward = run(True)
+            out[f"{loss} / {label}"] = {
+                "losses": losses,
+                "logprobs": {d.index: d.logprobs for d in forward.datums},  # type: ignore[attr-defined]
+                "packed": [b.packed for b in batches],
+                "adapter": worker.adapter_state(name),
+            }
+            worker.unload_adapter(name)
+    dist.barrier()
+    return out
 
 
 class _Ranks(NamedTuple):
@@ -227,7 +328,12 @@ def _collect(ranks: _Ranks) -> list[dict[str, object]]:
             p.join(timeout=30)
             if p.is_alive():
                 p.kill()
-    return [_merge({r: per_rank[r][i] for r in per_rank}) for i in range(len(ranks.specs))]
+    return [
+        _merge_features({r: per_rank[r][i] for r in per_rank})
+        if spec.features
+        else _merge({r: per_rank[r][i] for r in per_rank})
+        for i, spec in enumerate(ranks.specs)
+    ]
 
 
 def _merge(results: dict[int, dict[str, object]]) -> dict[str, object]:
@@ -243,19 +349,35 @@ def _merge(results: dict[int, dict[str, object]]) -> dict[str, object]:
     return merged | {k: results[0][k] for k in ("adapters", "export", "norms")}
 
 
+def _merge_features(results: dict[int, dict[str, object]]) -> dict[str, object]:
+    """Per loss and layout: loss sums over ranks, every datum's logprobs, rank 0's adapter."""
+    merged: dict[str, object] = {}
+    for key in results[0]:
+        runs = [results[r][key] for r in sorted(results)]
+        merged[key] = {
+            "losses": np.sum([run["losses"] for run in runs], axis=0),  # type: ignore[index]
+            "logprobs": {i: lp for run in runs for i, lp in run["logprobs"].items()},  # type: ignore[index]
+            "packed": [p for run in runs for p in run["packed"]],  # type: ignore[index]
+            "adapter": runs[0]["adapter"],  # type: ignore[index]
+        }
+    return merged
+
+
 STAGES = (0, 1, 2, 3)
+FEATURE_STAGES = (1, 3)
 BF16_SPECS = [Spec(0, "float32", BF16_LENGTHS), Spec(0, "bfloat16", BF16_LENGTHS)]
 BF16_SPECS.append(Spec(2, "bfloat16", BF16_LENGTHS))
 
 
 @pytest.fixture(scope="module")
-def runs() -> tuple[list[dict[str, object]], dict[int, dict[str, object]]]:
+def runs() -> tuple[list[dict[str, object]], list[dict[str, object]]]:
     """One rank process (the fp32 ZeRO-0 reference, then the bf16 check's three runs) and two
     rank processes running every ZeRO stage in turn, started together: their starts overlap."""
     model_dir = _model_dir()
     one = _start(1, [Spec(0), *BF16_SPECS], model_dir)
-    two = _start(2, [Spec(stage) for stage in STAGES], model_dir)
-    return _collect(one), dict(zip(STAGES, _collect(two), strict=True))
+    features = [Spec(stage, features=True) for stage in FEATURE_STAGES]
+    two = _start(2, [Spec(stage) for stage in STAGES] + features, model_dir)
+    return _collect(one), _collect(two)
 
 
 @pytest.fixture(scope="module")
@@ -269,8 +391,13 @@ def reference(one_rank: list[dict[str, object]]) -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
-def two_ranks(runs: tuple[object, dict[int, dict[str, object]]]) -> dict[int, dict[str, object]]:
-    return runs[1]
+def two_ranks(runs: tuple[object, list[dict[str, object]]]) -> dict[int, dict[str, object]]:
+    return dict(zip(STAGES, runs[1][: len(STAGES)], strict=True))
+
+
+@pytest.fixture(scope="module")
+def features(runs: tuple[object, list[dict[str, object]]]) -> dict[int, dict[str, object]]:
+    return dict(zip(FEATURE_STAGES, runs[1][len(STAGES) :], strict=True))
 
 
 @pytest.mark.slow
@@ -331,6 +458,38 @@ def test_two_ranks_at_each_zero_stage_match_one_rank_at_zero_0(
     assert isinstance(export, dict) and sorted(export) == sorted(got_adapters["a"])
     for key, value in got_adapters["a"].items():
         np.testing.assert_array_equal(export[key], value, err_msg=key)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", FEATURE_STAGES)
+@pytest.mark.parametrize("loss", FEATURE_LOSSES)
+def test_checkpointing_chunked_logprobs_and_packing_change_nothing(
+    stage: int, loss: str, features: dict[int, dict[str, object]]
+) -> None:
+    """Each feature, and all three together, against one datum per micro-batch with none of them:
+    the same loss, adapter after an AdamW step, and forward logprobs then (fp32, two ranks)."""
+    runs = features[stage]
+    reference = runs[f"{loss} / one datum at a time"]
+    assert isinstance(reference, dict) and not any(reference["packed"])
+    for label in list(FEATURES)[1:]:
+        got = runs[f"{loss} / {label}"]
+        assert isinstance(got, dict)
+        assert any(got["packed"]) == ("packed" in label or label == "all three"), label
+        # Tolerance: the same arithmetic; packing changes matmul shapes (fp32 rounding of ~1e-7
+        # per logprob, summed over ~200 tokens), the rest recomputes the same operations.
+        np.testing.assert_allclose(got["losses"], reference["losses"], rtol=1e-5, err_msg=label)
+        for i, lp in reference["logprobs"].items():
+            np.testing.assert_allclose(
+                got["logprobs"][i], lp, atol=1e-5, rtol=0, err_msg=f"{label}: datum {i}"
+            )
+        worst = 0.0
+        for key, value in reference["adapter"].items():
+            # AdamW with eps 1e-6 and clipping to 0.05, as in the ZeRO comparison above
+            np.testing.assert_allclose(
+                got["adapter"][key], value, atol=1e-5, rtol=0, err_msg=f"{label}: {key}"
+            )
+            worst = max(worst, float(np.abs(np.subtract(got["adapter"][key], value)).max()))
+        print(f"ZeRO-{stage} {loss}, {label}: largest adapter difference {worst:.2e}")
 
 
 def _lora_b(adapters: dict[str, dict[str, list[float]]], name: str) -> np.ndarray:

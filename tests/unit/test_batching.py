@@ -7,7 +7,7 @@ import pytest
 from tinsmith.actors.batching import pack_micro_batches, plan_rank_work, to_token_datums
 from tinsmith.errors import UserInputError
 from tinsmith.types import Datum, ModelInput, TensorData
-from tinsmith.types.internal import TokenDatum
+from tinsmith.types.internal import BatchLayout, TokenDatum
 
 
 def _datum(
@@ -57,25 +57,61 @@ def test_bad_datums_name_the_problem(datum: Datum, loss: str, needle: str) -> No
     assert needle in str(info.value)
 
 
-def test_packing_respects_budget_and_keeps_every_datum() -> None:
+def _layout(budget: int, packing: bool = False, **kw: object) -> BatchLayout:
+    return BatchLayout(micro_batch_tokens=budget, packing=packing, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_micro_batches_respect_the_budget_and_keep_every_datum(packing: bool) -> None:
     datums = [_token_datum(i, n) for i, n in enumerate([100, 30, 250, 60, 60, 500])]
-    batches = pack_micro_batches(datums, token_budget=256)
+    batches = pack_micro_batches(datums, _layout(256, packing))
     assert sorted(d.index for b in batches for d in b.datums) == list(range(6))
     for batch in batches:
+        assert batch.packed == packing
         assert batch.padded_tokens <= 256 or len(batch.datums) == 1
 
 
+def test_packed_rows_have_no_padding_and_few_rows() -> None:
+    lengths = [230, 219, 217, 183, 175, 155, 147, 127, 114, 109, 98, 98, 94, 82, 80, 71]
+    datums = [_token_datum(i, n) for i, n in enumerate(lengths)]
+    batches = pack_micro_batches(datums, _layout(512, packing=True))
+    assert sum(b.padded_tokens for b in batches) == sum(lengths)
+    assert len(batches) == -(-sum(lengths) // 512)  # first fit needs no extra row here
+
+
+def test_datums_with_images_are_never_packed() -> None:
+    from tinsmith.types.data import ImagePlacement
+
+    plain = _token_datum(0, 40)
+    image = _token_datum(1, 40).model_copy(
+        update={"images": [ImagePlacement(data=b"x", format="png", offset=0, tokens=4)]}
+    )
+    batches = pack_micro_batches([plain, image], _layout(512, packing=True))
+    assert [(b.packed, [d.index for d in b.datums]) for b in batches] == [(True, [0]), (False, [1])]
+
+
 def test_every_rank_gets_the_same_number_of_micro_batches() -> None:
-    per_rank = plan_rank_work([_token_datum(i, 50) for i in range(5)], 2, token_budget=100)
+    per_rank = plan_rank_work([_token_datum(i, 50) for i in range(5)], 2, _layout(100))
     assert len(per_rank[0]) == len(per_rank[1])
     assert sorted(d.index for work in per_rank for b in work for d in b.datums) == list(range(5))
+
+
+def test_kth_micro_batches_share_checkpointing_and_chunks_across_ranks() -> None:
+    # rank 0 gets the 300-token datum, rank 1 two short ones; its second micro-batch is empty
+    datums = [_token_datum(0, 300), _token_datum(1, 100), _token_datum(2, 100)]
+    layout = _layout(100, packing=True, checkpoint_above_tokens=299, logprob_chunk_tokens=64)
+    per_rank = plan_rank_work(datums, 2, layout)
+    shapes = [[(b.checkpoint, b.logit_chunks) for b in work] for work in per_rank]
+    assert shapes[0] == shapes[1] == [(True, 5), (False, 2)]
+    off = plan_rank_work(datums, 2, _layout(100, packing=True))
+    assert {(b.checkpoint, b.logit_chunks) for work in off for b in work} == {(False, 1)}
 
 
 def test_ranks_get_nearly_equal_tokens() -> None:
     # the mixed-length batch of benchmarks/train_step.py --scaling
     lengths = [230, 219, 217, 183, 175, 155, 147, 127, 114, 109, 98, 98, 94, 82, 80, 71]
     datums = [_token_datum(i, n) for i, n in enumerate(lengths)]
-    per_rank = plan_rank_work(datums, 2, token_budget=4096, max_padding_fraction=0.1)
+    per_rank = plan_rank_work(datums, 2, _layout(4096))
     tokens = [sum(d.length for b in work for d in b.datums) for work in per_rank]
     padded = [sum(b.padded_tokens for b in work) for work in per_rank]
     assert sum(tokens) == sum(lengths)
@@ -86,10 +122,10 @@ def test_ranks_get_nearly_equal_tokens() -> None:
     )
 
 
-def test_packing_caps_padding() -> None:
+def test_padding_is_capped_without_packing() -> None:
     lengths = [230, 220, 200, 160, 150, 120, 100, 90, 80, 71]
     datums = [_token_datum(i, n) for i, n in enumerate(lengths)]
-    batches = pack_micro_batches(datums, token_budget=4096, max_padding_fraction=0.1)
+    batches = pack_micro_batches(datums, _layout(4096))
     padded = sum(b.padded_tokens for b in batches)
     assert (padded - sum(lengths)) / padded <= 0.1
     assert sorted(d.index for b in batches for d in b.datums) == list(range(len(lengths)))

@@ -23,7 +23,9 @@ from tinsmith.types import (
     ModelInput,
     TensorData,
 )
-from tinsmith.types.internal import AdapterSource, DatumResult, RankResult, RankWork
+from tinsmith.types.internal import AdapterSource, BatchLayout, DatumResult, RankResult, RankWork
+
+LAYOUT = BatchLayout(micro_batch_tokens=8, max_padding_fraction=1.0)
 
 if TYPE_CHECKING:
     from tests.unit.test_sampler_pool import FakeReplica
@@ -119,7 +121,7 @@ def test_requests_run_in_seq_order_and_results_keep_datum_order() -> None:
     async def main() -> None:
         log: list[str] = []
         trainers = [FakeTrainer(log), FakeTrainer(log, rank=1)]
-        coord = Coordinator("m", 100, 64, 8, 1.0, trainers, [])  # type: ignore[arg-type]
+        coord = Coordinator("m", 100, 64, LAYOUT, trainers, [])  # type: ignore[arg-type]
         await coord.create_model("s:train:0", LoraConfig(rank=4))
         # Sent out of order: optim_step (3) first, then the second chunk (2), then the first (1).
         step = asyncio.ensure_future(coord.optim_step("s:train:0", 3, AdamParams()))
@@ -145,7 +147,7 @@ def test_requests_run_in_seq_order_and_results_keep_datum_order() -> None:
 
 def test_bad_request_fails_but_frees_its_seq_id() -> None:
     async def main() -> None:
-        coord = Coordinator("m", 100, 64, 8, 1.0, [FakeTrainer([])], [])  # type: ignore[arg-type]
+        coord = Coordinator("m", 100, 64, LAYOUT, [FakeTrainer([])], [])  # type: ignore[arg-type]
         await coord.create_model("s:train:0", LoraConfig(rank=4))
         with pytest.raises(UserInputError, match="gspo"):
             await coord.forward_backward("s:train:0", 1, _fb(1, loss="gspo"), False)
@@ -162,7 +164,7 @@ def test_bad_request_fails_but_frees_its_seq_id() -> None:
 def test_a_seq_id_replayed_while_the_first_waits_is_refused() -> None:
     async def main() -> None:
         log: list[str] = []
-        coord = Coordinator("m", 100, 64, 8, 1.0, [FakeTrainer(log)], [])  # type: ignore[arg-type]
+        coord = Coordinator("m", 100, 64, LAYOUT, [FakeTrainer(log)], [])  # type: ignore[arg-type]
         await coord.create_model("s:train:0", LoraConfig(rank=4))
         waiting = asyncio.ensure_future(coord.forward_backward("s:train:0", 2, _fb(1), False))
         await asyncio.sleep(0.01)  # seq 2 is claimed and waits for seq 1
@@ -178,7 +180,7 @@ def test_a_seq_id_replayed_while_the_first_waits_is_refused() -> None:
 def test_a_refused_request_consumes_its_seq_id_in_order_then_fails() -> None:
     async def main() -> None:
         log: list[str] = []
-        coord = Coordinator("m", 100, 64, 8, 1.0, [FakeTrainer(log)], [])  # type: ignore[arg-type]
+        coord = Coordinator("m", 100, 64, LAYOUT, [FakeTrainer(log)], [])  # type: ignore[arg-type]
         await coord.create_model("s:train:0", LoraConfig(rank=4))
         refused = asyncio.ensure_future(coord.refuse("s:train:0", 2, "bad checkpoint name"))
         await asyncio.sleep(0.01)
@@ -218,7 +220,7 @@ def test_the_weight_sync_exports_in_seq_order_and_passes_the_turn_before_the_sam
         log: list[str] = []
         replica, release = _gated_replica(log)
         trainers = [FakeTrainer(log), FakeTrainer(log, rank=1)]
-        coord = Coordinator("m", 100, 64, 8, 1.0, trainers, [replica])  # type: ignore[arg-type]
+        coord = Coordinator("m", 100, 64, LAYOUT, trainers, [replica])  # type: ignore[arg-type]
         await coord.create_model("s:train:0", LoraConfig(rank=4))
         sync = asyncio.ensure_future(coord.sync_to_samplers("s:train:0", 2, "v1"))
         await asyncio.sleep(0.01)

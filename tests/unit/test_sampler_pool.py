@@ -15,7 +15,7 @@ from tinsmith.actors import sampler_pool
 from tinsmith.actors.coordinator import Coordinator
 from tinsmith.actors.sampler_pool import SamplerPool
 from tinsmith.errors import WorkerError
-from tinsmith.types.internal import AdapterSource, SampleWork, WorkerStatus
+from tinsmith.types.internal import AdapterSource, BatchLayout, SampleWork, WorkerStatus
 from tinsmith.types.sampling import SampledSequence, SampleResponse
 
 
@@ -183,7 +183,8 @@ def test_status_and_shutdown_see_the_replacement_replica_not_the_dead_one(
     factory = FakeFactory()
 
     async def run() -> None:
-        coord = Coordinator("m", 100, 64, 8, 1.0, [], replicas, sampler_factory=factory)  # type: ignore[arg-type]
+        layout = BatchLayout(micro_batch_tokens=8)
+        coord = Coordinator("m", 100, 64, layout, [], replicas, sampler_factory=factory)  # type: ignore[arg-type]
         replicas[0].dead = True
         await asyncio.gather(*[coord.sample(_work(), None) for _ in range(4)])
         await _until(lambda: coord.pool.alive == [True, True])

@@ -19,6 +19,9 @@ from tinsmith.actors import trainer_group
 from tinsmith.actors.coordinator import Coordinator
 from tinsmith.errors import WorkerError
 from tinsmith.types import AdamParams, LoraConfig
+from tinsmith.types.internal import BatchLayout
+
+LAYOUT = BatchLayout(micro_batch_tokens=8, max_padding_fraction=1.0)
 
 
 class MortalTrainer(FakeTrainer):
@@ -73,7 +76,7 @@ def test_a_dead_rank_fails_its_request_and_the_ranks_restart_with_every_adapter_
         log: list[str] = []
         first = [MortalTrainer(log, "gen0-rank0"), MortalTrainer(log, "gen0-rank1", 1)]
         spawner = FakeSpawner(log)
-        coord = Coordinator("m", 100, 64, 8, 1.0, first, [], trainer_factory=spawner)  # type: ignore[arg-type]
+        coord = Coordinator("m", 100, 64, LAYOUT, first, [], trainer_factory=spawner)  # type: ignore[arg-type]
         await coord.create_model("s:train:0", LoraConfig(rank=4))
         await coord.create_model("s:train:1", LoraConfig(rank=8))
         await coord.forward_backward("s:train:0", 1, _fb(2), False)
@@ -118,7 +121,7 @@ def test_a_rank_that_dies_while_idle_is_found_and_replaced(monkeypatch: pytest.M
         log: list[str] = []
         first = [MortalTrainer(log, "gen0-rank0")]
         spawner = FakeSpawner(log)
-        coord = Coordinator("m", 100, 64, 8, 1.0, first, [], trainer_factory=spawner)  # type: ignore[arg-type]
+        coord = Coordinator("m", 100, 64, LAYOUT, first, [], trainer_factory=spawner)  # type: ignore[arg-type]
         await coord.ping()  # start-up: begins watching
         await coord.create_model("s:train:0", LoraConfig(rank=4))
         first[0].dead = True
@@ -135,7 +138,7 @@ def test_a_rank_that_dies_while_idle_is_found_and_replaced(monkeypatch: pytest.M
 def test_without_a_spawner_a_dead_rank_is_reported_not_hung() -> None:
     async def main() -> None:
         ranks = [MortalTrainer([], "only")]
-        coord = Coordinator("m", 100, 64, 8, 1.0, ranks, [])  # type: ignore[arg-type]
+        coord = Coordinator("m", 100, 64, LAYOUT, ranks, [])  # type: ignore[arg-type]
         await coord.create_model("s:train:0", LoraConfig(rank=4))
         ranks[0].dead = True
         with pytest.raises(WorkerError, match="died during forward_backward"):
@@ -151,7 +154,7 @@ def test_a_client_whose_snapshot_cannot_be_restored_is_reported_and_the_others_g
         log: list[str] = []
         first = [MortalTrainer(log, "gen0-rank0")]
         spawner = FakeSpawner(log)
-        coord = Coordinator("m", 100, 64, 8, 1.0, first, [], trainer_factory=spawner)  # type: ignore[arg-type]
+        coord = Coordinator("m", 100, 64, LAYOUT, first, [], trainer_factory=spawner)  # type: ignore[arg-type]
         for i in range(2):
             await coord.create_model(f"s:train:{i}", LoraConfig(rank=4))
             await coord.forward_backward(f"s:train:{i}", 1, _fb(1), False)
@@ -188,7 +191,7 @@ def test_a_rank_that_dies_during_the_weight_sync_export_fails_that_request_retry
         first = [MortalTrainer(log, "gen0-rank0"), MortalTrainer(log, "gen0-rank1", 1)]
         spawner = FakeSpawner(log)
         replica = FakeReplica(0)
-        coord = Coordinator("m", 100, 64, 8, 1.0, first, [replica], trainer_factory=spawner)  # type: ignore[arg-type]
+        coord = Coordinator("m", 100, 64, LAYOUT, first, [replica], trainer_factory=spawner)  # type: ignore[arg-type]
         await coord.create_model("s:train:0", LoraConfig(rank=4))
         await coord.forward_backward("s:train:0", 1, _fb(2), False)
         await coord.optim_step("s:train:0", 2, AdamParams())
@@ -217,7 +220,7 @@ def test_stopping_the_workers_stops_the_current_ranks_and_no_restart_follows(
         log: list[str] = []
         first = [MortalTrainer(log, "gen0-rank0"), MortalTrainer(log, "gen0-rank1", 1)]
         spawner = FakeSpawner(log)
-        coord = Coordinator("m", 100, 64, 8, 1.0, first, [], trainer_factory=spawner)  # type: ignore[arg-type]
+        coord = Coordinator("m", 100, 64, LAYOUT, first, [], trainer_factory=spawner)  # type: ignore[arg-type]
         await coord.create_model("s:train:0", LoraConfig(rank=4))
         first[0].dead = True
         with pytest.raises(WorkerError, match="died during forward_backward"):

@@ -18,6 +18,7 @@ from tinsmith.actors.optimizer_state import (
     reset_lazy_state,
     set_weights,
 )
+from tinsmith.actors.segment_attention import Segments
 from tinsmith.errors import UserInputError
 from tinsmith.types.settings import TrainerConfig
 from tinsmith.types.training import AdamParams
@@ -34,7 +35,12 @@ class DeepSpeedEngine(Protocol):
     def __call__(
         self,
         input_ids: torch.Tensor,
+        targets: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        segments: Segments | None = None,
+        checkpoint: bool = False,
+        logit_chunks: int = 1,
         **images: torch.Tensor,
     ) -> torch.Tensor: ...
 

@@ -10,7 +10,8 @@ import math
 from tinsmith.actors.loss_specs import LossSpec, loss_spec
 from tinsmith.errors import UserInputError
 from tinsmith.types.data import Datum, ImagePlacement, LossFnInputs, TensorData
-from tinsmith.types.internal import MicroBatch, TokenDatum
+from tinsmith.types.internal import BatchLayout, MicroBatch, TokenDatum
+from tinsmith.types.settings import TrainerConfig
 
 
 def to_token_datums(
@@ -126,25 +127,59 @@ def _check_token_range(tokens: list[int], vocab_size: int, where: str) -> None:
             )
 
 
-def pack_micro_batches(
-    datums: list[TokenDatum], token_budget: int, max_padding_fraction: float = 0.1
-) -> list[MicroBatch]:
-    """Greedy packing by length into right-padded micro-batches.
+def batch_layout(config: TrainerConfig, packable: bool) -> BatchLayout:
+    """The coordinator's micro-batch layout for a model served with ``config``; ``packable``:
+    the model takes packed rows (text models; a vision model's positions are its own)."""
+    return BatchLayout(
+        micro_batch_tokens=config.micro_batch_tokens,
+        max_padding_fraction=config.max_padding_fraction,
+        packing=config.packing and packable,
+        checkpoint_above_tokens=(
+            config.gradient_checkpointing_above_tokens if config.gradient_checkpointing else None
+        ),
+        logprob_chunk_tokens=config.logprob_chunk_tokens,
+    )
 
-    Datums are sorted longest first so similar lengths share a micro-batch; a new micro-batch starts
-    when the padded size (count x longest) would exceed ``token_budget`` or its padding would exceed
-    ``max_padding_fraction`` of it. A datum longer than the budget gets a micro-batch of its own.
-    The ``index`` field restores request order afterwards.
+
+def pack_micro_batches(datums: list[TokenDatum], layout: BatchLayout) -> list[MicroBatch]:
+    """One rank's datums in micro-batches of at most ``layout.micro_batch_tokens`` tokens.
+
+    Packed: first-fit by length, longest first, into rows of real tokens only; a datum with
+    images (whose positions are the vision model's own) and any datum when packing is off go to
+    right-padded micro-batches instead. A datum longer than the budget gets a micro-batch of its
+    own. The ``index`` field restores request order afterwards.
     """
+    ordered = sorted(datums, key=lambda d: (-d.length, d.index))
+    if not layout.packing:
+        return _padded(ordered, layout)
+    bins: list[list[TokenDatum]] = []
+    room: list[int] = []
+    for datum in (d for d in ordered if not d.images):
+        fit = next((i for i, free in enumerate(room) if free >= datum.length), None)
+        if fit is None:
+            bins.append([])
+            room.append(layout.micro_batch_tokens)
+            fit = len(bins) - 1
+        bins[fit].append(datum)
+        room[fit] -= datum.length
+    packed = [MicroBatch(datums=b, packed=True) for b in bins]
+    return packed + _padded([d for d in ordered if d.images], layout)
+
+
+def _padded(ordered: list[TokenDatum], layout: BatchLayout) -> list[MicroBatch]:
+    """Right-padded micro-batches, longest first so similar lengths share one; a new one starts
+    when the padded size would exceed the budget or its padding ``max_padding_fraction``."""
     batches: list[MicroBatch] = []
     current: list[TokenDatum] = []
     longest = 0
     real = 0
-    for datum in sorted(datums, key=lambda d: (-d.length, d.index)):
+    for datum in ordered:
         if current:
             padded = longest * (len(current) + 1)
             padding = padded - (real + datum.length)
-            if padded > token_budget or padding > max_padding_fraction * padded:
+            if padded > layout.micro_batch_tokens or padding > (
+                layout.max_padding_fraction * padded
+            ):
                 batches.append(MicroBatch(datums=current))
                 current = []
         if not current:
@@ -157,7 +192,7 @@ def pack_micro_batches(
 
 
 def plan_rank_work(
-    datums: list[TokenDatum], num_ranks: int, token_budget: int, max_padding_fraction: float = 0.1
+    datums: list[TokenDatum], num_ranks: int, layout: BatchLayout
 ) -> list[list[MicroBatch]]:
     """Each rank's micro-batches: datums are first shared out by tokens, then packed per rank.
 
@@ -165,6 +200,8 @@ def plan_rank_work(
     by less than one datum (splitting already-packed micro-batches left them a whole micro-batch
     apart, and the slowest rank sets a step's time). Ranks short of micro-batches get empty ones:
     a data-parallel backward is a collective, so every rank must run the same number of them.
+    The k-th micro-batches of all ranks share one checkpointing choice and chunk count, taken
+    from the largest of them (see ``MicroBatch``).
     """
     shares: list[list[TokenDatum]] = [[] for _ in range(num_ranks)]
     load = [0] * num_ranks
@@ -172,8 +209,18 @@ def plan_rank_work(
         rank = min(range(num_ranks), key=lambda r: (load[r], r))
         shares[rank].append(datum)
         load[rank] += datum.length
-    per_rank = [pack_micro_batches(share, token_budget, max_padding_fraction) for share in shares]
+    per_rank = [pack_micro_batches(share, layout) for share in shares]
     most = max(len(work) for work in per_rank)
     for work in per_rank:
         work.extend(MicroBatch(datums=[]) for _ in range(most - len(work)))
+    for k in range(most):
+        largest = max(work[k].padded_tokens for work in per_rank)
+        chunk = layout.logprob_chunk_tokens
+        shape = {
+            "checkpoint": layout.checkpoint_above_tokens is not None
+            and largest > layout.checkpoint_above_tokens,
+            "logit_chunks": max(1, math.ceil(largest / chunk)) if chunk else 1,
+        }
+        for work in per_rank:
+            work[k] = work[k].model_copy(update=shape)
     return per_rank

@@ -27,6 +27,7 @@ from tinsmith.types.data import TensorData
 from tinsmith.types.internal import (
     AdapterSource,
     AdapterSpec,
+    BatchLayout,
     CheckpointMeta,
     DatumResult,
     LoadCheckpointWork,
@@ -72,8 +73,7 @@ class Coordinator:
         base_model: str,
         vocab_size: int,
         max_length: int,
-        micro_batch_tokens: int,
-        max_padding_fraction: float,
+        layout: BatchLayout,
         trainers: list[_Handle],
         samplers: list[_Handle],
         sampler_factory: SamplerSpawner | None = None,
@@ -84,8 +84,7 @@ class Coordinator:
         self.vocab_size = vocab_size
         self.image_token_id = image_token_id  # None: a model without images
         self.max_length = max_length
-        self.micro_batch_tokens = micro_batch_tokens
-        self.max_padding_fraction = max_padding_fraction
+        self.layout = layout
         self.trainers = TrainerGroup(base_model, trainers, trainer_factory, self._specs)
         self.trainers.on_restart = self._on_trainer_restart
         self.clients: dict[str, TrainingClient] = {}
@@ -210,9 +209,7 @@ class Coordinator:
             raise
         async with self._turn(model_id, seq_id) as client:
             ranks = len(self.trainers.ranks)
-            per_rank = plan_rank_work(
-                datums, ranks, self.micro_batch_tokens, self.max_padding_fraction
-            )
+            per_rank = plan_rank_work(datums, ranks, self.layout)
             works = [
                 RankWork(
                     adapter_id=client.adapter_id,

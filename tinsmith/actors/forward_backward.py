@@ -8,6 +8,7 @@ because a data-parallel backward, and under ZeRO-3 a forward, is a collective.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tinsmith.errors import UserInputError
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 
     from tinsmith.actors.adapter_engine import DeepSpeedEngine
     from tinsmith.actors.image_inputs import ImageInputs
+    from tinsmith.actors.segment_attention import Segments
 
 
 def run_forward_backward(
@@ -40,25 +42,37 @@ def run_forward_backward(
     tokens = 0
     for batch in work.micro_batches:
         if not batch.datums:
-            _dummy_pass(engine, device, backward=not work.forward_only, zero3=zero3)
+            _dummy_pass(engine, batch, device, backward=not work.forward_only, zero3=zero3)
             continue
         with torch.set_grad_enabled(not work.forward_only):
-            logprobs_B_T, inputs, mask_B_T = _forward(engine, batch, device, image_inputs)
+            rows = _rows(batch, device, image_inputs)
+            logprobs_B_T = engine(
+                input_ids=rows.input_ids,
+                targets=rows.targets,
+                attention_mask=rows.attention_mask,
+                position_ids=rows.position_ids,
+                segments=rows.segments,
+                checkpoint=batch.checkpoint and not work.forward_only,
+                logit_chunks=batch.logit_chunks,
+                **rows.pixels,
+            )
             # where, not multiply: a non-finite loss on a padding position must not leak in as NaN
             loss_B_T = torch.where(
-                mask_B_T > 0, loss_fn(logprobs_B_T, inputs, work.loss_fn_config), 0.0
+                rows.mask > 0, loss_fn(logprobs_B_T, rows.loss_inputs, work.loss_fn_config), 0.0
             )
             if not work.forward_only:
                 engine.backward(loss_B_T.sum() * work.grad_scale, scale_wrt_gas=False)
         loss_total += float(loss_B_T.detach().sum())
-        for row, datum in enumerate(batch.datums):
-            n = datum.length
-            tokens += n
+        logprobs = logprobs_B_T.detach().float()
+        losses = loss_B_T.detach().float()
+        for datum, (row, start) in zip(batch.datums, rows.places, strict=True):
+            end = start + datum.length
+            tokens += datum.length
             results.append(
                 DatumResult(
                     index=datum.index,
-                    logprobs=logprobs_B_T[row, :n].detach().float().tolist(),
-                    elementwise_loss=loss_B_T[row, :n].detach().float().tolist(),
+                    logprobs=logprobs[row, start:end].tolist(),
+                    elementwise_loss=losses[row, start:end].tolist(),
                 )
             )
     return RankResult(
@@ -69,73 +83,98 @@ def run_forward_backward(
     )
 
 
-def _dummy_pass(engine: DeepSpeedEngine, device: torch.device, backward: bool, zero3: bool) -> None:
+def _dummy_pass(
+    engine: DeepSpeedEngine, batch: MicroBatch, device: torch.device, backward: bool, zero3: bool
+) -> None:
     """A zero-loss pass over one token, for a rank with fewer micro-batches than its peers.
 
     Data-parallel backward passes are collectives, and under ZeRO-3 so are forward passes (they
-    gather the adapter's partitioned weights), so every rank must run as many as the others.
+    gather the adapter's partitioned weights): every rank must run as many as the others, with
+    the same checkpointing and logit chunks (so its layers are called as often as theirs).
     """
     import torch
 
     if not backward and not zero3:
         return
-    input_ids = torch.zeros((1, 1), dtype=torch.long, device=device)
+    token = torch.zeros((1, 1), dtype=torch.long, device=device)
     with torch.set_grad_enabled(backward):
-        logits = engine(input_ids=input_ids)
+        logprobs = engine(
+            input_ids=token,
+            targets=token,
+            checkpoint=batch.checkpoint and backward,
+            logit_chunks=batch.logit_chunks,
+        )
         if backward:
-            engine.backward(logits.float().sum() * 0.0, scale_wrt_gas=False)
+            engine.backward(logprobs.sum() * 0.0, scale_wrt_gas=False)
 
 
-def _forward(
-    engine: DeepSpeedEngine,
-    batch: MicroBatch,
-    device: torch.device,
-    image_inputs: ImageInputs | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-    """Target logprobs ``(B, T)`` in fp32, the padded loss inputs and the padding mask."""
+@dataclass
+class _Rows:
+    """A micro-batch as tensors ``(B, T)``: the model's inputs (``segments`` and restarting
+    ``position_ids`` for a packed row, ``attention_mask`` for padded rows), the loss inputs and
+    mask, and where each datum sits (row, first position)."""
+
+    input_ids: torch.Tensor
+    targets: torch.Tensor
+    loss_inputs: dict[str, torch.Tensor]
+    mask: torch.Tensor
+    places: list[tuple[int, int]]
+    attention_mask: torch.Tensor | None = None
+    position_ids: torch.Tensor | None = None
+    segments: Segments | None = None
+    pixels: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _rows(
+    batch: MicroBatch, device: torch.device, image_inputs: ImageInputs | None = None
+) -> _Rows:
+    """Packed: one row of every datum in turn, positions restarting at each; else right-padded
+    rows, one per datum."""
     import torch
 
     datums = batch.datums
-    longest = max(d.length for d in datums)
-    B = len(datums)
-    input_ids = torch.zeros((B, longest), dtype=torch.long)
-    targets = torch.zeros((B, longest), dtype=torch.long)
-    mask = torch.zeros((B, longest), dtype=torch.float32)
+    if batch.packed:
+        starts = [0]
+        for d in datums:
+            starts.append(starts[-1] + d.length)
+        places = [(0, start) for start in starts[:-1]]
+        B, T = 1, starts[-1]
+    else:
+        places = [(row, 0) for row in range(len(datums))]
+        B, T = len(datums), max(d.length for d in datums)
+    input_ids = torch.zeros((B, T), dtype=torch.long)
+    targets = torch.zeros((B, T), dtype=torch.long)
+    positions = torch.zeros((B, T), dtype=torch.long)
+    mask = torch.zeros((B, T), dtype=torch.float32)
     keys = ["weights", *sorted(datums[0].extra)]
-    inputs = {k: torch.zeros((B, longest), dtype=torch.float32) for k in keys}
-    for row, d in enumerate(datums):
-        n = d.length
-        input_ids[row, :n] = torch.tensor(d.input_tokens)
-        targets[row, :n] = torch.tensor(d.target_tokens)
-        mask[row, :n] = 1.0
-        inputs["weights"][row, :n] = torch.tensor(d.weights)
+    inputs = {k: torch.zeros((B, T), dtype=torch.float32) for k in keys}
+    for d, (row, start) in zip(datums, places, strict=True):
+        span = slice(start, start + d.length)
+        input_ids[row, span] = torch.tensor(d.input_tokens)
+        targets[row, span] = torch.tensor(d.target_tokens)
+        positions[row, span] = torch.arange(d.length)
+        mask[row, span] = 1.0
+        inputs["weights"][row, span] = torch.tensor(d.weights)
         for k, v in d.extra.items():
-            inputs[k][row, :n] = torch.tensor(v)
-    # Without padding, no mask: attention then takes the fast causal path.
-    attention_mask = None if all(d.length == longest for d in datums) else mask.to(device).long()
+            inputs[k][row, span] = torch.tensor(v)
+    rows = _Rows(
+        input_ids=input_ids.to(device),
+        targets=targets.to(device),
+        loss_inputs={k: v.to(device) for k, v in inputs.items()},
+        mask=mask.to(device),
+        places=places,
+    )
+    if batch.packed:
+        rows.position_ids = positions.to(device)
+        if len(datums) > 1:
+            rows.segments = tuple(
+                (s, s + d.length) for d, (_, s) in zip(datums, places, strict=True)
+            )
+    elif any(d.length < T for d in datums):  # without padding, no mask: the fast causal path
+        rows.attention_mask = rows.mask.long()
     images = [image for d in datums for image in d.images]
-    pixels: dict[str, torch.Tensor] = {}
     if images:
         if image_inputs is None:
             raise UserInputError("this model takes text only, and a datum has images")
-        pixels = {k: v.to(device) for k, v in image_inputs(images, input_ids).items()}
-    logits_B_T_V = engine(input_ids=input_ids.to(device), attention_mask=attention_mask, **pixels)
-    logprobs_B_T = target_logprobs(logits_B_T_V, targets.to(device))
-    return logprobs_B_T, {k: v.to(device) for k, v in inputs.items()}, mask.to(device)
-
-
-def target_logprobs(logits_B_T_V: torch.Tensor, targets_B_T: torch.Tensor) -> torch.Tensor:
-    """log p(target) per position, in fp32.
-
-    Uses the fused cross-entropy kernel (``-cross_entropy`` is the target logprob) rather than a
-    full log-softmax plus gather: it never materialises the ``B x T x V`` log-probabilities and
-    its backward is a single softmax-minus-one-hot, which is most of a LoRA step's cost at
-    SmolLM2's 49k vocabulary.
-    """
-    import torch
-
-    B, T, V = logits_B_T_V.shape
-    nll = torch.nn.functional.cross_entropy(
-        logits_B_T_V.float().reshape(B * T, V), targets_B_T.reshape(B * T), reduction="none"
-    )
-    return -nll.reshape(B, T)
+        rows.pixels = {k: v.to(device) for k, v in image_inputs(images, input_ids).items()}
+    return rows

@@ -13,6 +13,12 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
+from tinsmith.actors.activation_memory import (
+    checkpointable_layers,
+    set_checkpointing,
+    target_logprobs,
+)
+from tinsmith.actors.segment_attention import Segments
 from tinsmith.errors import UserInputError
 from tinsmith.types.architectures import ATTN_MODULES, MLP_MODULES, UNEMBED_MODULES, Architecture
 from tinsmith.types.training import LoraConfig
@@ -176,7 +182,7 @@ def _view_class() -> type[torch.nn.Module]:
         when peft calls them inside the shared model's forward.
         """
 
-        def __init__(self, peft_model: torch.nn.Module, adapter_id: str) -> None:
+        def __init__(self, peft_model: PeftModel, adapter_id: str) -> None:
             super().__init__()
             self.shared = (peft_model,)  # a tuple: not registered as a submodule
             self.adapter_id = adapter_id
@@ -186,18 +192,38 @@ def _view_class() -> type[torch.nn.Module]:
                 for n, m in peft_model.named_modules()
                 if n.endswith(suffix) and next(m.parameters(recurse=False), None) is not None
             )
+            self.layers = checkpointable_layers(peft_model)
 
         def forward(
             self,
             input_ids: torch.Tensor,
+            targets: torch.Tensor,
             attention_mask: torch.Tensor | None = None,
+            position_ids: torch.Tensor | None = None,
+            segments: Segments | None = None,
+            checkpoint: bool = False,
+            logit_chunks: int = 1,
             **images: torch.Tensor,
         ) -> torch.Tensor:
-            """Logits; ``images``: a vision model's pixel inputs (``image_inputs``), if any."""
-            out = self.shared[0](
-                input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **images
-            )
-            return out.logits
+            """Target logprobs ``(B, T)`` in fp32. ``segments``: a packed row's datums (with
+            ``position_ids`` restarting at each); ``checkpoint``: recompute the layers in the
+            backward; ``logit_chunks``: see ``target_logprobs``; ``images``: a vision model's
+            pixel inputs (``image_inputs``), if any."""
+            # the families served here all keep the decoder in .model and the unembedding in
+            # .lm_head (which peft wraps when train_unembed), applied without scaling
+            causal = self.shared[0].get_base_model()
+            set_checkpointing(self.layers, checkpoint)
+            packed = {"segments": segments} if segments is not None else {}
+            hidden = causal.get_submodule("model")(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=False,
+                **packed,
+                **images,
+            ).last_hidden_state
+            head = causal.get_submodule("lm_head")
+            return target_logprobs(head, hidden, targets, logit_chunks)
 
     return AdapterView
 

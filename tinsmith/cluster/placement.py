@@ -107,6 +107,7 @@ class ModelActors:
 
     def connect(self) -> ActorHandle:
         """Start the coordinator over the (ready) workers."""
+        from tinsmith.actors.batching import batch_layout
         from tinsmith.actors.coordinator import Coordinator
 
         assert self.factories is not None and self.shape is not None
@@ -118,8 +119,7 @@ class ModelActors:
                 self.spec.name,
                 self.shape.vocab_size,
                 self.spec.max_context_length,
-                trainer_factory.config.micro_batch_tokens,
-                trainer_factory.config.max_padding_fraction,
+                batch_layout(trainer_factory.config, self.shape.arch.auto_class == "causal_lm"),
                 self.trainers,
                 self.samplers,
                 sampler_factory,

@@ -35,13 +35,40 @@ class TokenDatum(InternalModel):
 
 
 class MicroBatch(InternalModel):
-    """Datums run in one forward pass (padded to the longest)."""
+    """Datums run in one forward pass: packed into one row, or right-padded to the longest.
+
+    ``checkpoint`` and ``logit_chunks`` are the same for the k-th micro-batch of every rank (an
+    empty one included): under ZeRO-3 each call of an adapter's layer gathers its weights, a
+    collective, so every rank must call its layers as often as its peers.
+    """
 
     datums: list[TokenDatum]
+    packed: bool = False
+    checkpoint: bool = Field(default=False, description="Recompute layer activations in backward.")
+    logit_chunks: int = Field(default=1, ge=1, description="Chunks the target logprobs run in.")
+
+    @property
+    def tokens(self) -> int:
+        return sum(d.length for d in self.datums)
 
     @property
     def padded_tokens(self) -> int:
+        if self.packed:
+            return self.tokens
         return len(self.datums) * max((d.length for d in self.datums), default=0)
+
+
+class BatchLayout(InternalModel):
+    """How the coordinator cuts a request into micro-batches (from the model's TrainerConfig)."""
+
+    micro_batch_tokens: int = Field(ge=1)
+    max_padding_fraction: float = Field(default=0.1, ge=0, le=1)
+    packing: bool = True
+    checkpoint_above_tokens: int | None = Field(
+        default=None,
+        description="Checkpoint micro-batches of at least this many tokens; None: off.",
+    )
+    logprob_chunk_tokens: int = Field(default=0, ge=0, description="0: whole micro-batches.")
 
 
 class AdapterSpec(InternalModel):

@@ -52,6 +52,39 @@ class TrainerConfig(_Settings):
             "A micro-batch closes early rather than let padding exceed this share of its tokens."
         ),
     )
+    packing: bool = Field(
+        default=True,
+        description=(
+            "Text datums share a micro-batch as one row, each with its own positions and "
+            "attending only to itself: no padding. Off (and for vision models): right-padded rows."
+        ),
+    )
+    gradient_checkpointing: bool = Field(
+        default=False,
+        description=(
+            "Recompute each decoder layer's activations in the backward instead of keeping them: "
+            "memory grows with tokens x hidden, not tokens x layers x activations."
+        ),
+    )
+    gradient_checkpointing_above_tokens: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "With gradient_checkpointing: only micro-batches of more than this many tokens are "
+            "checkpointed (set to micro_batch_tokens: only a datum longer than a micro-batch, so "
+            "ordinary batches skip the ~1/3 extra compute). 0: every micro-batch."
+        ),
+    )
+    logprob_chunk_tokens: int = Field(
+        default=2048,
+        ge=0,
+        description=(
+            "Target logprobs (and the losses on them) of a micro-batch longer than this are "
+            "computed over chunks of at most this many tokens, each chunk's logits recomputed in "
+            "the backward (~10% more compute on a 135M model), so it never holds tokens x "
+            "vocabulary logits at once. 0: whole micro-batches."
+        ),
+    )
     num_cpus_per_rank: float = Field(
         default=0, ge=0, description="Ray CPU resource per trainer rank."
     )
