@@ -7,6 +7,7 @@ because a data-parallel backward, and under ZeRO-3 a forward, is a collective.
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -128,12 +129,15 @@ class _Rows:
 def _rows(
     batch: MicroBatch, device: torch.device, image_inputs: ImageInputs | None = None
 ) -> _Rows:
-    """Packed: one row of every datum in turn, positions restarting at each; else right-padded
-    rows, one per datum."""
+    """Packed (datums of different lengths): one row of every datum in turn, positions
+    restarting at each; else right-padded rows, one per datum."""
     import torch
 
     datums = batch.datums
-    if batch.packed:
+    # Datums of one length fill rows of their own without padding, and one batched attention
+    # call is faster than one per datum (8 x 128 tokens: ~9% of the step).
+    packed = batch.packed and len({d.length for d in datums}) > 1
+    if packed:
         starts = [0]
         for d in datums:
             starts.append(starts[-1] + d.length)
@@ -164,12 +168,9 @@ def _rows(
         mask=mask.to(device),
         places=places,
     )
-    if batch.packed:
+    if packed:
         rows.position_ids = positions.to(device)
-        if len(datums) > 1:
-            rows.segments = tuple(
-                (s, s + d.length) for d, (_, s) in zip(datums, places, strict=True)
-            )
+        rows.segments = tuple(itertools.pairwise(starts))
     elif any(d.length < T for d in datums):  # without padding, no mask: the fast causal path
         rows.attention_mask = rows.mask.long()
     images = [image for d in datums for image in d.images]
