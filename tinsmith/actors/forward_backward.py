@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from tinsmith.actors.activation_memory import return_large_frees
 from tinsmith.errors import UserInputError
 from tinsmith.types.internal import DatumResult, MicroBatch, RankResult, RankWork
 
@@ -45,6 +46,7 @@ def run_forward_backward(
         if not batch.datums:
             _dummy_pass(engine, batch, device, backward=not work.forward_only, zero3=zero3)
             continue
+        return_large_frees(batch.checkpoint)
         with torch.set_grad_enabled(not work.forward_only):
             rows = _rows(batch, device, image_inputs)
             logprobs_B_T = engine(

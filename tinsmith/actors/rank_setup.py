@@ -58,7 +58,6 @@ def start_rank(
         MASTER_ADDR=master_addr,
         MASTER_PORT=str(master_port),
     )
-    _return_large_frees()
     import torch
 
     torch.set_num_threads(threads)
@@ -82,27 +81,6 @@ def start_rank(
     return RankRuntime(
         device=device, dtype=dtype, base=model, arch=arch, image_token_id=shape.image_token_id
     )
-
-
-MMAP_THRESHOLD_BYTES = 4 << 20
-
-
-def _return_large_frees() -> None:
-    """Have glibc's malloc give blocks of 4 MiB and more straight back to the system when freed.
-
-    By default glibc raises its mmap threshold each time a large block is freed (up to 32 MiB),
-    so a long datum's activations, allocated and freed layer by layer, end up in the heap and
-    stay there: an 8,192-token step on SmolLM2 held ~7 GiB of RSS for ~1 GiB of live tensors.
-    Blocks under the threshold (a short micro-batch's) are served from the heap as before.
-    """
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc: nothing to tune
-        return
-    m_mmap_threshold = -3
-    libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD_BYTES)
 
 
 def auto_model_class(arch: Architecture) -> type[_BaseAutoModelClass]:
