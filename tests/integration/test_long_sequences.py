@@ -52,10 +52,12 @@ def test_an_8k_datum_trains_in_bounded_memory_and_its_logprobs_are_the_samplers(
     assert above <= PEAK_BOUND_GIB, f"peak {above:.2f} GiB above idle"
 
     # Before its first step the adapter changes nothing (LoRA's B starts at zero), so the base
-    # model's sampler scores the same weights the trainer just ran. The sampler scores the
-    # datum's 8,192 input tokens: the logprobs of tokens 1..8191, the trainer's first 8,191.
+    # model's sampler scores the same weights the trainer just ran. compute_logprobs samples one
+    # token after its prompt, so the prompt is the datum's first 8,191 tokens: the logprobs of
+    # tokens 1..8190, the trainer's first 8,190.
     trainer_lps = np.array(fb.loss_fn_outputs[0]["logprobs"].tolist())
     sampler = service_client.create_sampling_client(base_model=DEFAULT_MODEL)
-    scored = sampler.compute_logprobs(types.ModelInput.from_ints(tokens[:LENGTH])).result()
-    assert len(scored) == LENGTH and scored[0] is None
-    np.testing.assert_allclose(trainer_lps[:-1], np.array(scored[1:], dtype=float), atol=1e-3)
+    prompt = types.ModelInput.from_ints(tokens[: LENGTH - 1])
+    scored = sampler.compute_logprobs(prompt).result()
+    assert len(scored) == LENGTH - 1 and scored[0] is None
+    np.testing.assert_allclose(trainer_lps[:-2], np.array(scored[1:], dtype=float), atol=1e-3)

@@ -197,7 +197,7 @@ def test_bad_sampling_requests_are_user_errors(
 ) -> None:
     base = service_client.create_sampling_client(base_model=DEFAULT_MODEL).result()
     prompt = types.ModelInput.from_ints([1, 2, 3])
-    too_long = types.ModelInput.from_ints([5] * 5000)
+    too_long = types.ModelInput.from_ints([5] * 9000)  # the context is 8,192
     expect_user_error(base.sample(too_long, 1, types.SamplingParams(max_tokens=4)), "context")
     expect_user_error(base.sample(prompt, 1, types.SamplingParams(max_tokens=0)), "max_tokens")
     expect_user_error(

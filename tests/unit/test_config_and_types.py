@@ -30,6 +30,22 @@ def test_config_errors_name_the_field() -> None:
     assert "trainer.zero_stage" in str(info.value)
 
 
+def test_a_models_sampler_context_is_capped_at_its_own() -> None:
+    """A top-level max_model_len meant for a long model does not exceed a shorter model's context
+    (vLLM refuses a max_model_len beyond the model's positions)."""
+    config = parse_config(
+        {
+            "models": [
+                {"name": "long", "source": "/x", "max_context_length": 8192},
+                {"name": "short", "source": "/y", "max_context_length": 2048},
+            ],
+            "sampler": {"max_model_len": 8192},
+        }
+    )
+    lengths = [config.sampler_for(spec).max_model_len for spec in config.models]
+    assert lengths == [8192, 2048]
+
+
 def test_sdk_json_parses_into_tinsmith_types_and_back() -> None:
     sdk_params = tt.SamplingParams(max_tokens=5, temperature=0.7, top_p=0.9, stop=["\n\n"], seed=42)
     ours = ts.SamplingParams.model_validate_json(sdk_params.model_dump_json(exclude_none=True))

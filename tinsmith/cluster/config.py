@@ -287,7 +287,12 @@ class ClusterConfig(_Strict):
         return spec.trainer or self.trainer
 
     def sampler_for(self, spec: ModelSpec) -> SamplerConfig:
-        return spec.sampler or self.sampler
+        """The model's sampler settings, its vLLM context capped at the model's own (a top-level
+        max_model_len may be meant for a longer model than this one)."""
+        sampler = spec.sampler or self.sampler
+        if sampler.max_model_len <= spec.max_context_length:
+            return sampler
+        return sampler.model_copy(update={"max_model_len": spec.max_context_length})
 
     def resolved_data_dir(self) -> Path:
         return Path(os.environ.get("TINSMITH_DATA_DIR", self.data_dir)).expanduser()

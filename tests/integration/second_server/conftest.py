@@ -76,7 +76,6 @@ def models_config(swift: SwiftServer, path: Path, assets_dir: Path) -> Path:
     raw = yaml.safe_load(path.read_text())
     models = yaml.safe_load((ROOT / "configs" / "models.yaml").read_text())["models"]
     raw["models"] = [m for m in models if m["source"].startswith("random:")]
-    raw["sampler"]["max_model_len"] = 2048  # the tiny models' context (test.yaml's: SmolLM2's)
     first = next(m for m in raw["models"] if m["name"] == MODEL)
     first["sampler"] = {**raw["sampler"], "num_replicas": 2}
     raw["images"] = {"assets_dir": str(assets_dir), "s3_prefixes": [ASSETS_S3_PREFIX]}
