@@ -258,6 +258,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="measured steps of each kind")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument(
+        "--batches", nargs="+", choices=("uniform", "mixed"), default=["uniform", "mixed"]
+    )
+    parser.add_argument(
         "--bare-worker", nargs=2, metavar=("MODEL_DIR", "KIND"), help=argparse.SUPPRESS
     )
     parser.add_argument(
@@ -272,7 +275,7 @@ def main() -> None:
     if args.scaling:
         scaling(str(ROOT / "configs" / "bench-ranks.yaml"), args.steps, args.warmup)
         return
-    batches = {"uniform": fixed_batch(), "mixed": mixed_batch()}
+    batches = {k: fixed_batch() if k == "uniform" else mixed_batch() for k in args.batches}
     tokens = {kind: sum(len(seq) - 1 for seq in batch) for kind, batch in batches.items()}
     model_dir = str(prepare_all(load_config(args.config))[MODEL])
     before = {k: bare_alone(model_dir, k, args.steps, args.warmup) for k in batches}
