@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -24,16 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import LORA_RANK, MODEL, ROOT
+from tests.integration.helpers import proc_memory_kib
 
 LENGTHS = (1024, 2048, 4096, 8192)
 CHUNK_TOKENS = 2048
-
-
-def _kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def run_one(model_dir: str, length: int, features: bool) -> dict[str, float]:
@@ -76,13 +71,16 @@ def run_one(model_dir: str, length: int, features: bool) -> dict[str, float]:
         micro_batches=batches,
         grad_scale=1.0,
     )
-    idle = _kib("VmRSS")
+    idle = proc_memory_kib(os.getpid(), "VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM from now on
     start = time.perf_counter()
     worker.forward_backward(work)
     worker.optim_step(OptimStepWork(adapter_id="a", adam=AdamParams(learning_rate=1e-4)))
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "peak_bytes": (_kib("VmHWM") - idle) * 1024.0}
+    return {
+        "seconds": seconds,
+        "peak_bytes": (proc_memory_kib(os.getpid(), "VmHWM") - idle) * 1024.0,
+    }
 
 
 def _child(model_dir: str, length: int, features: bool) -> dict[str, float]:

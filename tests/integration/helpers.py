@@ -40,6 +40,14 @@ def tiny_model_spec() -> dict[str, object]:
     return next(m for m in models if m["name"] == TINY_MODEL)  # type: ignore[no-any-return]
 
 
+def proc_memory_kib(pid: int, field: str) -> int:
+    """A memory figure of a process from ``/proc/<pid>/status`` (VmRSS, VmHWM...), in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for pid {pid}")
+
+
 def random_tokens(seed: int, length: int, vocab: int = 49152) -> list[int]:
     rng = np.random.default_rng(seed)
     return [int(t) for t in rng.integers(100, vocab, size=length)]

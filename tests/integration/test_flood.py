@@ -22,7 +22,7 @@ import tinker
 from tinker import types
 
 from tests.conftest import DEFAULT_MODEL, OTHER_TENANT_KEY
-from tests.integration.helpers import datum, random_tokens
+from tests.integration.helpers import datum, proc_memory_kib, random_tokens
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -38,8 +38,7 @@ REQUESTS_RSS_BOUND_MIB = 48
 
 
 def _rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+    return proc_memory_kib(pid, "VmRSS") / 1024
 
 
 def _connection(base_url: str, timeout: float = 30) -> http.client.HTTPConnection:

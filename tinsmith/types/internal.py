@@ -66,7 +66,7 @@ class BatchLayout(InternalModel):
     packing: bool = True
     checkpoint_above_tokens: int | None = Field(
         default=None,
-        description="Checkpoint micro-batches of at least this many tokens; None: off.",
+        description="Checkpoint micro-batches of more than this many tokens; None: off.",
     )
     logprob_chunk_tokens: int = Field(default=0, ge=0, description="0: whole micro-batches.")
 
