@@ -4,8 +4,10 @@ message that names the problem (the S3 cases are in second_server/test_checkpoin
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,9 @@ from tinsmith.cluster.launcher import free_port
 pytestmark = pytest.mark.integration
 
 
-def _serve(config: dict[str, object], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+def _serve(
+    config: dict[str, object], tmp_path: Path, port: int | None = None
+) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(config))
     env = dict(os.environ, TINSMITH_DATA_DIR=str(tmp_path / "data"), HF_HUB_OFFLINE="1")
@@ -31,7 +35,7 @@ def _serve(config: dict[str, object], tmp_path: Path) -> subprocess.CompletedPro
         "--config",
         str(path),
         "--port",
-        str(free_port()),
+        str(port or free_port()),
     ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, check=False)
 
@@ -53,3 +57,19 @@ def test_impossible_placement_is_named(tmp_path: Path) -> None:
     done = _serve(config, tmp_path)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "impossible placement" in done.stderr and "GPU" in done.stderr, done.stderr[-2000:]
+
+
+def test_a_taken_port_is_named_before_start_up(tmp_path: Path) -> None:
+    """The API's port is bound first thing: a taken one fails in seconds (no Ray, no models),
+    not after the workers have started."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        done = _serve(_local(), tmp_path, port=port)
+        took = time.monotonic() - started
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr, done.stderr[-2000:]
+    assert "ray" not in done.stderr.lower(), done.stderr[-2000:]  # it never got that far
+    print(f"refused in {took:.1f} s")

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import shutil
+import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -68,6 +69,7 @@ def serve(config: ClusterConfig, host: str, port: int) -> None:
     from tinsmith.cluster.server import ServerState, build_app
 
     _import_driver_modules()
+    listener = bind_listener(host, port)  # before minutes of start-up: a taken port fails now
     model_dirs = prepare_all(config)
     data_dir = config.resolved_data_dir()
     # Before Ray: a bad bucket fails fast.
@@ -95,16 +97,36 @@ def serve(config: ClusterConfig, host: str, port: int) -> None:
         _log_auth(config)
         log.info("tinsmith serving on http://%s:%d", host, port)
         print(f"tinsmith: ready on http://{host}:{port}", flush=True)
-        uvicorn.run(
-            build_app(state), host=host, port=port, log_level="warning", timeout_keep_alive=75
+        server = uvicorn.Server(
+            uvicorn.Config(
+                build_app(state), host=host, port=port, log_level="warning", timeout_keep_alive=75
+            )
         )
+        server.run(sockets=[listener])
     finally:
+        listener.close()
         for model in actors:
             model.shutdown()
         shutil.rmtree(shm_dir, ignore_errors=True)
         checkpoints.store.close()
         if started:
             ray.shutdown()
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """The API's socket, bound (not yet listening: clients are refused, not left hanging, until
+    the server is ready). Bound first thing, so that neither a port another process holds nor one
+    that Ray or vLLM takes while the models start surfaces only after the start-up."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigurationError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    sock.set_inheritable(False)
+    return sock
 
 
 def _start_models(

@@ -77,7 +77,8 @@ class ServerProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(
-                    f"tinsmith serve exited with {self.proc.returncode}; log: {self.log_path}"
+                    f"tinsmith serve exited with {self.proc.returncode}; log: {self.log_path}; "
+                    f"its last lines:\n{self.log_tail()}"
                 )
             try:
                 with urllib.request.urlopen(f"{self.base_url}/api/v1/healthz", timeout=2) as resp:
@@ -89,8 +90,17 @@ class ServerProcess:
         self.stop()
         raise TimeoutError(
             "tinsmith serve did not become healthy in "
-            f"{self.startup_timeout}s; log: {self.log_path}"
+            f"{self.startup_timeout}s; log: {self.log_path}; its last lines:\n{self.log_tail()}"
         )
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of the server's log, so that a failed start says why where it is reported
+        (a CI machine's temp files are gone once the run ends)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
 
     def stop(self) -> None:
         """SIGTERM our process group, then SIGKILL what is left after a grace period."""
