@@ -59,25 +59,26 @@ def test_sl_example_eval_loss_falls(server: object) -> None:
 
 
 def test_rl_example_reward_rises(server: object) -> None:
-    """Cookbook RL (sync, importance_sampling) on addition of operands 0-5: the mean reward of the
-    last 3 of 8 steps (8 groups of 4 rollouts each, learning rate 4e-4) is at least 0.15 above
-    that of the first 3. Smaller operands than the example's default (0-9) give the base model
-    more right answers to learn from (~0.15 at the start), so groups of 4 carry signal and the
-    rise comes within 8 steps; it takes half the time of 10 steps of 8 groups of 8 at 0-9.
-    Calibration runs here (last 3 minus first 3): at 0-5, +0.67 and +0.61 over these 8 steps
-    (~140 s), +0.58 and +0.56 over 10; at 0-9 with groups of 4, two of six runs at 4e-4 and 6e-4
-    stayed below the bound (+0.10, +0.15: the rise came late, or collapsed), and at 0-9 with
-    groups of 8 it needed 10 steps at twice the cost."""
+    """Cookbook RL (sync, importance_sampling) on single-digit addition: the mean reward of the last
+    3 of 10 steps (8 groups of 8 rollouts each, learning rate 4e-4) is at least 0.15 above that of
+    the first 3. The base model starts near 0.1 and the step where the reward starts to rise
+    varies from run to run. Runs here: at the example's default 2e-4 over 10 steps, rises of +0.42
+    and +0.21 (with 4 groups per batch two of four runs stayed below the bound); at 4e-4 over 8
+    steps +0.58; at 6e-4 over 6 steps +0.37, +0.34 and +0.06 (last 3 vs first 3: the reward had
+    not started rising by step 6 in the third). So: the faster rate, and the full 10 steps.
+    Cheaper settings learnt on a fresh server but not reliably: groups of 4 on operands 0-5
+    rose by +0.58 to +0.67 in four runs there, then not at all in the suite (the policy drifted
+    to longer, badly formatted answers); groups of 4 on 0-9 stayed below the bound in two of
+    six runs."""
     rows = run_example(
         server,
         "rl_arithmetic.py",
-        *("--steps", "8", "--groups-per-batch", "8", "--group-size", "4"),
-        *("--max-operand", "5", "--learning-rate", "4e-4"),
+        *("--steps", "10", "--groups-per-batch", "8", "--learning-rate", "4e-4"),
     )
     rewards = [
         row["env/all/reward/total"] for row in rows if "env/all/reward/total" in row
     ]  # not the final save's
-    assert len(rewards) == 8, rows
+    assert len(rewards) == 10, rows
     assert mean(rewards[-3:]) >= mean(rewards[:3]) + 0.15, rewards
 
 

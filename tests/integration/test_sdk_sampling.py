@@ -155,6 +155,16 @@ def test_snapshots_are_immutable_and_many_adapters_sample_concurrently(
 ) -> None:
     prompt = types.ModelInput.from_ints(random_tokens(5200, 6))
     greedy = types.SamplingParams(max_tokens=8, temperature=0.0)
+    # The base model's greedy sample and its logprobs, before this test's adapters fill the
+    # sampler's LoRA slots.
+    base = service_client.create_sampling_client(base_model=DEFAULT_MODEL).result()
+    probe = types.ModelInput.from_ints(random_tokens(5500, 24))
+
+    def base_sample() -> tuple[list[int], np.ndarray]:
+        seq = base.sample(probe, 1, greedy).result().sequences[0]
+        return list(seq.tokens), np.array(seq.logprobs, dtype=float)
+
+    base_before = base_sample()
     clients: dict[tuple[int, int], tinker.SamplingClient] = {}
     expected: dict[tuple[int, int], list[int]] = {}
     tenants = [
@@ -183,13 +193,20 @@ def test_snapshots_are_immutable_and_many_adapters_sample_concurrently(
     for tc in tenants:
         tc.forward_backward([datum(random_tokens(5400, 20))], "cross_entropy").result()
         tc.optim_step(types.AdamParams(learning_rate=1e-2)).result()
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    with concurrent.futures.ThreadPoolExecutor(9) as pool:
         futures = {
             key: pool.submit(lambda c=c: c.sample(prompt, 1, greedy).result())
             for key, c in clients.items()
         }
+        mixed = pool.submit(base_sample)
         got = {key: list(f.result().sequences[0].tokens) for key, f in futures.items()}
+        base_mixed = mixed.result()
     assert got == expected
+    # A base-model request gets no adapter, whether alone or batched with adapters' requests,
+    # whatever the sampler's LoRA slots hold (vLLM-CPU's reference ops gave it the last slot's).
+    for tokens, logprobs in (base_sample(), base_mixed):
+        assert tokens == base_before[0]
+        np.testing.assert_allclose(logprobs, base_before[1], atol=1e-4)
 
 
 def test_bad_sampling_requests_are_user_errors(

@@ -1,4 +1,6 @@
-"""The grouped LoRA ops give what vLLM's reference CPU ops give, for every op and index pattern."""
+"""The grouped LoRA ops give what vLLM's reference CPU ops give, for every op and index pattern,
+except that a token without an adapter (index -1) gets none, where the reference applies the
+last slot's."""
 
 from __future__ import annotations
 
@@ -32,20 +34,50 @@ def test_shrink_and_expand_match_the_reference(tokens: int, four_dim: bool) -> N
     x = torch.randn(tokens, IN, generator=gen)
     h = torch.randn(tokens, RANK, generator=gen)
     for name, idx in _index_patterns(tokens).items():
+        base_rows = idx < 0  # no adapter: the reference's answer is replaced by "nothing"
         ref, new = torch.zeros(tokens, RANK + 3), torch.zeros(tokens, RANK + 3)
         lora_ops.bgmv_shrink(x, a, ref, idx, 0.5)
+        ref[base_rows, :RANK] = 0.0
         vllm_cpu_lora.bgmv_shrink(x, a, new, idx, 0.5)
         torch.testing.assert_close(new, ref, msg=f"shrink, {name}")
         for add in (False, True):
             base = torch.randn(tokens, OUT + 8, generator=gen)
             ref, new = base.clone(), base.clone()
             lora_ops.bgmv_expand(h, b, ref, idx, add)
+            ref[base_rows] = base[base_rows]
             vllm_cpu_lora.bgmv_expand(h, b, new, idx, add)
             torch.testing.assert_close(new, ref, msg=f"expand add={add}, {name}")
             ref, new = base.clone(), base.clone()
             lora_ops.bgmv_expand_slice(h, b, ref, idx, 5, OUT, add)
+            ref[base_rows] = base[base_rows]
             vllm_cpu_lora.bgmv_expand_slice(h, b, new, idx, 5, OUT, add)
             torch.testing.assert_close(new, ref, msg=f"expand_slice add={add}, {name}")
+
+
+@pytest.mark.parametrize("rows", [1, 9])
+def test_a_token_without_an_adapter_gets_none_whatever_the_last_slot_holds(rows: int) -> None:
+    """vLLM marks base-model tokens with -1. Indexed as torch does, -1 is the last slot: the
+    reference ops applied its adapter to base-model requests (their logprobs moved once any
+    adapter had been loaded there). The logits processor passes one index per sequence for all of
+    its rows (``rows`` > 1 here)."""
+    gen = torch.Generator().manual_seed(2)
+    a = torch.randn(SLOTS, RANK, IN, generator=gen)
+    b = torch.randn(SLOTS, OUT, RANK, generator=gen)
+    x = torch.randn(rows, IN, generator=gen)
+    idx = torch.tensor([-1])
+    shrunk = torch.full((rows, RANK), 7.0)
+    vllm_cpu_lora.bgmv_shrink(x, a, shrunk, idx, 1.0)
+    assert torch.count_nonzero(shrunk) == 0
+    for add in (False, True):
+        out = torch.randn(rows, OUT, generator=gen)
+        before = out.clone()
+        vllm_cpu_lora.bgmv_expand(torch.randn(rows, RANK, generator=gen), b, out, idx, add)
+        torch.testing.assert_close(out, before, rtol=0, atol=0)
+        vllm_cpu_lora.bgmv_expand_slice(torch.randn(rows, RANK), b, out, idx, 0, OUT, add)
+        torch.testing.assert_close(out, before, rtol=0, atol=0)
+    reference = torch.zeros(rows, RANK)
+    lora_ops.bgmv_shrink(x, a, reference, idx, 1.0)
+    assert torch.count_nonzero(reference) > 0  # the reference's behaviour this replaces
 
 
 def test_install_replaces_the_ops_that_the_cpu_wrapper_calls() -> None:

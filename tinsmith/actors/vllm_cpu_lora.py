@@ -5,7 +5,8 @@ whole (out x rank) weight matrix for every token before an einsum. With 64 seque
 that copy dominates: sampling from an adapter ran 8x slower than from the base model, which made
 RL rollouts (many short samples per step) crawl. A batch holds only a few distinct adapters, so
 these versions do one dense matmul per adapter present instead. Same results (up to float
-rounding), same signatures, same output handling as the reference ops.
+rounding), same signatures, same output handling as the reference ops, except for tokens of
+requests without an adapter: those get none (see ``lora_matmul``).
 
 vLLM runs its model in a spawned worker process, so the patch is applied there through the
 `vllm.general_plugins` entry point declared in pyproject.toml (loaded by every vLLM process).
@@ -24,23 +25,45 @@ log = logging.getLogger(__name__)
 def lora_matmul(
     inputs: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, dtype: torch.dtype
 ) -> torch.Tensor:
-    """Row t of the result is inputs[t] @ weights[indices[t]].T,
-    as the reference einsum computes it.
+    """Row t of the result is inputs[t] @ weights[indices[t]].T, and zero where indices[t] < 0.
 
-    `weights` is (num_slots, [1,] out, in); indices follow torch indexing (a -1 names the last slot,
-    as in the reference op).
+    `weights` is (num_slots, [1,] out, in). A negative index is vLLM's mark for a token of a
+    request without an adapter (the base model). The reference torch ops index with it as torch
+    does, so -1 picks the last slot: a base-model request was served with whatever adapter sat
+    in that slot (its logprobs off by ~0.05 once the slot was used, and the lm_head's LoRA
+    applies to every request's logits, alone in its batch or not). Here it gets no adapter, as
+    on vLLM's GPU kernels.
     """
     if weights.dim() == 4:
         weights = weights.squeeze(1)
     x = inputs.to(dtype=dtype)
     slots = torch.unique(indices)
-    if slots.numel() == 1:  # the common case: one adapter (or none) in the whole batch
+    if slots.numel() == 1 and int(slots.item()) >= 0:  # the common case: one adapter in the batch
         return x @ weights[int(slots.item())].to(dtype=dtype).T
-    out = x.new_empty((x.shape[0], weights.shape[1]))
+    out = x.new_zeros((x.shape[0], weights.shape[1]))
     for slot in slots.tolist():
+        if slot < 0:
+            continue
         mask = indices == slot
         out[mask] = x[mask] @ weights[slot].to(dtype=dtype).T
     return out
+
+
+def _write(
+    output: torch.Tensor, outputs: torch.Tensor, indices: torch.Tensor, add_inputs: bool
+) -> None:
+    """Add ``outputs`` into ``output`` (or set it; one row of ``outputs`` broadcasts over all,
+    as in the reference), leaving the rows of adapter-less tokens as they are (``output`` may be
+    a view)."""
+    if add_inputs:
+        output += outputs  # an adapter-less row adds lora_matmul's zero
+        return
+    adapted = indices >= 0
+    if bool(adapted.all()):
+        output[:] = outputs
+    elif adapted.shape[0] == outputs.shape[0] == output.shape[0]:
+        output[adapted] = outputs[adapted]
+    # else one adapter-less index covers every row: they stay as they are
 
 
 def bgmv_shrink(
@@ -50,7 +73,8 @@ def bgmv_shrink(
     lora_indices_tensor: torch.Tensor,
     scaling: float = 1.0,
 ) -> None:
-    """The reference ``bgmv_shrink``: project each token onto its adapter's rank (x @ A), scaled."""
+    """The reference ``bgmv_shrink``: project each token onto its adapter's rank (x @ A), scaled
+    (zero for a token without an adapter)."""
     outputs = lora_matmul(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
     output_tensor[:, : outputs.shape[1]] = scaling * outputs[:]
 
@@ -62,17 +86,20 @@ def bgmv_expand(
     lora_indices_tensor: torch.Tensor,
     add_inputs: bool = True,
 ) -> None:
-    """The reference ``bgmv_expand``: project back up from the rank (x @ B) into the output."""
+    """The reference ``bgmv_expand``: project back up from the rank (x @ B) into the output; a
+    token without an adapter keeps its output row."""
     outputs = lora_matmul(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
     limit = output_tensor.shape[0]
     if outputs.shape[0] == 1 and output_tensor.shape[0] != 1:
         limit = 1
     # adapter and model may pad differently
     common_len = min(outputs.shape[1], output_tensor.shape[1])
-    if add_inputs:
-        output_tensor[:, :common_len] += outputs[:limit, :common_len]
-    else:
-        output_tensor[:, :common_len] = outputs[:limit, :common_len]
+    _write(
+        output_tensor[:, :common_len],
+        outputs[:limit, :common_len],
+        lora_indices_tensor[:limit],
+        add_inputs,
+    )
 
 
 def bgmv_expand_slice(
@@ -87,10 +114,12 @@ def bgmv_expand_slice(
     """The reference ``bgmv_expand_slice``: ``bgmv_expand`` into one column slice of a fused
     output (q, k or v of a merged projection)."""
     outputs = lora_matmul(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
-    if add_inputs:
-        output_tensor[:, slice_offset : slice_offset + slice_size] += outputs[:]
-    else:
-        output_tensor[:, slice_offset : slice_offset + slice_size] = outputs[:]
+    _write(
+        output_tensor[:, slice_offset : slice_offset + slice_size],
+        outputs,
+        lora_indices_tensor,
+        add_inputs,
+    )
 
 
 def install() -> None:
