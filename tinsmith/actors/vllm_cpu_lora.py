@@ -49,6 +49,12 @@ def lora_matmul(
     return out
 
 
+def _adapted(indices: torch.Tensor) -> bool:
+    """Whether any token has an adapter: a base-model-only batch (the logits processor's single
+    -1 for all of a lone base request's rows, say) needs no matmul at all."""
+    return bool((indices >= 0).any())
+
+
 def _write(
     output: torch.Tensor, outputs: torch.Tensor, indices: torch.Tensor, add_inputs: bool
 ) -> None:
@@ -61,9 +67,8 @@ def _write(
     adapted = indices >= 0
     if bool(adapted.all()):
         output[:] = outputs
-    elif adapted.shape[0] == outputs.shape[0] == output.shape[0]:
+    else:
         output[adapted] = outputs[adapted]
-    # else one adapter-less index covers every row: they stay as they are
 
 
 def bgmv_shrink(
@@ -75,6 +80,9 @@ def bgmv_shrink(
 ) -> None:
     """The reference ``bgmv_shrink``: project each token onto its adapter's rank (x @ A), scaled
     (zero for a token without an adapter)."""
+    if not _adapted(lora_indices_tensor):
+        output_tensor[:, : lora_b_weights.shape[-2]] = 0.0
+        return
     outputs = lora_matmul(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
     output_tensor[:, : outputs.shape[1]] = scaling * outputs[:]
 
@@ -88,6 +96,8 @@ def bgmv_expand(
 ) -> None:
     """The reference ``bgmv_expand``: project back up from the rank (x @ B) into the output; a
     token without an adapter keeps its output row."""
+    if not _adapted(lora_indices_tensor):
+        return
     outputs = lora_matmul(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
     limit = output_tensor.shape[0]
     if outputs.shape[0] == 1 and output_tensor.shape[0] != 1:
@@ -113,6 +123,8 @@ def bgmv_expand_slice(
 ) -> None:
     """The reference ``bgmv_expand_slice``: ``bgmv_expand`` into one column slice of a fused
     output (q, k or v of a merged projection)."""
+    if not _adapted(lora_indices_tensor):
+        return
     outputs = lora_matmul(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
     _write(
         output_tensor[:, slice_offset : slice_offset + slice_size],
