@@ -59,26 +59,27 @@ def test_sl_example_eval_loss_falls(server: object) -> None:
 
 
 def test_rl_example_reward_rises(server: object) -> None:
-    """Cookbook RL (sync, importance_sampling) on single-digit addition: the mean reward of the last
-    3 of 10 steps (8 groups of 8 rollouts each, learning rate 4e-4) is at least 0.15 above that of
-    the first 3. The base model starts near 0.1 and the step where the reward starts to rise
-    varies from run to run. Runs here: at the example's default 2e-4 over 10 steps, rises of +0.42
-    and +0.21 (with 4 groups per batch two of four runs stayed below the bound); at 4e-4 over 8
-    steps +0.58; at 6e-4 over 6 steps +0.37, +0.34 and +0.06 (last 3 vs first 3: the reward had
-    not started rising by step 6 in the third). So: the faster rate, and the full 10 steps.
-    Cheaper settings learnt on a fresh server but not reliably: groups of 4 on operands 0-5
-    rose by +0.58 to +0.67 in four runs there, then not at all in the suite (the policy drifted
-    to longer, badly formatted answers); groups of 4 on 0-9 stayed below the bound in two of
-    six runs."""
+    """Cookbook RL (sync, importance_sampling) on single-digit addition (operands 0-5): the mean
+    reward of the last 3 of 7 steps (8 groups of 8 rollouts each, learning rate 4e-4) is at least
+    0.15 above that of the first 3. The base model starts near 0.05-0.2, and the step where the
+    reward starts to rise varies from run to run (vLLM's sampling draws depend on what the
+    engine served before). Runs of these settings here, rewards per step: 0.05, 0.11, 0.22,
+    0.32, 0.59, 0.78, 0.97; 0.06, 0.08, 0.27, 0.38, 0.56, 0.67 (of 6 steps); 0.19, 0.15, 0.15,
+    0.31, 0.28, 0.52 (of 6: last 3 of 6 only +0.21 above the first 3, hence the seventh step).
+    Earlier calibrations, on operands 0-9: at the example's default 2e-4 over 10 steps, rises
+    of +0.42 and +0.21 (with 4 groups per batch two of four runs stayed below the bound); at
+    6e-4 over 6 steps +0.37, +0.34 and +0.06. Groups of 4 rollouts learnt on a fresh server but
+    not reliably in the suite (the policy drifted to longer, badly formatted answers)."""
     rows = run_example(
         server,
         "rl_arithmetic.py",
-        *("--steps", "10", "--groups-per-batch", "8", "--learning-rate", "4e-4"),
+        *("--steps", "7", "--groups-per-batch", "8", "--learning-rate", "4e-4"),
+        *("--max-operand", "5"),
     )
     rewards = [
         row["env/all/reward/total"] for row in rows if "env/all/reward/total" in row
     ]  # not the final save's
-    assert len(rewards) == 10, rows
+    assert len(rewards) == 7, rows
     assert mean(rewards[-3:]) >= mean(rewards[:3]) + 0.15, rewards
 
 

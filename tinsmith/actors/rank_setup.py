@@ -56,7 +56,9 @@ def start_rank(
         WORLD_SIZE=str(world_size),
         LOCAL_WORLD_SIZE="1",
         MASTER_ADDR=master_addr,
-        MASTER_PORT=str(master_port),
+        # A lone rank hosts its own store on a port the kernel gives it at bind time: the port
+        # found free before the process started can be taken by then.
+        MASTER_PORT=str(master_port if world_size > 1 else 0),
     )
     import torch
 

@@ -245,9 +245,41 @@ def start_models(
         _launch(spec, model_dir, trainer_cfg, sampler_cfg, shm_dir, site, actors)
         for spec, model_dir, trainer_cfg, sampler_cfg in models
     ]
-    ray.get([ref for _, refs in launched for ref in refs])
-    for model, _ in launched:
+    for model, trainer_pings, _ in launched:
+        _await_trainers(model, trainer_pings)
+    ray.get([ref for _, _, sampler_starts in launched for ref in sampler_starts])
+    for model, _, _ in launched:
         model.coordinator = model.connect()
+
+
+RENDEZVOUS_ATTEMPTS = 3
+
+
+def _await_trainers(model: ModelActors, pings: list[ObjectRef]) -> None:
+    """Wait for a model's trainer ranks to be up. Rank 0 listens on the port `_rendezvous`
+    found free before the ranks' processes started; while they import, Ray, gloo and vLLM bind
+    ephemeral ports, and one can take it. Then the ranks start again on a fresh port."""
+    assert model.factories is not None
+    factory = model.factories[0]
+    for attempt in range(1, RENDEZVOUS_ATTEMPTS + 1):
+        try:
+            ray.get(pings[0])  # rank 0 first: the others wait on its port
+            ray.get(pings[1:])
+            return
+        except ray.exceptions.RayActorError as exc:
+            if attempt == RENDEZVOUS_ATTEMPTS or "address already in use" not in str(exc):
+                raise
+        log.warning(
+            "the trainer ranks of %s lost their rendezvous port to another process; starting "
+            "them again on another (attempt %d of %d)",
+            model.spec.name,
+            attempt + 1,
+            RENDEZVOUS_ATTEMPTS,
+        )
+        for rank in model.trainers:
+            ray.kill(rank)
+        model.trainers = factory.spawn(*ray.get(factory.rendezvous()))
+        pings = [rank.ping.remote() for rank in model.trainers]
 
 
 def _launch(
@@ -258,8 +290,9 @@ def _launch(
     shm_dir: str,
     site: StorageSite,
     actors: list[ModelActors],
-) -> tuple[ModelActors, list[ObjectRef]]:
-    """Create one model's placement groups and workers; returns it and its readiness refs."""
+) -> tuple[ModelActors, list[ObjectRef], list[ObjectRef]]:
+    """Create one model's placement groups and workers; returns it, its ranks' readiness refs
+    and its replicas'."""
     groups: list[PlacementGroup] = []
     t_cpus, t_gpus = trainer_cfg.num_cpus_per_rank, trainer_cfg.num_gpus_per_rank
     t_group: PlacementGroup | None = None
@@ -290,5 +323,4 @@ def _launch(
         shape=read_model_shape(model_dir),
     )
     actors.append(model)
-    ready: list[ObjectRef] = [t.ping.remote() for t in trainers]
-    return model, ready + [s.start.remote() for s in samplers]
+    return model, [t.ping.remote() for t in trainers], [s.start.remote() for s in samplers]
