@@ -63,6 +63,10 @@ class MetadataStore(Protocol):
 
     def expired_checkpoints(self, now: dt.datetime) -> list[CheckpointRecord]: ...
 
+    def storage_key_in_use(self, storage_key: str) -> bool:
+        """Whether a checkpoint record (a copy shares its source's archive) names this key."""
+        ...
+
     def has_checkpoint_content(self, sha256: str) -> bool:
         """Whether any recorded checkpoint's archive has this sha256."""
         ...

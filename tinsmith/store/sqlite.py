@@ -247,6 +247,13 @@ class SQLiteStore:
         )
         return [CheckpointRecord.model_validate_json(str(r[0])) for r in rows]
 
+    def storage_key_in_use(self, storage_key: str) -> bool:
+        rows = self._rows(
+            "SELECT 1 FROM checkpoints WHERE json_extract(body, '$.storage_key') = ? LIMIT 1",
+            (storage_key,),
+        )
+        return bool(rows)
+
     def has_checkpoint_content(self, sha256: str) -> bool:
         rows = self._rows(
             "SELECT 1 FROM checkpoints WHERE json_extract(body, '$.sha256') = ? LIMIT 1", (sha256,)
