@@ -42,7 +42,16 @@ def test_sessions_keep_what_their_client_said_and_each_tenant_sees_its_own(
     tc = service.create_lora_training_client(base_model=DEFAULT_MODEL, rank=2).result()
     sampler = service.create_sampling_client(base_model=DEFAULT_MODEL)
     session_id = tc.model_id.split(":train:")[0]
-    rest = tinker.RestClient(base_url=base_url, api_key="tml-tests")
+    rest = service.create_rest_client()
+    for caps in (service.get_server_capabilities(), rest.get_server_capabilities().result()):
+        assert DEFAULT_MODEL in [m.model_name for m in caps.supported_models]
+    # A sampler passed by handle (to another process, say) is the same sampler.
+    monkeypatch.setenv("TINKER_BASE_URL", base_url)
+    handle = sampler.get_sampler_handle()
+    again = tinker.SamplingClient.from_sampler_handle(handle, api_key="tml-tests")
+    assert again.get_base_model() == DEFAULT_MODEL
+    prompt = types.ModelInput.from_ints([1, 2, 3])
+    assert len(again.sample(prompt, 1, types.SamplingParams(max_tokens=2)).result().sequences) == 1
 
     got = rest.get_session(session_id).result()
     assert got.training_run_ids == [tc.model_id], got
