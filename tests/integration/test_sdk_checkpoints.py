@@ -15,7 +15,7 @@ import pytest
 import tinker
 from tinker import types
 
-from tests.conftest import DEFAULT_MODEL, ZERO3_MODEL
+from tests.conftest import DEFAULT_MODEL, OTHER_TENANT_KEY, ZERO3_MODEL
 from tests.integration.helpers import (
     checkpoint_dir,
     datum,
@@ -70,6 +70,11 @@ def test_resume_from_save_state_is_exact(
     np.testing.assert_allclose(losses, expected_losses, rtol=1e-6)
     for key, value in expected.items():
         np.testing.assert_allclose(got[key], value, rtol=0, atol=1e-6, err_msg=key)
+
+    # load_state_with_optimizer on a live client: the same as a client created from the state.
+    reloaded = service_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=8).result()
+    reloaded.load_state_with_optimizer(saved).result()
+    np.testing.assert_allclose(_train(reloaded, batches[3:]), expected_losses, rtol=1e-6)
 
     # Without the optimizer: the same weights, and a fresh AdamW, whose first step moves every
     # element with a gradient by (almost exactly) the learning rate.
@@ -266,3 +271,92 @@ def test_bad_checkpoint_requests_are_user_errors(service_client: tinker.ServiceC
     _train(tc, _batches(3500, 1))
     tc.load_state(path).result()
     assert tc.save_state("after-errors").result().path.endswith("/weights/after-errors")
+
+
+def test_copy_weights_shares_the_archive_and_outlives_its_source(
+    service_client: tinker.ServiceClient, server: object
+) -> None:
+    """ServiceClient.copy_weights (into its project) and RestClient.copy_weights: the copy is a
+    run of its own in a new session of that project, loads as the source did, and keeps the
+    source's weights after the source is saved over and then deleted (the two share one
+    archive, which stays while either names it). Another tenant may copy only a published one."""
+    base_url = server.base_url  # type: ignore[attr-defined]
+    tc = service_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=2).result()
+    _train(tc, _batches(3100, 1))
+    source = tc.save_state("to-copy").result().path
+    at_save = read_adapter(checkpoint_dir(server, source))
+    archive = tinker.ServiceClient(project_id="archive", base_url=base_url, api_key="tml-tests")
+    copy = archive.copy_weights(source).result()
+    run_id = copy[len("tinker://") :].split("/")[0]
+    assert copy == f"tinker://{run_id}/weights/to-copy" and run_id != tc.model_id, copy
+
+    _train(tc, _batches(3101, 1))
+    assert tc.save_state("to-copy", overwrite=True).result().path == source
+    rest = tinker.RestClient(base_url=base_url, api_key="tml-tests")
+    rest.delete_checkpoint(tc.model_id, "weights/to-copy").result()
+    kept = read_adapter(checkpoint_dir(server, copy))
+    for key, value in at_save.items():
+        np.testing.assert_array_equal(kept[key], value, err_msg=key)
+    loaded = _adapter(server, service_client.create_training_client_from_state(copy).result(), "c")
+    for key, value in at_save.items():
+        np.testing.assert_array_equal(loaded[key], value, err_msg=key)
+    assert rest.get_training_run(run_id).result().base_model == DEFAULT_MODEL
+    assert rest.get_training_run_by_tinker_path(copy).result().training_run_id == run_id
+    session = run_id.split(":train:")[0]
+    query = types.SessionSearchRequest(session_id=session, project_ids=["archive"])
+    assert [s.session_id for s in rest.search_sessions(query).result().sessions] == [session]
+
+    other = tinker.RestClient(base_url=base_url, api_key=OTHER_TENANT_KEY)
+    with pytest.raises(tinker.NotFoundError):
+        other.copy_weights(copy, "theirs").result()
+    rest.publish_checkpoint_from_tinker_path(copy).result()
+    theirs = other.copy_weights(copy, "theirs", ttl_seconds=3600).result()
+    their_run = theirs[len("tinker://") :].split("/")[0]
+    assert other.get_training_run(their_run).result().training_run_id == their_run
+    with pytest.raises(tinker.NotFoundError):
+        rest.get_training_run(their_run).result()
+    with pytest.raises(tinker.BadRequestError, match="ttl_seconds"):
+        rest.copy_weights(copy, "archive", ttl_seconds=5).result()
+
+
+def test_cli_reads_and_changes_runs_checkpoints_and_models(
+    service_client: tinker.ServiceClient, server: object
+) -> None:
+    """The `tinker` CLI's run, checkpoint, model, auth-status and version commands against the
+    server, run in this process (click's runner: the CLI's own code, without a new
+    interpreter's imports per command)."""
+    from click.testing import CliRunner
+    from tinker.cli.__main__ import main_cli
+
+    base_url = server.base_url  # type: ignore[attr-defined]
+    env = {"TINKER_BASE_URL": base_url, "TINKER_API_KEY": "tml-tests"}
+
+    def cli(*args: str) -> str:
+        done = CliRunner().invoke(main_cli, ["-f", "json", *args], env=env)
+        assert done.exit_code == 0, (args, done.output, done.exception)
+        return done.output
+
+    tc = service_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=2).result()
+    path = tc.save_state("for-cli").result().path
+    assert tc.model_id in cli("run", "list", "--limit", "0")
+    assert json.loads(cli("run", "info", tc.model_id))["training_run_id"] == tc.model_id
+    assert json.loads(cli("checkpoint", "info", path))["tinker_path"] == path
+    rest = tinker.RestClient(base_url=base_url, api_key="tml-tests")
+
+    def stored() -> types.Checkpoint:
+        [checkpoint] = rest.list_checkpoints(tc.model_id).result().checkpoints
+        return checkpoint
+
+    cli("checkpoint", "publish", path)
+    assert stored().public
+    cli("checkpoint", "unpublish", path)
+    assert not stored().public
+    cli("checkpoint", "set-ttl", path, "--ttl", "7200")
+    assert stored().expires_at is not None
+    cli("checkpoint", "delete", path, "--yes")
+    assert rest.list_checkpoints(tc.model_id).result().checkpoints == []
+    assert DEFAULT_MODEL in cli("model", "list")
+    assert (
+        "Tinker accessible: yes" in CliRunner().invoke(main_cli, ["auth", "status"], env=env).output
+    )
+    cli("version")

@@ -83,6 +83,43 @@ def test_rl_loss_sum_matches_formula(
     )
 
 
+def test_gspo_loss_sum_matches_the_documented_formula_per_datum(
+    service_client: tinker.ServiceClient,
+) -> None:
+    """Two datums in one request (the trainer packs them into one row): each one's sequence
+    ratio is the mean log-ratio over the tokens its sequence_ratio_mask marks (not the first 6,
+    the "prompt"), one datum's above the clip range and one's below; loss:sum equals Tinker's
+    formula on the logprobs the trainer returns. Gradients: tests/unit/test_losses.py."""
+    tc = service_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=4).result()
+    seqs = [random_tokens(31, 25), random_tokens(32, 18)]
+    tps = [
+        np.array(out["logprobs"].tolist())
+        for out in tc.forward([datum(t) for t in seqs], "cross_entropy").result().loss_fn_outputs
+    ]
+    rng = np.random.default_rng(2)
+    data, expected = [], 0.0
+    for tokens, tp, shift in zip(seqs, tps, (0.5, -0.5), strict=True):
+        sp = (tp - shift + rng.uniform(-0.1, 0.1, size=tp.shape)).astype(np.float32)
+        adv = rng.normal(size=tp.shape).astype(np.float32)
+        mask = np.ones_like(tp, dtype=np.float32)
+        mask[:6] = 0.0
+        rl = _rl_datum(tokens, sp.tolist(), adv.tolist())
+        rl.loss_fn_inputs["sequence_ratio_mask"] = types.TensorData.from_numpy(mask)
+        data.append(rl)
+        ratio = np.exp((tp - sp)[mask > 0].mean())
+        expected += float(-np.minimum(ratio * adv, np.clip(ratio, 0.8, 1.2) * adv).sum())
+    out = tc.forward_backward(data, "gspo").result()
+    assert abs(out.metrics["loss:sum"] - expected) <= 1e-4 * max(1.0, abs(expected)), (
+        out.metrics,
+        expected,
+    )
+    # a mask that marks nothing has no mean: a user error naming the datum and the field
+    data[1].loss_fn_inputs["sequence_ratio_mask"] = types.TensorData.from_numpy(
+        np.zeros(17, dtype=np.float32)
+    )
+    expect_user_error(tc.forward_backward(data, "gspo"), "data[1]", "sequence_ratio_mask")
+
+
 def test_forward_backward_custom_dpo(service_client: tinker.ServiceClient) -> None:
     """A DPO loss on (chosen, rejected) pairs: the preference margin grows with training."""
     tc = service_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=8).result()

@@ -182,7 +182,9 @@ def test_snapshots_are_immutable_and_many_adapters_sample_concurrently(
                 client = tc.save_weights_and_get_sampling_client().result()
             else:
                 path = tc.save_weights_for_sampler(f"snap-{t}").result().path
-                client = service_client.create_sampling_client(model_path=path).result()
+                # by either client's create_sampling_client
+                creator = tc if t % 2 else service_client
+                client = creator.create_sampling_client(model_path=path).result()
             clients[(t, version)] = client
             expected[(t, version)] = list(
                 client.sample(prompt, 1, greedy).result().sequences[0].tokens

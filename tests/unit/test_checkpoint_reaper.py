@@ -71,3 +71,34 @@ def test_an_expired_checkpoint_is_hidden_at_once_and_deleted_by_the_reaper(tmp_p
     assert service.reap() == 1
     assert not service.storage.exists("run-1/weights/ckpt-old.tar")
     assert service.store.get_checkpoint(PATH) is None
+
+
+def test_a_copy_keeps_the_shared_archive_until_the_last_record_goes(tmp_path: Path) -> None:
+    """copy_weights records a second checkpoint on the source's archive: deleting (or
+    overwriting, or expiring) either record leaves the archive while the other names it."""
+    from tinsmith.store.records import RunRecord
+
+    service = open_checkpoint_service(StorageConfig(), tmp_path / "data")
+    archive = tmp_path / "archive.tar"
+    archive.write_bytes(b"bytes")
+    key = "run-1/weights/ckpt-a.tar"
+    service.storage.put(key, archive)
+    source = record(key, None)
+    service.commit(source, overwrite=False)
+    run = RunRecord(
+        training_run_id="sess-c:train:0",
+        session_id="sess-c",
+        base_model="m",
+        owner="tenant-b",
+        lora=LoraConfig(rank=4),
+    )
+    path = service.copy(source, run, ttl_seconds=3600)
+    assert path == "tinker://sess-c:train:0/weights/ckpt"
+    assert service.copy(source, run, ttl_seconds=3600) == path  # a retry: the same copy
+    copied = service.store.get_checkpoint(path)
+    assert copied is not None and copied.storage_key == key and copied.owner == "tenant-b"
+    assert copied.expires_at is not None and not copied.public
+    service.delete(source)
+    assert service.storage.exists(key) and service.store.get_checkpoint(PATH) is None
+    service.delete(copied)
+    assert not service.storage.exists(key)

@@ -149,8 +149,8 @@ def test_bad_request_fails_but_frees_its_seq_id() -> None:
     async def main() -> None:
         coord = Coordinator("m", 100, 64, LAYOUT, [FakeTrainer([])], [])  # type: ignore[arg-type]
         await coord.create_model("s:train:0", LoraConfig(rank=4))
-        with pytest.raises(UserInputError, match="gspo"):
-            await coord.forward_backward("s:train:0", 1, _fb(1, loss="gspo"), False)
+        with pytest.raises(UserInputError, match="stable_reinforce"):
+            await coord.forward_backward("s:train:0", 1, _fb(1, loss="stable_reinforce"), False)
         out = await asyncio.wait_for(
             coord.forward_backward("s:train:0", 2, _fb(1), False), timeout=5
         )

@@ -104,6 +104,11 @@ def _float_inputs(
         if any(not math.isfinite(v) for v in floats):
             raise UserInputError(f"{where}.loss_fn_inputs[{key!r}] contains NaN or infinity")
         values[key] = floats
+    if spec.marks is not None and not any(values[spec.marks]):
+        raise UserInputError(
+            f"{where}.loss_fn_inputs[{spec.marks!r}] marks no token ({loss_fn} takes the mean "
+            "over the tokens it marks): mark at least one, e.g. the sampled tokens"
+        )
     return values
 
 

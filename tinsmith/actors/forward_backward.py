@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tinsmith.actors.activation_memory import return_large_frees
+from tinsmith.actors.loss_specs import DATUM_KEY
 from tinsmith.errors import UserInputError
 from tinsmith.types.internal import DatumResult, MicroBatch, RankResult, RankWork
 
@@ -149,10 +150,11 @@ def _rows(
     targets = torch.zeros((B, T), dtype=torch.long)
     positions = torch.zeros((B, T), dtype=torch.long)
     mask = torch.zeros((B, T), dtype=torch.float32)
-    keys = ["weights", *sorted(datums[0].extra)]
+    keys = ["weights", DATUM_KEY, *sorted(datums[0].extra)]
     inputs = {k: torch.zeros((B, T), dtype=torch.float32) for k in keys}
-    for d, (row, start) in zip(datums, places, strict=True):
+    for ordinal, (d, (row, start)) in enumerate(zip(datums, places, strict=True), start=1):
         span = slice(start, start + d.length)
+        inputs[DATUM_KEY][row, span] = float(ordinal)
         input_ids[row, span] = torch.tensor(d.input_tokens)
         targets[row, span] = torch.tensor(d.target_tokens)
         positions[row, span] = torch.arange(d.length)

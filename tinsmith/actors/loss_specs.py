@@ -1,7 +1,8 @@
 """What each supported loss reads and accepts: inputs, config keys, defaults (no torch).
 
 The coordinator validates requests against these before any work reaches a trainer; losses the
-server does not implement (gspo, stable_reinforce, custom graphs) are refused by name.
+server does not implement (stable_reinforce, whose objective Tinker does not publish, and custom
+graphs) are refused by name.
 """
 
 from __future__ import annotations
@@ -13,12 +14,19 @@ from tinsmith.errors import UserInputError
 
 @dataclass(frozen=True)
 class LossSpec:
-    """``required``: float inputs that must be present;
-    ``optional``: float inputs with a default."""
+    """``required``: float inputs that must be present; ``optional``: float inputs with a
+    default; ``marks``: a required input that must be non-zero on at least one token (gspo's
+    sequence ratio is a mean over the tokens it marks)."""
 
     required: tuple[str, ...] = ()
     optional: dict[str, float] = field(default_factory=dict)
     config: dict[str, float] = field(default_factory=dict)
+    marks: str | None = None
+
+
+# The trainer adds this input to every micro-batch: each token's datum (1, 2, ... in the
+# micro-batch; 0 on padding), for the losses that reduce over a datum (gspo). Not a client key.
+DATUM_KEY = "_datum"
 
 
 _CLIP = {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2}
@@ -30,8 +38,11 @@ LOSS_SPECS: dict[str, LossSpec] = {
     "ppo": LossSpec(required=_RL, config=dict(_CLIP)),
     "cispo": LossSpec(required=_RL, config=dict(_CLIP)),
     "dro": LossSpec(required=_RL, config={"beta": 0.05}),
+    "gspo": LossSpec(
+        required=(*_RL, "sequence_ratio_mask"), config=dict(_CLIP), marks="sequence_ratio_mask"
+    ),
 }
-UNSUPPORTED = ("gspo", "stable_reinforce", "custom")
+UNSUPPORTED = ("stable_reinforce", "custom")
 
 
 def loss_spec(loss_fn: str) -> LossSpec:

@@ -29,7 +29,7 @@ from tinsmith.storage.base import CheckpointStorage
 from tinsmith.storage.config import StorageConfig
 from tinsmith.storage.transfer import StorageSite
 from tinsmith.store.base import MetadataStore
-from tinsmith.store.records import CheckpointRecord, utcnow
+from tinsmith.store.records import CheckpointRecord, RunRecord, utcnow
 from tinsmith.types.archives import ArchiveRef, safe_name
 from tinsmith.types.checkpoints import CheckpointType, ParsedCheckpointTinkerPath
 
@@ -161,10 +161,39 @@ class CheckpointService:
             shutil.rmtree(self.site.cache_dir(record.sha256), ignore_errors=True)
 
     def _delete_object(self, key: str) -> None:
+        """Delete an archive no record names any more (a copy shares its source's)."""
+        if self.store.storage_key_in_use(key):
+            return
         try:
             self.storage.delete(key)
         except Exception:  # the record is gone; an orphaned object only costs space
             log.exception("could not delete checkpoint object %s", key)
+
+    def copy(self, source: CheckpointRecord, run: RunRecord, ttl_seconds: int | None) -> str:
+        """Record a copy of ``source`` under ``run`` (same kind and name, the caller's, private)
+        that shares its archive: no bytes are written, and the archive stays while either
+        record names it. Returns the copy's path; an existing copy there is kept."""
+        kind = "weights" if source.checkpoint_type == "training" else "sampler_weights"
+        name = source.checkpoint_id.split("/", 1)[1]
+        path = f"tinker://{run.training_run_id}/{kind}/{name}"
+        existing = self.store.get_checkpoint(path)
+        if existing is not None:
+            if existing.storage_key != source.storage_key:
+                raise UserInputError(f"checkpoint {path!r} already exists")
+            return path  # a retried copy
+        record = source.model_copy(
+            update={
+                "training_run_id": run.training_run_id,
+                "tinker_path": path,
+                "owner": run.owner,
+                "created_at": utcnow(),
+                "expires_at": expiry(ttl_seconds),
+                "public": False,
+            }
+        )
+        self.store.put_run(run)
+        self.store.add_checkpoint(record, replace=False)
+        return path
 
     def set_public(self, record: CheckpointRecord, public: bool) -> None:
         self.store.update_checkpoint(record.model_copy(update={"public": public}))

@@ -107,6 +107,11 @@ class ClientRegistry:
         quiet = {sid for sid, seen in self._last_seen.items() if seen < cutoff}
         for session_id in quiet:
             del self._last_seen[session_id]
+            record = self._store.get_session(session_id)
+            if record is not None and record.state == "active":
+                record.state = "cancelled"
+                record.detail = f"no heartbeat or request for {timeout:g} s (the session timeout)"
+                self._store.update_session(record)
         for sampler_id in [k for k, s in self.samplers.items() if s.session_id in quiet]:
             del self.samplers[sampler_id]
         return [m for m in self.training.values() if m.session_id in quiet]
@@ -182,6 +187,7 @@ class ClientRegistry:
         else:
             del self.samplers[session.sampler_id]  # re-added last: most recently used
         self.samplers[session.sampler_id] = session
+        self._store.add_sampler(session.sampler_id, session.session_id)
         self.touch(session.session_id)
 
     def sampler(self, sampler_id: str) -> SamplerSession:

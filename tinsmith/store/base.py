@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Protocol
 
-from tinsmith.store.records import CheckpointRecord, FutureResult, RunRecord
+from tinsmith.store.records import CheckpointRecord, FutureResult, RunRecord, SessionRecord
 
 
 class MetadataStore(Protocol):
@@ -63,6 +63,10 @@ class MetadataStore(Protocol):
 
     def expired_checkpoints(self, now: dt.datetime) -> list[CheckpointRecord]: ...
 
+    def storage_key_in_use(self, storage_key: str) -> bool:
+        """Whether a checkpoint record (a copy shares its source's archive) names this key."""
+        ...
+
     def has_checkpoint_content(self, sha256: str) -> bool:
         """Whether any recorded checkpoint's archive has this sha256."""
         ...
@@ -81,6 +85,38 @@ class MetadataStore(Protocol):
         ...
 
     def session_owner(self, session_id: str) -> str | None: ...
+
+    def put_session(self, record: SessionRecord) -> str:
+        """Record a new session with what its client said of it; returns the owner (a session
+        id that exists keeps its row and owner)."""
+        ...
+
+    def get_session(self, session_id: str) -> SessionRecord | None: ...
+
+    def update_session(self, record: SessionRecord) -> None:
+        """Replace a session's record (its owner's only)."""
+        ...
+
+    def list_sessions(
+        self, owner: str, limit: int, offset: int, before: tuple[dt.datetime, str] | None = None
+    ) -> list[SessionRecord]:
+        """``owner``'s sessions newest first (by creation, then id), optionally only those
+        before ``(created_at, session_id)``."""
+        ...
+
+    def session_runs(self, session_id: str) -> list[str]:
+        """The training run ids created in a session, oldest first."""
+        ...
+
+    def add_sampler(self, sampler_id: str, session_id: str) -> None:
+        """Record a sampling session of a session (a known id is kept)."""
+        ...
+
+    def session_samplers(self, session_id: str) -> list[str]: ...
+
+    def session_checkpoints(self, session_id: str) -> tuple[int, int]:
+        """How many checkpoints the session's runs have, and their total size in bytes."""
+        ...
 
     def add_future(self, request_id: str, idempotency_key: str | None, owner: str) -> str:
         """Record a submitted future; a known idempotency key returns the first future's id."""

@@ -9,6 +9,14 @@ from pydantic import Field
 
 from tinsmith.types.base import InternalModel
 from tinsmith.types.checkpoints import Checkpoint, CheckpointType, TrainingRun
+from tinsmith.types.sessions import (
+    ClientSessionFinished,
+    FinishReason,
+    SessionActive,
+    SessionCancelled,
+    SessionState,
+    SessionSummary,
+)
 from tinsmith.types.training import LoraConfig
 
 
@@ -86,3 +94,41 @@ def run_to_wire(
         last_sampler_checkpoint=last_sampler.to_wire() if last_sampler else None,
         user_metadata=run.user_metadata,
     )
+
+
+class SessionRecord(InternalModel):
+    """A session: who owns it, what the client said of it at creation, and how it ended."""
+
+    session_id: str
+    owner: str
+    created_at: dt.datetime = Field(default_factory=utcnow)
+    tags: list[str] = Field(default_factory=list)
+    user_metadata: dict[str, str] | None = None
+    project_id: str | None = None
+    display_name: str | None = None
+    state: SessionState = "active"
+    finish_reason: Literal["success", "errored", "interrupted"] | None = None
+    detail: str | None = None
+
+    def status(self) -> SessionActive | ClientSessionFinished | SessionCancelled:
+        """The SDK's ``SessionStatus`` of this session."""
+        if self.state == "client_finished":
+            reason = FinishReason(type=self.finish_reason or "success")
+            return ClientSessionFinished(reason=reason, detail=self.detail)
+        if self.state == "cancelled":
+            return SessionCancelled(detail=self.detail)
+        return SessionActive()
+
+    def summary(self, checkpoints: int, checkpoint_bytes: int) -> SessionSummary:
+        """The session as a search result, with its checkpoints' count and size."""
+        return SessionSummary(
+            session_id=self.session_id,
+            created_at=self.created_at,
+            owner=self.owner,
+            project_id=self.project_id or "",
+            status=self.status(),
+            checkpoints_count=checkpoints,
+            display_name=self.display_name,
+            user_metadata=self.user_metadata,
+            checkpoint_storage_bytes=checkpoint_bytes,
+        )

@@ -16,7 +16,13 @@ import threading
 from pathlib import Path
 
 from tinsmith.errors import ConflictError
-from tinsmith.store.records import CheckpointRecord, FutureResult, RunRecord, utcnow
+from tinsmith.store.records import (
+    CheckpointRecord,
+    FutureResult,
+    RunRecord,
+    SessionRecord,
+    utcnow,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -48,6 +54,14 @@ CREATE TABLE IF NOT EXISTS sessions (
     owner TEXT NOT NULL,
     created_at TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS sessions_owner ON sessions(owner, created_at);
+CREATE INDEX IF NOT EXISTS runs_session ON runs(json_extract(body, '$.session_id'));
+CREATE TABLE IF NOT EXISTS samplers (
+    sampler_id TEXT PRIMARY KEY,
+    session_id TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS samplers_session ON samplers(session_id, created_at);
 CREATE TABLE IF NOT EXISTS futures (
     request_id TEXT PRIMARY KEY,
     idempotency_key TEXT UNIQUE,
@@ -78,6 +92,14 @@ class SQLiteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Columns added since a data directory may have been created: sessions' ``body`` (a
+        SessionRecord; NULL in rows of older servers, read as a plain active session)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(sessions)")}
+        if "body" not in columns:
+            self._db.execute("ALTER TABLE sessions ADD COLUMN body TEXT")
 
     def _rows(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
         with self._lock:
@@ -225,6 +247,13 @@ class SQLiteStore:
         )
         return [CheckpointRecord.model_validate_json(str(r[0])) for r in rows]
 
+    def storage_key_in_use(self, storage_key: str) -> bool:
+        rows = self._rows(
+            "SELECT 1 FROM checkpoints WHERE json_extract(body, '$.storage_key') = ? LIMIT 1",
+            (storage_key,),
+        )
+        return bool(rows)
+
     def has_checkpoint_content(self, sha256: str) -> bool:
         rows = self._rows(
             "SELECT 1 FROM checkpoints WHERE json_extract(body, '$.sha256') = ? LIMIT 1", (sha256,)
@@ -248,13 +277,80 @@ class SQLiteStore:
     def claim_session(self, session_id: str, owner: str) -> str:
         # A session row never changes owner, so the first INSERT wins and the SELECT reads it.
         self._write(
-            "INSERT OR IGNORE INTO sessions VALUES (?, ?, ?)", (session_id, owner, _ts(utcnow()))
+            "INSERT OR IGNORE INTO sessions (session_id, owner, created_at) VALUES (?, ?, ?)",
+            (session_id, owner, _ts(utcnow())),
         )
         return str(self.session_owner(session_id))
 
     def session_owner(self, session_id: str) -> str | None:
         rows = self._rows("SELECT owner FROM sessions WHERE session_id = ?", (session_id,))
         return str(rows[0][0]) if rows else None
+
+    def put_session(self, record: SessionRecord) -> str:
+        self._write(
+            "INSERT OR IGNORE INTO sessions (session_id, owner, created_at, body) "
+            "VALUES (?, ?, ?, ?)",
+            (record.session_id, record.owner, _ts(record.created_at), record.model_dump_json()),
+        )
+        return str(self.session_owner(record.session_id))
+
+    def get_session(self, session_id: str) -> SessionRecord | None:
+        rows = self._rows(
+            "SELECT session_id, owner, created_at, body FROM sessions WHERE session_id = ?",
+            (session_id,),
+        )
+        return _session(rows[0]) if rows else None
+
+    def update_session(self, record: SessionRecord) -> None:
+        self._write(
+            "UPDATE sessions SET body = ? WHERE session_id = ? AND owner = ?",
+            (record.model_dump_json(), record.session_id, record.owner),
+        )
+
+    def list_sessions(
+        self, owner: str, limit: int, offset: int, before: tuple[dt.datetime, str] | None = None
+    ) -> list[SessionRecord]:
+        where, args = "owner = ?", [owner]
+        if before is not None:
+            where += " AND (created_at < ? OR (created_at = ? AND session_id < ?))"
+            args += [_ts(before[0]), _ts(before[0]), before[1]]
+        rows = self._rows(
+            "SELECT session_id, owner, created_at, body FROM sessions WHERE "
+            f"{where} ORDER BY created_at DESC, session_id DESC LIMIT ? OFFSET ?",
+            (*args, limit, offset),
+        )
+        return [_session(row) for row in rows]
+
+    def session_runs(self, session_id: str) -> list[str]:
+        rows = self._rows(
+            "SELECT training_run_id FROM runs WHERE json_extract(body, '$.session_id') = ? "
+            "ORDER BY created_at",
+            (session_id,),
+        )
+        return [str(row[0]) for row in rows]
+
+    def add_sampler(self, sampler_id: str, session_id: str) -> None:
+        self._write(
+            "INSERT OR IGNORE INTO samplers VALUES (?, ?, ?)",
+            (sampler_id, session_id, _ts(utcnow())),
+        )
+
+    def session_samplers(self, session_id: str) -> list[str]:
+        rows = self._rows(
+            "SELECT sampler_id FROM samplers WHERE session_id = ? ORDER BY created_at",
+            (session_id,),
+        )
+        return [str(row[0]) for row in rows]
+
+    def session_checkpoints(self, session_id: str) -> tuple[int, int]:
+        rows = self._rows(
+            "SELECT COUNT(*), COALESCE(SUM(json_extract(c.body, '$.size_bytes')), 0) "
+            "FROM checkpoints c JOIN runs r ON c.training_run_id = r.training_run_id "
+            "WHERE json_extract(r.body, '$.session_id') = ?",
+            (session_id,),
+        )
+        count, size = rows[0]
+        return int(count or 0), int(size or 0)  # type: ignore[call-overload]
 
     # ----- futures --------------------------------------------------------------------------
     def add_future(self, request_id: str, idempotency_key: str | None, owner: str) -> str:
@@ -316,3 +412,17 @@ class SQLiteStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _session(row: tuple[object, ...]) -> SessionRecord:
+    """A sessions row as its record (a row written before sessions had a body: active)."""
+    session_id, owner, created_at, body = row
+    if body is None:
+        return SessionRecord(
+            session_id=str(session_id),
+            owner=str(owner),
+            created_at=dt.datetime.strptime(str(created_at), "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+                tzinfo=dt.UTC
+            ),
+        )
+    return SessionRecord.model_validate_json(str(body))

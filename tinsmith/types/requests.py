@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -189,6 +189,24 @@ class CheckpointTtlRequest(WireModel):
     ``None`` clears the expiry."""
 
     ttl_seconds: int | None = None
+
+
+class CopyWeightsRequest(WireModel):
+    """``POST /copy_weights`` (``RestClient.copy_weights``, ``ServiceClient.copy_weights``):
+    a copy of a checkpoint in a new session of the destination project, or under the run
+    ``<session_id>:train:<model_seq_id>`` of one of the caller's sessions."""
+
+    source_path: Text
+    destination_project_id: Annotated[Text, Field(max_length=256)] | None = None
+    session_id: Identifier | None = None
+    model_seq_id: SeqNumber | None = None
+    ttl_seconds: int | None = None
+
+
+class CopyWeightsResponse(WireModel):
+    """The copy's ``tinker://`` path."""
+
+    tinker_path: str
 
 
 class UnloadModelRequest(WireModel):

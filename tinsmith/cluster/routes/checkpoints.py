@@ -9,15 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
+import uuid
+from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import FileResponse
 
 from tinsmith.cluster.auth import current_tenant
 from tinsmith.cluster.state import CheckpointKind as Kind
 from tinsmith.cluster.state import ServerState, State
 from tinsmith.errors import NotFoundError, UserInputError
-from tinsmith.store.records import CheckpointRecord, RunRecord, run_to_wire, utcnow
+from tinsmith.store.records import (
+    CheckpointRecord,
+    RunRecord,
+    SessionRecord,
+    run_to_wire,
+    utcnow,
+)
 from tinsmith.types.archives import safe_name
 from tinsmith.types.checkpoints import (
     CheckpointArchiveUrlResponse,
@@ -27,7 +36,7 @@ from tinsmith.types.checkpoints import (
     TrainingRun,
     TrainingRunsResponse,
 )
-from tinsmith.types.requests import CheckpointTtlRequest
+from tinsmith.types.requests import CheckpointTtlRequest, CopyWeightsRequest, CopyWeightsResponse
 
 router = APIRouter(prefix="/api/v1")
 _CHECKPOINT = "/training_runs/{run_id}/checkpoints/{kind}/{name}"
@@ -191,3 +200,71 @@ async def _files_of(state: ServerState, record: CheckpointRecord) -> list[str]:
     ckpts = state.checkpoints
     directory = await asyncio.to_thread(fetch_dir, ckpts.site, ckpts.ref_of(record))
     return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+
+
+# A copy's TTL, if it has one: from an hour to ten years (the SDK's documented range).
+COPY_TTL_SECONDS = (3600, 10 * 365 * 24 * 3600)
+
+
+@router.post("/copy_weights")
+async def copy_weights(
+    body: CopyWeightsRequest,
+    state: State,
+    idempotency_key: Annotated[
+        str | None, Header(alias="X-Idempotency-Key", max_length=256)
+    ] = None,
+) -> CopyWeightsResponse:
+    """Copy a checkpoint the caller may read (its own, or a published one) into a training run
+    of its own that is never trained: in a new session of ``destination_project_id``, or as
+    ``<session_id>:train:<model_seq_id>`` in one of its sessions. The copy shares the source's
+    archive (no bytes are written) and outlives the source's deletion or expiry. A retry with
+    the same ``X-Idempotency-Key`` returns the same copy."""
+    source = state.readable_checkpoint(body.source_path, "source_path")
+    ttl = body.ttl_seconds
+    if ttl is not None and not COPY_TTL_SECONDS[0] <= ttl <= COPY_TTL_SECONDS[1]:
+        raise UserInputError(
+            f"ttl_seconds must be in {COPY_TTL_SECONDS[0]}..{COPY_TTL_SECONDS[1]} (or null for "
+            f"no expiry), got {ttl}"
+        )
+    tenant = current_tenant()
+    if body.session_id is not None:
+        if body.model_seq_id is None:
+            raise UserInputError("copy_weights: session_id needs model_seq_id (or neither)")
+        state.check_session(body.session_id)
+        session_id = body.session_id
+        run_id = f"{session_id}:train:{body.model_seq_id}"
+        existing = state.store.get_run(run_id)
+        if existing is not None and existing.owner != tenant:
+            raise NotFoundError(f"training run {run_id!r} does not exist")
+    else:
+        if not body.destination_project_id:
+            raise UserInputError(
+                "copy_weights needs destination_project_id, or session_id and model_seq_id"
+            )
+        # The same key from the same tenant names the same new session: a retry finds its copy.
+        token = (
+            hashlib.sha256(f"{tenant}\n{idempotency_key}".encode()).hexdigest()
+            if idempotency_key
+            else uuid.uuid4().hex
+        )
+        session_id = f"sess-{token[:12]}"
+        owner = state.store.put_session(
+            SessionRecord(
+                session_id=session_id,
+                owner=tenant,
+                project_id=body.destination_project_id,
+                display_name=f"copy of {source.tinker_path}",
+            )
+        )
+        if owner != tenant:
+            raise UserInputError("X-Idempotency-Key: choose another key")
+        run_id = f"{session_id}:train:0"
+    run = state.store.get_run(run_id) or RunRecord(
+        training_run_id=run_id,
+        session_id=session_id,
+        base_model=source.base_model,
+        owner=tenant,
+        lora=source.lora,
+        user_metadata={"copied_from": source.tinker_path},
+    )
+    return CopyWeightsResponse(tinker_path=state.checkpoints.copy(source, run, ttl))
