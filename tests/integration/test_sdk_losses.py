@@ -247,7 +247,10 @@ def test_bad_loss_inputs_are_user_errors(service_client: tinker.ServiceClient) -
         data=[1.0] * 4, dtype="float32", shape=[2, 2]
     )
     expect_user_error(tc.forward_backward([two_d], "cross_entropy"), "shape [2, 2]")
-    expect_user_error(tc.forward_backward([datum(tokens)], "gspo"), "'gspo' is not implemented")
+    expect_user_error(
+        tc.forward_backward([datum(tokens)], "stable_reinforce"), "'stable_reinforce' is not"
+    )
+    expect_user_error(tc.forward_backward([datum(tokens)], "gspo"), "missing 'logprobs'")
     rl = _rl_datum(tokens, [-1.0] * 4, [1.0] * 4)
     expect_user_error(
         tc.forward_backward([rl], "ppo", {"clip_low_threshold": 2.0}), "clip thresholds"

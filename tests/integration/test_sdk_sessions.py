@@ -40,7 +40,7 @@ def test_sessions_keep_what_their_client_said_and_each_tenant_sees_its_own(
         api_key="tml-tests",
     )
     tc = service.create_lora_training_client(base_model=DEFAULT_MODEL, rank=2).result()
-    sampler = service.create_sampling_client(base_model=DEFAULT_MODEL)
+    sampler = service.create_sampling_client(base_model=DEFAULT_MODEL).result()
     session_id = tc.model_id.split(":train:")[0]
     rest = service.create_rest_client()
     for caps in (service.get_server_capabilities(), rest.get_server_capabilities().result()):
@@ -55,7 +55,9 @@ def test_sessions_keep_what_their_client_said_and_each_tenant_sees_its_own(
 
     got = rest.get_session(session_id).result()
     assert got.training_run_ids == [tc.model_id], got
-    assert got.sampler_ids == [sampler.sampling_session_id], got
+    [sampler_id] = got.sampler_ids
+    assert sampler_id.startswith(f"{session_id}:sample:"), got
+    assert rest.get_sampler(sampler_id).result().base_model == DEFAULT_MODEL
     assert got.user_metadata == {"experiment": "sessions-test", "seed": "7"}, got
     assert got.display_name == "the sessions test", got
     assert session_id in rest.list_sessions(limit=200).result().sessions
@@ -74,8 +76,7 @@ def test_sessions_keep_what_their_client_said_and_each_tenant_sees_its_own(
     query = types.SessionSearchRequest(user_metadata={"page": "yes"}, limit=2)
     first = rest.search_sessions(query).result()
     assert first.next_cursor is not None and len(first.sessions) == 2, first
-    query.cursor = first.next_cursor
-    second = rest.search_sessions(query).result()
+    second = rest.search_sessions(query.model_copy(update={"cursor": first.next_cursor})).result()
     assert second.next_cursor is None, second
     assert [s.session_id for s in first.sessions + second.sessions] == made[::-1]
 
@@ -88,15 +89,20 @@ def test_sessions_keep_what_their_client_said_and_each_tenant_sees_its_own(
     assert session_id not in other.list_sessions(limit=200).result().sessions
     theirs = types.SessionSearchRequest(user_metadata={"experiment": "sessions-test"})
     assert other.search_sessions(theirs).result().sessions == []
-    everyone = types.SessionSearchRequest(owner={"type": "accessible"}, project_ids=["proj-b"])
+    everyone = types.SessionSearchRequest(
+        owner=types.AccessibleSearchOwner(), project_ids=["proj-b"]
+    )
     assert other.search_sessions(everyone).result().sessions == []
 
     # Finished by its client: the first reason given is the one kept.
     service.close("errored", "the test is over")
     finished = types.SessionSearchRequest(
-        project_ids=["proj-b"], statuses=[{"type": "client_finished", "reasons": ["errored"]}]
+        project_ids=["proj-b"],
+        statuses=[types.ClientFinishedSessionStatusQuery(reasons=["errored"])],
     )
     [done] = rest.search_sessions(finished).result().sessions
     assert done.status is not None and done.status.type == "client_finished", done
-    active = types.SessionSearchRequest(project_ids=["proj-b"], statuses=[{"type": "active"}])
+    active = types.SessionSearchRequest(
+        project_ids=["proj-b"], statuses=[types.ActiveSessionStatusQuery()]
+    )
     assert rest.search_sessions(active).result().sessions == []
