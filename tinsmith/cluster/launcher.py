@@ -103,11 +103,13 @@ class ServerProcess:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self) -> None:
-        """SIGTERM our process group, then SIGKILL what is left after a grace period."""
+        """SIGTERM the server, which stops its workers and its Ray itself (a SIGTERM to the
+        whole group would kill the actors first, leaving the server waiting on dead ones), then
+        SIGKILL what is left of our process group."""
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=60)
             except subprocess.TimeoutExpired:

@@ -226,45 +226,54 @@ async def copy_weights(
             f"ttl_seconds must be in {COPY_TTL_SECONDS[0]}..{COPY_TTL_SECONDS[1]} (or null for "
             f"no expiry), got {ttl}"
         )
+    session_id, run_id = _copy_destination(state, body, source, idempotency_key)
+    run = state.store.get_run(run_id) or RunRecord(
+        training_run_id=run_id,
+        session_id=session_id,
+        base_model=source.base_model,
+        owner=current_tenant(),
+        lora=source.lora,
+        user_metadata={"copied_from": source.tinker_path},
+    )
+    return CopyWeightsResponse(tinker_path=state.checkpoints.copy(source, run, ttl))
+
+
+def _copy_destination(
+    state: ServerState,
+    body: CopyWeightsRequest,
+    source: CheckpointRecord,
+    idempotency_key: str | None,
+) -> tuple[str, str]:
+    """The session and run id a copy goes to: the caller's named ones, or a new session of the
+    destination project (the same one for a retry with the same idempotency key)."""
     tenant = current_tenant()
     if body.session_id is not None:
         if body.model_seq_id is None:
             raise UserInputError("copy_weights: session_id needs model_seq_id (or neither)")
         state.check_session(body.session_id)
-        session_id = body.session_id
-        run_id = f"{session_id}:train:{body.model_seq_id}"
+        run_id = f"{body.session_id}:train:{body.model_seq_id}"
         existing = state.store.get_run(run_id)
         if existing is not None and existing.owner != tenant:
             raise NotFoundError(f"training run {run_id!r} does not exist")
-    else:
-        if not body.destination_project_id:
-            raise UserInputError(
-                "copy_weights needs destination_project_id, or session_id and model_seq_id"
-            )
-        # The same key from the same tenant names the same new session: a retry finds its copy.
-        token = (
-            hashlib.sha256(f"{tenant}\n{idempotency_key}".encode()).hexdigest()
-            if idempotency_key
-            else uuid.uuid4().hex
+        return body.session_id, run_id
+    if not body.destination_project_id:
+        raise UserInputError(
+            "copy_weights needs destination_project_id, or session_id and model_seq_id"
         )
-        session_id = f"sess-{token[:12]}"
-        owner = state.store.put_session(
-            SessionRecord(
-                session_id=session_id,
-                owner=tenant,
-                project_id=body.destination_project_id,
-                display_name=f"copy of {source.tinker_path}",
-            )
-        )
-        if owner != tenant:
-            raise UserInputError("X-Idempotency-Key: choose another key")
-        run_id = f"{session_id}:train:0"
-    run = state.store.get_run(run_id) or RunRecord(
-        training_run_id=run_id,
-        session_id=session_id,
-        base_model=source.base_model,
-        owner=tenant,
-        lora=source.lora,
-        user_metadata={"copied_from": source.tinker_path},
+    token = (
+        hashlib.sha256(f"{tenant}\n{idempotency_key}".encode()).hexdigest()
+        if idempotency_key
+        else uuid.uuid4().hex
     )
-    return CopyWeightsResponse(tinker_path=state.checkpoints.copy(source, run, ttl))
+    session_id = f"sess-{token[:12]}"
+    owner = state.store.put_session(
+        SessionRecord(
+            session_id=session_id,
+            owner=tenant,
+            project_id=body.destination_project_id,
+            display_name=f"copy of {source.tinker_path}",
+        )
+    )
+    if owner != tenant:
+        raise UserInputError("X-Idempotency-Key: choose another key")
+    return session_id, f"{session_id}:train:0"
