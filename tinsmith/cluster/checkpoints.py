@@ -173,9 +173,7 @@ class CheckpointService:
         """Record a copy of ``source`` under ``run`` (same kind and name, the caller's, private)
         that shares its archive: no bytes are written, and the archive stays while either
         record names it. Returns the copy's path; an existing copy there is kept."""
-        kind = "weights" if source.checkpoint_type == "training" else "sampler_weights"
-        name = source.checkpoint_id.split("/", 1)[1]
-        path = f"tinker://{run.training_run_id}/{kind}/{name}"
+        path = f"tinker://{run.training_run_id}/{source.checkpoint_id}"  # '<kind>/<name>'
         existing = self.store.get_checkpoint(path)
         if existing is not None:
             if existing.storage_key != source.storage_key:
