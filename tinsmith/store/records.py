@@ -12,6 +12,7 @@ from tinsmith.types.checkpoints import Checkpoint, CheckpointType, TrainingRun
 from tinsmith.types.sessions import (
     ClientSessionFinished,
     FinishReason,
+    FinishReasonType,
     SessionActive,
     SessionCancelled,
     SessionState,
@@ -107,7 +108,7 @@ class SessionRecord(InternalModel):
     project_id: str | None = None
     display_name: str | None = None
     state: SessionState = "active"
-    finish_reason: Literal["success", "errored", "interrupted"] | None = None
+    finish_reason: FinishReasonType | None = None
     detail: str | None = None
 
     def status(self) -> SessionActive | ClientSessionFinished | SessionCancelled:
