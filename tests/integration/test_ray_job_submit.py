@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -126,6 +127,8 @@ def two_node_cluster() -> Iterator[dict[str, object]]:
     finally:
         for proc in reversed(procs):
             _stop_group(proc)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        shutil.rmtree(logs, ignore_errors=True)
 
 
 def test_ray_job_submit_places_trainers_on_the_labelled_node(
@@ -198,3 +201,4 @@ def test_ray_job_submit_places_trainers_on_the_labelled_node(
             capture_output=True,
             timeout=120,
         )
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -150,6 +150,26 @@ def test_logprobs_agree_with_compute_logprobs_and_the_trainer(
     assert all(len(row) == 5 for row in prompt_side.topk_prompt_logprobs[1:] if row)
 
 
+def test_samples_of_one_prompt_reuse_its_cached_prefix(
+    service_client: tinker.ServiceClient,
+) -> None:
+    """An RL group: 8 samples of one 512-token prompt sent at once. vLLM's prefix cache (blocks of
+    32 tokens on CPU) serves all but the first from the first one's KV blocks, within the same
+    scheduler step, and says so in ``prompt_cache_hit_tokens``; the cached samples score their
+    tokens as the uncached one does."""
+    sampler = service_client.create_sampling_client(base_model=DEFAULT_MODEL).result()
+    prompt = types.ModelInput.from_ints(random_tokens(5777, 512))  # in no other test
+    params = types.SamplingParams(max_tokens=4, temperature=0.0)
+    futures = [sampler.sample(prompt, 1, params) for _ in range(8)]
+    outs = [f.result() for f in futures]
+    hits = sorted(out.prompt_cache_hit_tokens for out in outs)
+    assert hits == [0] + [480] * 7, hits  # 15 whole blocks; vLLM always computes the last token
+    first = outs[[out.prompt_cache_hit_tokens for out in outs].index(0)].sequences[0]
+    for out in outs:
+        assert list(out.sequences[0].tokens) == list(first.tokens)
+        np.testing.assert_allclose(out.sequences[0].logprobs, first.logprobs, atol=1e-4)
+
+
 def test_snapshots_are_immutable_and_many_adapters_sample_concurrently(
     service_client: tinker.ServiceClient,
 ) -> None:

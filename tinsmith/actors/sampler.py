@@ -75,8 +75,19 @@ def engine_args(
         "gpu_memory_utilization": config.gpu_memory_utilization,
         "seed": 0,
         "disable_log_stats": True,
+        # Samples of one prompt (an RL group, sent at once) reuse its KV blocks, within one
+        # scheduler step too; adapter versions never share blocks (their names are unique).
+        "enable_prefix_caching": True,
+        **({"block_size": block} if (block := kv_block_size(config)) else {}),
         "distributed_executor_backend": "uni",  # one replica is one device: see configure_process
     }
+
+
+def kv_block_size(config: SamplerConfig) -> int | None:
+    """The configured KV-cache block size, else 32 on a CPU replica and vLLM's default on GPU."""
+    if config.block_size is not None:
+        return config.block_size
+    return None if config.num_gpus > 0 else 32
 
 
 class SamplerWorker:
@@ -257,7 +268,9 @@ class SamplerWorker:
         sequences = [self._sequence(out, work.topk_sample_logprobs) for out in final.outputs]
         if greedy:
             sequences = [sequences[0].model_copy() for _ in range(work.num_samples)]
-        resp = SampleResponse(sequences=sequences)
+        resp = SampleResponse(
+            sequences=sequences, prompt_cache_hit_tokens=final.num_cached_tokens or 0
+        )
         if want_prompt and final.prompt_logprobs is not None:
             prompt_lps: list[float | None] = [None]
             prompt_lps += [

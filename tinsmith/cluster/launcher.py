@@ -1,12 +1,15 @@
 """Start and stop a `tinsmith serve` subprocess: used by the demo, the tests and the benchmarks.
 
 It picks a free port and private directories, waits for /api/v1/healthz, and stops only the
-process group it started.
+process group it started. Its directories (data, downloads, log, Ray's temp dir: ~1.6 GB after a
+test session) are removed when it stops, except those the caller passed in; a server that fails
+to start keeps them, so that its log can be read.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -50,6 +53,8 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServerProcess:
+        for directory in (self.workdir, self.ray_dir):  # again, if stopped before
+            directory.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env.update(
             TINSMITH_DATA_DIR=str(self.data_dir),
@@ -87,10 +92,11 @@ class ServerProcess:
             except (urllib.error.URLError, OSError):
                 pass
             time.sleep(1.0)
-        self.stop()
+        tail = self.log_tail()
+        self.stop(keep_files=True)
         raise TimeoutError(
             "tinsmith serve did not become healthy in "
-            f"{self.startup_timeout}s; log: {self.log_path}; its last lines:\n{self.log_tail()}"
+            f"{self.startup_timeout}s; log: {self.log_path}; its last lines:\n{tail}"
         )
 
     def log_tail(self, lines: int = 40) -> str:
@@ -102,10 +108,10 @@ class ServerProcess:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
 
-    def stop(self) -> None:
+    def stop(self, keep_files: bool = False) -> None:
         """SIGTERM the server, which stops its workers and its Ray itself (a SIGTERM to the
         whole group would kill the actors first, leaving the server waiting on dead ones), then
-        SIGKILL what is left of our process group."""
+        SIGKILL what is left of our process group and remove the private directories."""
         if self.proc is None:
             return
         if self.proc.poll() is None:
@@ -123,6 +129,10 @@ class ServerProcess:
             pass
         self._log.close()
         self.proc = None
+        if not keep_files:
+            # Only what this object created: a data_dir or log_path passed in is the caller's.
+            shutil.rmtree(self.ray_dir, ignore_errors=True)
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> ServerProcess:
         return self.start()

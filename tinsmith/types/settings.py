@@ -134,6 +134,19 @@ class SamplerConfig(_Settings):
     kv_cache_gib: float = Field(
         default=1.0, gt=0, description="KV cache size in GiB (CPU backend)."
     )
+    block_size: int | None = Field(
+        default=None,
+        ge=16,
+        le=256,
+        multiple_of=16,
+        description=(
+            "KV-cache block size in tokens. Prefix-cache hits come in whole blocks, so a group "
+            "of samples from one prompt (RL) shares only its prompt's full blocks. None: 32 on "
+            "CPU (vLLM-CPU's smallest; its own default of 128 leaves every prompt under 128 "
+            "tokens uncached: 64 samples of 8 prompts of 110 tokens took 19 s instead of 5.7), "
+            "vLLM's default on GPU."
+        ),
+    )
     gpu_memory_utilization: float = Field(
         default=0.4, gt=0, le=1, description="vLLM GPU memory share."
     )
