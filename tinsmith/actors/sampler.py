@@ -79,6 +79,7 @@ def engine_args(
         # scheduler step too; adapter versions never share blocks (their names are unique).
         "enable_prefix_caching": True,
         **({"block_size": block} if (block := kv_block_size(config)) else {}),
+        **({"max_num_batched_tokens": step} if (step := step_tokens(config)) else {}),
         "distributed_executor_backend": "uni",  # one replica is one device: see configure_process
     }
 
@@ -88,6 +89,14 @@ def kv_block_size(config: SamplerConfig) -> int | None:
     if config.block_size is not None:
         return config.block_size
     return None if config.num_gpus > 0 else 32
+
+
+def step_tokens(config: SamplerConfig) -> int | None:
+    """The configured tokens per engine step, else on CPU max_model_len or vLLM-CPU's 4,096 if
+    larger, and vLLM's default on GPU."""
+    if config.max_num_batched_tokens is not None:
+        return config.max_num_batched_tokens
+    return None if config.num_gpus > 0 else max(config.max_model_len, 4096)
 
 
 class SamplerWorker:

@@ -147,6 +147,16 @@ class SamplerConfig(_Settings):
             "vLLM's default on GPU."
         ),
     )
+    max_num_batched_tokens: int | None = Field(
+        default=None,
+        ge=16,
+        description=(
+            "Tokens vLLM runs in one step (prefill chunks included). None: max_model_len on CPU "
+            "(at least 4,096, vLLM-CPU's default), so that a prompt alone is prefilled in one "
+            "causal pass (through PyTorch's SDPA: tinsmith/actors/vllm_cpu_prefill.py) instead "
+            "of chunks that read the cache back; vLLM's default on GPU."
+        ),
+    )
     gpu_memory_utilization: float = Field(
         default=0.4, gt=0, le=1, description="vLLM GPU memory share."
     )
