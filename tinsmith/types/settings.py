@@ -154,7 +154,9 @@ class SamplerConfig(_Settings):
             "Tokens vLLM runs in one step (prefill chunks included). None: max_model_len on CPU "
             "(at least 4,096, vLLM-CPU's default), so that a prompt alone is prefilled in one "
             "causal pass (through PyTorch's SDPA: tinsmith/actors/vllm_cpu_prefill.py) instead "
-            "of chunks that read the cache back; vLLM's default on GPU."
+            "of chunks that read the cache back (prompt logprobs then hold a whole prompt's "
+            "logits at once: 8k tokens x SmolLM2's vocabulary in fp32 is 1.6 GB); vLLM's "
+            "default on GPU."
         ),
     )
     gpu_memory_utilization: float = Field(
