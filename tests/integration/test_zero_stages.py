@@ -72,16 +72,19 @@ def _run_rank(
     (rank, one result per spec) on ``out``."""
     import gc
 
-    try:
-        results = []
-        for spec in specs:
-            train = _train_features if spec.features else _train
-            results.append(train(rank, world, port, spec, model_dir))
-            gc.collect()
-        out.put((rank, results))
-    except BaseException as exc:  # the parent reports it
-        out.put((rank, f"{type(exc).__name__}: {exc}"))
-        raise
+    # The workers' data dirs (_worker) go under a scratch dir removed when this rank is done.
+    with tempfile.TemporaryDirectory(prefix="tinsmith-zero-") as scratch:
+        tempfile.tempdir = scratch
+        try:
+            results = []
+            for spec in specs:
+                train = _train_features if spec.features else _train
+                results.append(train(rank, world, port, spec, model_dir))
+                gc.collect()
+            out.put((rank, results))
+        except BaseException as exc:  # the parent reports it
+            out.put((rank, f"{type(exc).__name__}: {exc}"))
+            raise
 
 
 def _worker(rank: int, world: int, port: int, spec: Spec, model_dir: str) -> TrainerWorker:
@@ -96,7 +99,7 @@ def _worker(rank: int, world: int, port: int, spec: Spec, model_dir: str) -> Tra
         torch_threads=1,
         dtype=spec.dtype,  # type: ignore[arg-type]
     )
-    site = StorageSite(data_dir=tempfile.mkdtemp(prefix="tinsmith-zero-"))
+    site = StorageSite(data_dir=tempfile.mkdtemp(prefix="rank-"))
     return TrainerWorker(rank, world, "127.0.0.1", port, model_dir, config, site)
 
 
