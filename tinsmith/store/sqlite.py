@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tinsmith.errors import ConflictError
 from tinsmith.store.records import CheckpointRecord, FutureResult, RunRecord, utcnow
-from tinsmith.store.sqlite_sessions import SessionRows, _ts
+from tinsmith.store.sqlite_sessions import SessionRows, sql_time
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -107,7 +107,7 @@ class SQLiteStore(SessionRows):
             "INSERT INTO runs VALUES (?, ?, ?, ?) ON CONFLICT(training_run_id) DO UPDATE SET "
             "created_at = excluded.created_at, body = excluded.body "
             "WHERE runs.owner = excluded.owner",
-            (run.training_run_id, run.owner, _ts(run.created_at), run.model_dump_json()),
+            (run.training_run_id, run.owner, sql_time(run.created_at), run.model_dump_json()),
         )
         if not changed:
             raise ConflictError(f"training run {run.training_run_id!r} already exists")
@@ -159,8 +159,8 @@ class SQLiteStore(SessionRows):
                     record.training_run_id,
                     record.checkpoint_type,
                     record.owner,
-                    _ts(record.created_at),
-                    _ts(record.expires_at) if record.expires_at else None,
+                    sql_time(record.created_at),
+                    sql_time(record.expires_at) if record.expires_at else None,
                     record.model_dump_json(),
                 ),
             )
@@ -185,7 +185,7 @@ class SQLiteStore(SessionRows):
         args: list[object] = []
         if live_at is not None:
             clauses.append("(expires_at IS NULL OR expires_at > ?)")
-            args.append(_ts(live_at))
+            args.append(sql_time(live_at))
         if training_run_id is not None:
             clauses.append("training_run_id = ?")
             args.append(training_run_id)
@@ -217,7 +217,7 @@ class SQLiteStore(SessionRows):
         self._write(
             "UPDATE checkpoints SET expires_at = ?, body = ? WHERE tinker_path = ?",
             (
-                _ts(record.expires_at) if record.expires_at else None,
+                sql_time(record.expires_at) if record.expires_at else None,
                 record.model_dump_json(),
                 record.tinker_path,
             ),
@@ -233,7 +233,7 @@ class SQLiteStore(SessionRows):
     def expired_checkpoints(self, now: dt.datetime) -> list[CheckpointRecord]:
         rows = self._rows(
             "SELECT body FROM checkpoints WHERE expires_at IS NOT NULL AND expires_at <= ?",
-            (_ts(now),),
+            (sql_time(now),),
         )
         return [CheckpointRecord.model_validate_json(str(r[0])) for r in rows]
 
@@ -252,7 +252,7 @@ class SQLiteStore(SessionRows):
 
     # ----- API keys ---------------------------------------------------------------------------
     def add_api_key(self, key_hash: str, tenant: str) -> None:
-        self._write("INSERT INTO api_keys VALUES (?, ?, ?)", (key_hash, tenant, _ts(utcnow())))
+        self._write("INSERT INTO api_keys VALUES (?, ?, ?)", (key_hash, tenant, sql_time(utcnow())))
 
     def tenant_for_key(self, key_hash: str) -> str | None:
         rows = self._rows("SELECT tenant FROM api_keys WHERE key_hash = ?", (key_hash,))
@@ -278,7 +278,7 @@ class SQLiteStore(SessionRows):
                     "INSERT INTO futures (request_id, idempotency_key, owner, state, "
                     "created_at) VALUES (?, ?, ?, ?, ?)"
                 ),
-                (request_id, idempotency_key, owner, "pending", _ts(utcnow())),
+                (request_id, idempotency_key, owner, "pending", sql_time(utcnow())),
             )
             return request_id
 
@@ -309,7 +309,8 @@ class SQLiteStore(SessionRows):
 
     def forget_futures(self, finished_before: dt.datetime) -> int:
         return self._write(
-            "DELETE FROM futures WHERE state = 'done' AND created_at < ?", (_ts(finished_before),)
+            "DELETE FROM futures WHERE state = 'done' AND created_at < ?",
+            (sql_time(finished_before),),
         )
 
     def interrupt_pending_futures(self, result: FutureResult) -> int:

@@ -8,11 +8,13 @@ import datetime as dt
 
 from tinsmith.store.records import SessionRecord, utcnow
 
+SQL_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
-def _ts(when: dt.datetime) -> str:
+
+def sql_time(when: dt.datetime) -> str:
     """ISO UTC with fixed width, so text order is time order (every timestamp the store
     writes)."""
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return when.astimezone(dt.UTC).strftime(SQL_TIME_FORMAT)
 
 
 class SessionRows:
@@ -30,7 +32,7 @@ class SessionRows:
         # A session row never changes owner, so the first INSERT wins and the SELECT reads it.
         self._write(
             "INSERT OR IGNORE INTO sessions (session_id, owner, created_at) VALUES (?, ?, ?)",
-            (session_id, owner, _ts(utcnow())),
+            (session_id, owner, sql_time(utcnow())),
         )
         return str(self.session_owner(session_id))
 
@@ -42,7 +44,12 @@ class SessionRows:
         self._write(
             "INSERT OR IGNORE INTO sessions (session_id, owner, created_at, body) "
             "VALUES (?, ?, ?, ?)",
-            (record.session_id, record.owner, _ts(record.created_at), record.model_dump_json()),
+            (
+                record.session_id,
+                record.owner,
+                sql_time(record.created_at),
+                record.model_dump_json(),
+            ),
         )
         return str(self.session_owner(record.session_id))
 
@@ -65,7 +72,7 @@ class SessionRows:
         where, args = "owner = ?", [owner]
         if before is not None:
             where += " AND (created_at < ? OR (created_at = ? AND session_id < ?))"
-            args += [_ts(before[0]), _ts(before[0]), before[1]]
+            args += [sql_time(before[0]), sql_time(before[0]), before[1]]
         rows = self._rows(
             "SELECT session_id, owner, created_at, body FROM sessions WHERE "
             f"{where} ORDER BY created_at DESC, session_id DESC LIMIT ? OFFSET ?",
@@ -84,7 +91,7 @@ class SessionRows:
     def add_sampler(self, sampler_id: str, session_id: str) -> None:
         self._write(
             "INSERT OR IGNORE INTO samplers VALUES (?, ?, ?)",
-            (sampler_id, session_id, _ts(utcnow())),
+            (sampler_id, session_id, sql_time(utcnow())),
         )
 
     def session_samplers(self, session_id: str) -> list[str]:
@@ -112,7 +119,7 @@ def _session(row: tuple[object, ...]) -> SessionRecord:
         return SessionRecord(
             session_id=str(session_id),
             owner=str(owner),
-            created_at=dt.datetime.strptime(str(created_at), "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+            created_at=dt.datetime.strptime(str(created_at), SQL_TIME_FORMAT).replace(
                 tzinfo=dt.UTC
             ),
         )
