@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 
 if TYPE_CHECKING:
     from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackendImpl, CPUAttentionMetadata
@@ -51,8 +52,6 @@ def causal_sdpa(
     """Write each span's causal self-attention into ``output``. ``query`` is ``(tokens, heads,
     head_dim)``, ``key``/``value`` ``(tokens, kv_heads, head_dim)`` (grouped-query heads are
     shared as vLLM shares them: query head h reads kv head h // (heads / kv_heads))."""
-    import torch.nn.functional as F
-
     heads, head_dim = query.shape[1], query.shape[2]
     out = output.view(output.shape[0], heads, head_dim)
     grouped = key.shape[1] != heads
@@ -66,12 +65,11 @@ def causal_sdpa(
         out[start:end] = attended.squeeze(0).transpose(0, 1)
 
 
-def _sdpa_applies(impl: CPUAttentionBackendImpl, meta: CPUAttentionMetadata) -> bool:
-    """Whether this layer and batch compute plain causal attention over their own tokens."""
-    from vllm.v1.attention.backend import AttentionType
-
+def _sdpa_applies(impl: CPUAttentionBackendImpl, meta: CPUAttentionMetadata, decoder: str) -> bool:
+    """Whether this layer and batch compute plain causal attention over their own tokens
+    (``decoder``: vLLM's name of a decoder layer's attention type)."""
     return (
-        impl.attn_type == AttentionType.DECODER
+        impl.attn_type == decoder
         and impl.alibi_slopes is None
         and impl.sliding_window == -1
         and not impl.logits_soft_cap
@@ -82,7 +80,7 @@ def _sdpa_applies(impl: CPUAttentionBackendImpl, meta: CPUAttentionMetadata) -> 
     )
 
 
-def _patched(original: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+def _patched(original: Callable[..., torch.Tensor], decoder: str) -> Callable[..., torch.Tensor]:
     def forward(
         self: CPUAttentionBackendImpl,
         layer: torch.nn.Module,
@@ -99,7 +97,7 @@ def _patched(original: Callable[..., torch.Tensor]) -> Callable[..., torch.Tenso
             attn_metadata is not None
             and output_scale is None
             and output_block_scale is None
-            and _sdpa_applies(self, attn_metadata)
+            and _sdpa_applies(self, attn_metadata, decoder)
         ):
             spans = fresh_prefill_spans(attn_metadata.query_start_loc, attn_metadata.seq_lens)
             if spans is not None:
@@ -125,6 +123,7 @@ def _patched(original: Callable[..., torch.Tensor]) -> Callable[..., torch.Tenso
 def install() -> None:
     """Route fresh causal prefills of vLLM-CPU's attention to SDPA (idempotent, per process)."""
     try:
+        from vllm.v1.attention.backend import AttentionType
         from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackendImpl
     except ImportError as exc:  # a vLLM without the CPU backend: nothing to patch
         log.debug("tinsmith: vLLM CPU attention not patched (%s)", exc)
@@ -132,4 +131,4 @@ def install() -> None:
     current = CPUAttentionBackendImpl.forward
     if getattr(current, "__tinsmith_sdpa__", False):
         return
-    CPUAttentionBackendImpl.forward = _patched(current)  # type: ignore[method-assign]
+    CPUAttentionBackendImpl.forward = _patched(current, AttentionType.DECODER)  # type: ignore[method-assign]
