@@ -6,7 +6,7 @@ FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 UV := $(BIN)/uv pip install --python $(BIN)/python $(FIND_LINKS)
 STAMP := $(VENV)/.tinsmith-installed
 
-.PHONY: install run test lint typecheck unit integration bench report clean
+.PHONY: install browser run test lint typecheck unit integration bench report clean
 
 install: $(STAMP)
 
@@ -29,6 +29,14 @@ $(STAMP): pyproject.toml configs/models.yaml $(wildcard configs/models/*.yaml) r
 	HF_HUB_OFFLINE=1 $(BIN)/tinsmith prepare --config configs/models.yaml
 	touch $(STAMP)
 
+# Debian's chromium for the console's browser test (a system package: root or sudo).
+browser:
+	@test -x /usr/bin/chromium || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 || \
+		{ $$SUDO apt-get update -q >/dev/null && \
+		  $$SUDO apt-get install -y -q --no-install-recommends chromium >/dev/null; }; }
+
 run: install
 	HF_HUB_OFFLINE=1 $(BIN)/python examples/demo.py
 
@@ -41,14 +49,14 @@ typecheck: install
 	$(BIN)/mypy
 
 # pytest exits 5 when it collects nothing: treat that as a failure.
-test: lint typecheck
+test: lint typecheck browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -v -rs --durations=30 tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 unit: install
 	$(BIN)/python -m pytest -q tests/unit
 
-integration: install
+integration: install browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -v -rs tests/integration
 
 bench: install

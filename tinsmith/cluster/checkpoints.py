@@ -231,6 +231,19 @@ class CheckpointService:
             + base64.urlsafe_b64encode(mac).decode().rstrip("=")
         )
 
+    def download_link(
+        self, record: CheckpointRecord, tenant: str, base_url: str
+    ) -> tuple[str, dt.datetime]:
+        """A one-file download of the whole archive and when it expires: a presigned S3 URL,
+        or a signed link this server answers (``base_url``: the server as the caller sees it)."""
+        seconds = self.storage_config.url_expiry_seconds
+        expires = utcnow() + dt.timedelta(seconds=seconds)
+        url = self.storage.download_url(record.storage_key, seconds)
+        if url is None:
+            token = self.sign(record, None, expires, tenant)
+            url = f"{base_url.rstrip('/')}/api/v1/tinsmith/files/{token}"
+        return url, expires
+
     def verify(self, token: str) -> tuple[CheckpointRecord, str | None]:
         """The checkpoint and file a token names; NotFoundError for
         any bad, expired or stale token."""

@@ -134,6 +134,14 @@ class LimitsConfig(_Strict):
             "(0: never)."
         ),
     )
+    max_metric_points_per_run: int = Field(
+        default=10_000,
+        ge=100,
+        description=(
+            "Training calls (forward_backward, forward, optim_step) whose metrics are kept per "
+            "run for the console's plots; the oldest go first."
+        ),
+    )
     future_retention_seconds: float = Field(
         default=86400.0,
         ge=60,

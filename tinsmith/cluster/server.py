@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from tinsmith.cluster.auth import KeyRing
+from tinsmith.cluster.console import install_console
 from tinsmith.cluster.limits import BodyLimit
 from tinsmith.cluster.routes import (
     admin,
@@ -71,7 +72,9 @@ def build_app(state: ServerState) -> FastAPI:
         openapi_url="/openapi.json" if is_open else None,
     )
     attach_state(app, state)
-    KeyRing(state.auth, state.store.tenant_for_key).install(app)
+    keys = KeyRing(state.auth, state.store.tenant_for_key)
+    keys.install(app)
+    install_console(app, keys)
     app.add_middleware(
         BodyLimit,
         max_bytes=state.limits.max_body_bytes,

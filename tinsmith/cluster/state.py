@@ -24,7 +24,7 @@ from tinsmith.cluster.submission import Submitter
 from tinsmith.errors import NotFoundError, UserInputError
 from tinsmith.storage.config import StorageConfig
 from tinsmith.store.base import MetadataStore
-from tinsmith.store.records import CheckpointRecord
+from tinsmith.store.records import CheckpointRecord, MetricKind, utcnow
 from tinsmith.types.architectures import Architecture, architecture
 from tinsmith.types.coordinator import CoordinatorAPI
 
@@ -131,6 +131,19 @@ class ServerState:
         if self.store.claim_session(session_id, current_tenant()) != current_tenant():
             raise NotFoundError(f"session_id {session_id!r} is unknown")
         self.clients.touch(session_id)
+
+    async def record_metrics(
+        self, training_run_id: str, kind: MetricKind, metrics: dict[str, float]
+    ) -> None:
+        """Keep a training call's metrics for the console. Off the event loop; a failure is
+        logged, never the caller's: the call itself succeeded."""
+        keep = self.limits.max_metric_points_per_run
+        try:
+            await asyncio.to_thread(
+                self.store.add_metrics, training_run_id, kind, metrics, utcnow(), keep
+            )
+        except Exception:
+            log.exception("could not record the metrics of %s", training_run_id)
 
     async def close_quiet_sessions(self) -> int:
         """Unload the training clients of sessions quiet for longer than

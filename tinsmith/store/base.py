@@ -9,7 +9,14 @@ from __future__ import annotations
 import datetime as dt
 from typing import Protocol
 
-from tinsmith.store.records import CheckpointRecord, FutureResult, RunRecord, SessionRecord
+from tinsmith.store.records import (
+    CheckpointRecord,
+    FutureResult,
+    MetricKind,
+    MetricPoint,
+    RunRecord,
+    SessionRecord,
+)
 
 
 class MetadataStore(Protocol):
@@ -27,6 +34,22 @@ class MetadataStore(Protocol):
 
     def list_runs(self, owner: str | None, limit: int, offset: int) -> tuple[list[RunRecord], int]:
         """Runs newest first, with the total count (``owner`` None: every owner)."""
+        ...
+
+    def add_metrics(
+        self,
+        training_run_id: str,
+        kind: MetricKind,
+        metrics: dict[str, float],
+        at: dt.datetime,
+        keep: int,
+    ) -> int:
+        """Record one training call's metrics; returns its step (an ``optim_step`` closes the
+        step it belongs to). Only the run's newest ``keep`` points are kept."""
+        ...
+
+    def run_metrics(self, training_run_id: str, limit: int) -> list[MetricPoint]:
+        """The run's newest ``limit`` metric points, oldest first."""
         ...
 
     def add_checkpoint(self, record: CheckpointRecord, replace: bool) -> None:

@@ -34,6 +34,18 @@ class FutureResult(InternalModel):
     failed: bool = False
 
 
+MetricKind = Literal["forward_backward", "forward", "optim_step"]
+
+
+class MetricPoint(InternalModel):
+    """One training call's metrics, as the console plots them."""
+
+    step: int = Field(description="The optimizer step the call belongs to, from 1.")
+    kind: MetricKind
+    at: dt.datetime
+    metrics: dict[str, float]
+
+
 class RunRecord(InternalModel):
     """A training run: one training client's adapter over a base model (id = model_id)."""
 

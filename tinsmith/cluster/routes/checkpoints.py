@@ -164,14 +164,7 @@ async def archive_url(
 ) -> CheckpointArchiveUrlResponse:
     """One-file download of the whole archive: a presigned S3 URL, or one this server answers."""
     record = state.readable_checkpoint(f"tinker://{run_id}/{kind}/{name}", field="checkpoint")
-    ckpts = state.checkpoints
-    seconds = state.storage_config.url_expiry_seconds
-    expires = utcnow() + dt.timedelta(seconds=seconds)
-    url = ckpts.storage.download_url(record.storage_key, seconds)
-    if url is None:
-        base = str(request.base_url).rstrip("/")
-        token = ckpts.sign(record, None, expires, current_tenant())
-        url = f"{base}/api/v1/tinsmith/files/{token}"
+    url, expires = state.checkpoints.download_link(record, current_tenant(), str(request.base_url))
     return CheckpointArchiveUrlResponse(url=url, expires=expires)
 
 

@@ -19,6 +19,7 @@ from tinsmith.cluster.registry import TrainingModel
 from tinsmith.cluster.state import ServerState, State
 from tinsmith.cluster.submission import json_result
 from tinsmith.errors import NotFoundError, TooLargeError, UserInputError
+from tinsmith.store.records import MetricKind
 from tinsmith.types import proto
 from tinsmith.types.futures import UntypedAPIFuture
 from tinsmith.types.requests import (
@@ -137,6 +138,8 @@ async def forward_backward(request: Request, state: State) -> UntypedAPIFuture:
         state.metrics.train_tokens.labels(model.base_model).inc(
             out.metrics.get("num_tokens:sum", 0.0)
         )
+        kind: MetricKind = "forward" if fb.forward_only else "forward_backward"
+        await state.record_metrics(fb.model_id, kind, out.metrics)
         return FutureResult(kind="proto", body=proto.encode_forward_backward_output(out))
 
     return state.submitter.submit(request, work, model_id=fb.model_id)
@@ -154,6 +157,7 @@ async def optim_step(body: OptimStepRequest, request: Request, state: State) -> 
             await served.coordinator.refuse(body.model_id, body.seq_id, message)
         adam = body.adam_params or AdamParams()
         metrics = await served.coordinator.optim_step(body.model_id, body.seq_id, adam)
+        await state.record_metrics(body.model_id, "optim_step", metrics)
         return json_result(OptimStepResponse(metrics=metrics))
 
     return state.submitter.submit(request, work, model_id=body.model_id)

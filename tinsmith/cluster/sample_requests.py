@@ -1,0 +1,139 @@
+"""Sample requests as the server checks them: which sampler a request names (a session, a
+checkpoint, a base model; the caller's own or published), and its prompt and parameters
+checked against the model's limits, each error naming the field. The sampling routes and the
+console's playground both go through here.
+"""
+
+from __future__ import annotations
+
+from tinsmith.cluster.auth import current_tenant
+from tinsmith.cluster.checkpoints import parse_tinker_path
+from tinsmith.cluster.registry import SamplerSession
+from tinsmith.cluster.state import ServedModel, ServerState
+from tinsmith.errors import UserInputError
+from tinsmith.types.data import ImagePlacement, ModelInput
+from tinsmith.types.internal import AdapterSource, SampleWork
+from tinsmith.types.requests import SampleRequest
+
+MAX_NUM_SAMPLES = 128  # per request; more rollouts go in more requests
+MAX_TOPK_LOGPROBS = 20  # vLLM's default max_logprobs
+
+
+def sampler_for(state: ServerState, body: SampleRequest) -> SamplerSession:
+    """The sampler a request names: its sampling session, a checkpoint, or a base model."""
+    if body.sampling_session_id is not None:
+        return state.clients.sampler(body.sampling_session_id)
+    if body.model_path is not None:
+        return checkpoint_sampler(state, body.model_path, "")
+    if body.base_model is not None:
+        state.served(body.base_model)
+        return SamplerSession("", body.base_model, None, None, None, current_tenant())
+    raise UserInputError("asample needs sampling_session_id, model_path or base_model")
+
+
+def checkpoint_sampler(state: ServerState, model_path: str, sampler_id: str) -> SamplerSession:
+    """Sampling from a stored checkpoint (sampler_weights, or the adapter inside weights).
+
+    The adapter key includes the archive's hash, so an overwritten checkpoint is a new adapter
+    to vLLM rather than a stale cached one.
+    """
+    parsed = parse_tinker_path(model_path, "model_path")
+    if parsed.checkpoint_type == "external":
+        raise UserInputError(
+            f"model_path {model_path!r}: sample from sampler_weights or weights checkpoints"
+        )
+    record = state.readable_checkpoint(model_path, field="model_path")
+    source = AdapterSource(archive=state.checkpoints.ref_of(record))
+    key = f"{model_path}@{record.sha256[:12]}"
+    return SamplerSession(sampler_id, record.base_model, model_path, key, source, current_tenant())
+
+
+def sample_work(
+    body: SampleRequest, prompt: ModelInput, session: SamplerSession, served: ServedModel
+) -> SampleWork:
+    """Validate a sample request (its ``prompt`` with images read) against the model's limits;
+    errors name the field."""
+    max_context = served.max_context_length
+    tokens, images = _prompt_tokens(prompt, max_context, served.vocab_size, served.image_token_id)
+    _check_sampling(body)
+    params = body.sampling_params
+    room = max_context - len(tokens)
+    stop_strings, stop_ids = _stop_lists(params.stop)
+    return SampleWork(
+        prompt_tokens=tokens,
+        num_samples=body.num_samples,
+        max_tokens=min(params.max_tokens or room, room),
+        temperature=params.temperature,
+        top_k=params.top_k,
+        top_p=params.top_p,
+        seed=params.seed,
+        stop_strings=stop_strings,
+        stop_token_ids=stop_ids,
+        prompt_logprobs=bool(body.prompt_logprobs),
+        topk_prompt_logprobs=body.topk_prompt_logprobs,
+        topk_sample_logprobs=body.topk_sample_logprobs,
+        adapter_key=session.adapter_key,
+        images=images,
+    )
+
+
+def _prompt_tokens(
+    prompt: ModelInput, max_context: int, vocab_size: int, image_token_id: int | None
+) -> tuple[list[int], list[ImagePlacement]]:
+    """The prompt's token ids (an image's as placeholders) and images: not empty, inside the
+    vocabulary, shorter than the context."""
+    try:
+        tokens, images = prompt.to_tokens(image_token_id)
+    except ValueError as exc:
+        raise UserInputError(f"prompt: {exc}") from exc
+    if not tokens:
+        raise UserInputError("prompt is empty")
+    if len(tokens) >= max_context:  # before any per-token work on a huge prompt
+        raise UserInputError(
+            f"prompt has {len(tokens)} tokens; the model's context is {max_context}"
+        )
+    if not 0 <= min(tokens) <= max(tokens) < vocab_size:
+        pos, tok = next((i, t) for i, t in enumerate(tokens) if not 0 <= t < vocab_size)
+        raise UserInputError(
+            f"prompt token [{pos}] = {tok} is outside the vocabulary (0..{vocab_size - 1})"
+        )
+    return tokens, images
+
+
+def _check_sampling(body: SampleRequest) -> None:
+    """Counts and sampling parameters in range; features this server lacks refused."""
+    params = body.sampling_params
+    if not 1 <= body.num_samples <= MAX_NUM_SAMPLES:
+        raise UserInputError(f"num_samples must be in 1..{MAX_NUM_SAMPLES}, got {body.num_samples}")
+    for name in ("topk_prompt_logprobs", "topk_sample_logprobs"):
+        k = getattr(body, name)
+        if not 0 <= k <= MAX_TOPK_LOGPROBS:
+            raise UserInputError(f"{name} must be in 0..{MAX_TOPK_LOGPROBS}, got {k}")
+    if params.max_tokens is not None and params.max_tokens < 1:
+        raise UserInputError(f"sampling_params.max_tokens must be >= 1, got {params.max_tokens}")
+    if params.temperature < 0:
+        raise UserInputError(f"sampling_params.temperature must be >= 0, got {params.temperature}")
+    if not 0 < params.top_p <= 1:
+        raise UserInputError(f"sampling_params.top_p must be in (0, 1], got {params.top_p}")
+    if params.top_k == 0 or params.top_k < -1:
+        raise UserInputError(f"sampling_params.top_k must be -1 (off) or >= 1, got {params.top_k}")
+    if (
+        body.prompt_alt_tokens_k
+        or body.prompt_logprobs_last_n is not None
+        or body.target_prompt_logprobs
+    ):
+        raise UserInputError(
+            "prompt_alt_tokens_k, prompt_logprobs_last_n and target_prompt_logprobs "
+            "are not supported"
+        )
+
+
+def _stop_lists(stop: str | list[str] | list[int] | None) -> tuple[list[str], list[int]]:
+    """The SDK's ``stop`` (a string, strings, or token ids) as (stop strings, stop token ids)."""
+    if isinstance(stop, str):
+        return [stop], []
+    if not stop:
+        return [], []
+    if all(isinstance(s, str) for s in stop):
+        return [str(s) for s in stop], []
+    return [], [int(s) for s in stop]
