@@ -61,28 +61,27 @@ def test_sl_example_eval_loss_falls(server: object) -> None:
 
 
 def test_rl_example_reward_rises(server: object) -> None:
-    """Cookbook RL (sync, importance_sampling) on single-digit addition (operands 0-5): the mean
-    reward of the last 3 of 7 steps (8 groups of 8 rollouts each, learning rate 4e-4) is at least
-    0.15 above that of the first 3. The base model starts near 0.05-0.2, and the step where the
-    reward starts to rise varies from run to run (vLLM's sampling draws depend on what the
-    engine served before). Runs of these settings here, rewards per step: 0.05, 0.11, 0.22,
-    0.32, 0.59, 0.78, 0.97; 0.06, 0.08, 0.27, 0.38, 0.56, 0.67 (of 6 steps); 0.19, 0.15, 0.15,
-    0.31, 0.28, 0.52 (of 6: last 3 of 6 only +0.21 above the first 3, hence the seventh step).
-    Earlier calibrations, on operands 0-9: at the example's default 2e-4 over 10 steps, rises
-    of +0.42 and +0.21 (with 4 groups per batch two of four runs stayed below the bound); at
-    6e-4 over 6 steps +0.37, +0.34 and +0.06. Groups of 4 rollouts learnt on a fresh server but
-    not reliably in the suite (the policy drifted to longer, badly formatted answers)."""
+    """Cookbook RL (sync, importance_sampling) on single-digit addition (operands 0-3): the mean
+    reward of the last 2 of 5 steps (16 groups of 8 rollouts each, learning rate 6e-4) is at
+    least 0.15 above that of the first 2. The base model starts near 0.1-0.2. Runs of these
+    settings here, rewards per step: 0.08, 0.16, 0.28, 0.38, 0.41 and 0.11, 0.15, 0.25, 0.46,
+    0.62 (+0.27 and +0.41). Batches of 8 groups learnt as fast per step but not reliably: the
+    policy's entropy fell from 2.4 to 0.8 within two steps, and one run in four collapsed onto
+    wrong answers (0.19, 0.09, 0.24, 0.37, 0.22, 0.38, 0.15 over 7 steps; on operands 0-5, two
+    runs of six); 16 groups halve the gradient noise of a step, and the reward rose every step.
+    The sampler and the trainer agreed on every rollout throughout (the cookbook's
+    kl_sample_train ~0), so a collapse is the policy's, not stale weights."""
     rows = run_example(
         server,
         "rl_arithmetic.py",
-        *("--steps", "7", "--groups-per-batch", "8", "--learning-rate", "4e-4"),
-        *("--max-operand", "5"),
+        *("--steps", "5", "--groups-per-batch", "16", "--learning-rate", "6e-4"),
+        *("--max-operand", "3"),
     )
     rewards = [
         row["env/all/reward/total"] for row in rows if "env/all/reward/total" in row
     ]  # not the final save's
-    assert len(rewards) == 7, rows
-    assert mean(rewards[-3:]) >= mean(rewards[:3]) + 0.15, rewards
+    assert len(rewards) == 5, rows
+    assert mean(rewards[-2:]) >= mean(rewards[:2]) + 0.15, rewards
 
 
 def test_async_rl_example_trains_on_stale_rollouts(server: object) -> None:
