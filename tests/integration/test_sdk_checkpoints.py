@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import os
 import subprocess
 import sys
@@ -322,8 +323,8 @@ def test_copy_weights_shares_the_archive_and_outlives_its_source(
 def test_cli_reads_and_changes_runs_checkpoints_and_models(
     service_client: tinker.ServiceClient, server: object
 ) -> None:
-    """The `tinker` CLI's run, checkpoint, model, auth-status and version commands against the
-    server, run in this process (click's runner: the CLI's own code, without a new
+    """The `tinker` CLI's run, checkpoint, model, auth (status, whoami) and version commands
+    against the server, run in this process (click's runner: the CLI's own code, without a new
     interpreter's imports per command)."""
     from click.testing import CliRunner
     from tinker.cli.__main__ import main_cli
@@ -359,4 +360,20 @@ def test_cli_reads_and_changes_runs_checkpoints_and_models(
     assert (
         "Tinker accessible: yes" in CliRunner().invoke(main_cli, ["auth", "status"], env=env).output
     )
+    # whoami reads the JWT the SDK got for its key: the tenant of configs/test.yaml's key
+    assert json.loads(cli("auth", "whoami")) == {
+        "user_urn": "tml:user:tests",
+        "org_urn": "tml:organization:tests",
+        "email": None,
+    }
+    who = rest.whoami().result()
+    assert (who.user_urn, who.org_urn) == ("tml:user:tests", "tml:organization:tests")
+    with tempfile.TemporaryDirectory(prefix="tinsmith-cli-home-") as home:
+        # login checks the pasted key against the server and stores it; logout forgets it
+        # (a pasted key stays valid on the server: only keys the CLI made are revoked)
+        login_env = {**env, "HOME": home}
+        done = CliRunner().invoke(main_cli, ["auth", "login"], env=login_env, input="tml-tests\n")
+        assert done.exit_code == 0 and "(tests)" in done.output, done.output
+        done = CliRunner().invoke(main_cli, ["auth", "logout"], env=login_env)
+        assert done.exit_code == 0 and "still active" in done.output, done.output
     cli("version")

@@ -1,11 +1,11 @@
 """API keys and tenants.
 
 Every request under ``/api/v1`` (except the health check and signed download links) carries the
-SDK's ``X-API-Key``. In ``keys`` mode the key must be one the server knows: keys are stored only
-as sha256 hashes (they are 256-bit random, so an unsalted hash is safe), each with its tenant,
-and come from ``tinsmith keys create``, a keys file, or an environment variable (Kubernetes
-Secrets). In ``open`` mode (the local preset's default) any ``tml-`` key is accepted and every
-request belongs to one tenant, ``local``.
+SDK's ``X-API-Key``: an API key, or a JWT the SDK got for one (``tinsmith.cluster.jwt_tokens``). In
+``keys`` mode the key must be one the server knows: keys are stored only as sha256 hashes (they are
+256-bit random, so an unsalted hash is safe), each with its tenant, and come from ``tinsmith keys
+create``, a keys file, or an environment variable (Kubernetes Secrets). In ``open`` mode (the local
+preset's default) any ``tml-`` key is accepted and every request belongs to one tenant, ``local``.
 
 The request's tenant lives in a context variable, set by the middleware; the server's lookups
 (models, samplers, futures, runs, checkpoints) compare it with each object's owner, and answer
@@ -26,6 +26,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
 from tinsmith.cluster.config import AuthConfig
+from tinsmith.cluster.jwt_tokens import InvalidToken, JwtIssuer, looks_like_jwt
 from tinsmith.errors import ConfigurationError
 
 OPEN_TENANT = "local"
@@ -77,9 +78,15 @@ def parse_keys(text: str, source: str) -> dict[str, str]:
 class KeyRing:
     """Which tenant an API key belongs to."""
 
-    def __init__(self, config: AuthConfig, stored: Callable[[str], str | None]) -> None:
+    def __init__(
+        self,
+        config: AuthConfig,
+        stored: Callable[[str], str | None],
+        jwts: JwtIssuer | None = None,
+    ) -> None:
         self.mode = config.mode
         self._stored = stored
+        self.jwts = jwts  # None: API keys only
         self._static: dict[str, str] = {}
         keys_file = config.keys_file or os.environ.get("TINSMITH_API_KEYS_FILE")
         if keys_file:
@@ -91,7 +98,13 @@ class KeyRing:
         if os.environ.get(config.keys_env):
             self._static |= parse_keys(os.environ[config.keys_env], f"${config.keys_env}")
 
+    def is_static(self, api_key: str) -> bool:
+        """Whether a key comes from the server's configuration (file or environment), which
+        only the operator can revoke."""
+        return hash_key(api_key) in self._static
+
     def tenant_of(self, api_key: str | None) -> str | None:
+        """The tenant of an API key, or None for a key this server does not accept."""
         if not api_key or not api_key.startswith(KEY_PREFIX):
             return None
         if self.mode == "open":
@@ -107,7 +120,18 @@ class KeyRing:
             path = request.url.path
             if not path.startswith("/api/v1/") or path.startswith(_PUBLIC_PATHS):
                 return await call_next(request)
-            tenant = self.tenant_of(request.headers.get("x-api-key"))
+            credential = request.headers.get("x-api-key")
+            if self.jwts is not None and credential and looks_like_jwt(credential):
+                try:
+                    tenant: str | None = self.jwts.tenant(credential)
+                except InvalidToken as exc:  # the SDK fetches a new token and replays
+                    return JSONResponse(
+                        status_code=401,
+                        content={"detail": str(exc)},
+                        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+                    )
+            else:
+                tenant = self.tenant_of(credential)
             if tenant is None:
                 detail = (
                     "missing API key (X-API-Key)"

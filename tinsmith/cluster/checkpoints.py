@@ -231,6 +231,11 @@ class CheckpointService:
             + base64.urlsafe_b64encode(mac).decode().rstrip("=")
         )
 
+    def derived_secret(self, purpose: str) -> bytes:
+        """The server's secret (the data directory's ``url-signing.key``) derived for another
+        use, e.g. signing JWTs: one secret to keep, none shared between uses."""
+        return hmac.new(self._secret, purpose.encode(), hashlib.sha256).digest()
+
     def download_link(
         self, record: CheckpointRecord, tenant: str, base_url: str
     ) -> tuple[str, dt.datetime]:

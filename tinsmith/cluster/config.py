@@ -63,6 +63,20 @@ class AuthConfig(_Strict):
             "client counts in /api/v1/tinsmith/status; others see only their own clients."
         ),
     )
+    issue_jwts: bool = Field(
+        default=True,
+        description=(
+            "Tell the SDK to trade its API key for short-lived JWTs (pjwt_auth_enabled), as "
+            "Tinker does: RestClient.whoami and `tinker auth whoami` need them. Off: the SDK "
+            "sends the key with every request."
+        ),
+    )
+    jwt_ttl_seconds: int = Field(
+        default=3600,
+        ge=60,
+        le=86400,
+        description="How long a JWT lasts; the SDK refreshes it before then.",
+    )
 
 
 class LimitsConfig(_Strict):

@@ -19,9 +19,11 @@ from fastapi.responses import JSONResponse
 
 from tinsmith.cluster.auth import KeyRing
 from tinsmith.cluster.console import install_console
+from tinsmith.cluster.jwt_tokens import JwtIssuer
 from tinsmith.cluster.limits import BodyLimit
 from tinsmith.cluster.routes import (
     admin,
+    auth,
     checkpoints,
     hub,
     sampling,
@@ -72,7 +74,11 @@ def build_app(state: ServerState) -> FastAPI:
         openapi_url="/openapi.json" if is_open else None,
     )
     attach_state(app, state)
-    keys = KeyRing(state.auth, state.store.tenant_for_key)
+    jwts = None
+    if state.auth.issue_jwts:
+        jwts = JwtIssuer(state.checkpoints.derived_secret("jwt"), state.auth.jwt_ttl_seconds)
+    keys = KeyRing(state.auth, state.store.tenant_for_key, jwts)
+    app.state.keys = keys
     keys.install(app)
     install_console(app, keys)
     app.add_middleware(
@@ -82,7 +88,7 @@ def build_app(state: ServerState) -> FastAPI:
     )
     state.metrics.install(app)  # added last, so it runs first: refused requests are counted too
     _install_error_handlers(app)
-    for module in (sessions, training, sampling, admin, weights, checkpoints, hub):
+    for module in (sessions, training, sampling, admin, auth, weights, checkpoints, hub):
         app.include_router(module.router)
     return app
 

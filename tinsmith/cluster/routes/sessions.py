@@ -39,9 +39,11 @@ router = APIRouter(prefix="/api/v1")
 
 @router.post("/client/config")
 async def client_config(state: State) -> ClientConfigResponse:
-    """Tells the SDK the datum limit, so it chunks forward_backward batches to fit."""
+    """Tells the SDK the datum limit, so it chunks forward_backward batches to fit, and
+    whether to trade its key for JWTs (``auth.issue_jwts``)."""
     limits = state.limits
     return ClientConfigResponse(
+        pjwt_auth_enabled=state.auth.issue_jwts,
         fwdbwd_max_chunk_len=limits.max_datums_per_request,
         fwdbwd_max_chunk_bytes_count=min(5_000_000, limits.max_body_bytes // 2),
     )
