@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import json
-import tempfile
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -376,4 +376,10 @@ def test_cli_reads_and_changes_runs_checkpoints_and_models(
         assert done.exit_code == 0 and "(tests)" in done.output, done.output
         done = CliRunner().invoke(main_cli, ["auth", "logout"], env=login_env)
         assert done.exit_code == 0 and "still active" in done.output, done.output
+        # the session's timeline, downloaded as the CLI names it
+        session = tc.model_id.split(":train:")[0]
+        trace = Path(home) / "session.pftrace"
+        cli("session", "export-trace", session, "--output", str(trace))
+        names = {e["name"] for e in json.loads(trace.read_text())["traceEvents"]}
+        assert {"create_model", "save_weights"} <= names, names
     cli("version")

@@ -1,6 +1,7 @@
 """Sessions through the official SDK: what a client says of its session at creation is kept, and
-`RestClient` lists, reads, searches (by metadata, project, status, a page at a time) and moves
-them to a project; each tenant sees only its own (another's answers as not found)."""
+`RestClient` lists, reads, searches (by metadata, project, status, a page at a time), moves them
+to a project and exports their timeline as a trace; each tenant sees only its own (another's
+answers as not found)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import tinker
 from tinker import types
 
 from tests.conftest import DEFAULT_MODEL, OTHER_TENANT_KEY
+from tests.integration.helpers import datum
 
 pytestmark = pytest.mark.integration
 
@@ -62,6 +64,16 @@ def test_sessions_keep_what_their_client_said_and_each_tenant_sees_its_own(
     assert got.display_name == "the sessions test", got
     assert session_id in rest.list_sessions(limit=200).result().sessions
 
+    # The session's timeline: a slice per request, a track per client (Chrome trace JSON,
+    # which Perfetto opens); the link needs no key, as the SDK downloads it.
+    tc.forward_backward([datum([1, 2, 3, 4])], "cross_entropy").result()
+    url = rest.export_session_trace(session_id).result()
+    with urllib.request.urlopen(url, timeout=60) as resp:
+        trace = json.loads(resp.read())
+    slices = {(e["name"], e["args"]["client"]) for e in trace["traceEvents"] if e["ph"] == "X"}
+    assert {("forward_backward", tc.model_id), ("asample", sampler_id)} <= slices, slices
+    assert ("create_model", tc.model_id) in slices, slices
+
     query = types.SessionSearchRequest(user_metadata={"experiment": "sessions-test"})
     [found] = rest.search_sessions(query).result().sessions
     assert found.session_id == session_id and found.project_id == "proj-a", found
@@ -86,6 +98,8 @@ def test_sessions_keep_what_their_client_said_and_each_tenant_sees_its_own(
         other.get_session(session_id).result()
     with pytest.raises(tinker.NotFoundError):
         other.assign_session_project(session_id, "theirs").result()
+    with pytest.raises(tinker.NotFoundError):
+        other.export_session_trace(session_id).result()
     assert session_id not in other.list_sessions(limit=200).result().sessions
     theirs = types.SessionSearchRequest(user_metadata={"experiment": "sessions-test"})
     assert other.search_sessions(theirs).result().sessions == []

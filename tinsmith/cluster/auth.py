@@ -32,7 +32,7 @@ from tinsmith.errors import ConfigurationError
 OPEN_TENANT = "local"
 KEY_PREFIX = "tml-"
 TENANT: contextvars.ContextVar[str] = contextvars.ContextVar("tinsmith_tenant", default=OPEN_TENANT)
-_PUBLIC_PATHS = ("/api/v1/healthz", "/api/v1/tinsmith/files/")
+_PUBLIC_PATHS = ("/api/v1/healthz", "/api/v1/tinsmith/files/", "/api/v1/tinsmith/traces/")
 _TENANT_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 

@@ -28,6 +28,7 @@ from tinsmith.cluster.routes import (
     hub,
     sampling,
     sessions,
+    traces,
     training,
     weights,
 )
@@ -88,7 +89,7 @@ def build_app(state: ServerState) -> FastAPI:
     )
     state.metrics.install(app)  # added last, so it runs first: refused requests are counted too
     _install_error_handlers(app)
-    for module in (sessions, training, sampling, admin, auth, weights, checkpoints, hub):
+    for module in (sessions, training, sampling, admin, auth, weights, checkpoints, traces, hub):
         app.include_router(module.router)
     return app
 

@@ -15,6 +15,7 @@ from tinsmith.cluster.auth import current_tenant
 from tinsmith.cluster.futures import FutureResult, FutureStore, failure
 from tinsmith.cluster.metrics import REQUEST_ID, ServerMetrics
 from tinsmith.cluster.registry import ClientRegistry
+from tinsmith.cluster.request_spans import Span, SpanLog, session_of
 from tinsmith.errors import NotFoundError, TinsmithError, UserInputError
 from tinsmith.types.futures import RequestErrorCategory, UntypedAPIFuture
 
@@ -32,6 +33,7 @@ class Submitter:
         self._futures = futures
         self._metrics = metrics
         self._clients = clients
+        self.spans = SpanLog()
 
     def submit(
         self,
@@ -40,35 +42,40 @@ class Submitter:
         model_id: str | None = None,
         n_samples: int = 0,
         base_model: str | None = None,
+        client_id: str | None = None,
     ) -> UntypedAPIFuture:
         """Start ``work`` as a future, unless the SDK's idempotency key names one already
-        started."""
+        started. Its span goes to the session of ``client_id`` (default: ``model_id``)."""
         key = request.headers.get("x-idempotency-key")
         route = getattr(request.scope.get("route"), "path", request.url.path)
         kind = route.rsplit("/", 1)[-1]
         if base_model is None and model_id is not None:
             base_model = self._clients.base_model_of(model_id)
-        observed = self._observed(work, kind, base_model or "-")
+        observed = self._observed(work, kind, base_model or "-", client_id or model_id)
         request_id, _ = self._futures.submit(observed, idempotency_key=key, owner=current_tenant())
         seq_ids = [f"{request_id}:{i}" for i in range(n_samples)] if n_samples else None
         return UntypedAPIFuture(
             request_id=request_id, model_id=model_id, sample_sequence_ids=seq_ids
         )
 
-    def _observed(self, work: Work, kind: str, base_model: str) -> Work:
-        metrics = self._metrics
+    def _observed(self, work: Work, kind: str, base_model: str, client_id: str | None) -> Work:
+        metrics, spans = self._metrics, self.spans
 
         async def observed() -> FutureResult:
-            started = time.perf_counter()
+            started, wall = time.perf_counter(), time.time()
             depth = metrics.queue_depth.labels(base_model)
             depth.inc()
             try:
                 result = await _guard(work())
             finally:
                 depth.dec()
+            seconds = time.perf_counter() - started
             outcome = "failed" if result.failed else "ok"
             metrics.futures.labels(kind, outcome).inc()
-            metrics.future_seconds.labels(kind).observe(time.perf_counter() - started)
+            metrics.future_seconds.labels(kind).observe(seconds)
+            if client_id:
+                span = Span(kind, client_id, wall, seconds, result.failed)
+                spans.add(session_of(client_id), span)
             return result
 
         return observed

@@ -136,3 +136,11 @@ class AssignProjectRequest(WireModel):
     """``PUT /sessions/{id}/project`` (``RestClient.assign_session_project``)."""
 
     project_id: Annotated[Text, Field(min_length=1, max_length=256)]
+
+
+class SessionTraceExportResponse(WireModel):
+    """``GET /sessions/{id}/trace_export``, which the SDK polls until ``ready``."""
+
+    status: Literal["pending", "ready", "failed"]
+    url: str | None = None
+    error: str | None = None

@@ -79,5 +79,9 @@ async def asample(body: SampleRequest, request: Request, state: State) -> Untype
         return FutureResult(kind="proto", body=proto.encode_sample_response(out))
 
     return state.submitter.submit(
-        request, work, n_samples=body.num_samples, base_model=session.base_model
+        request,
+        work,
+        n_samples=body.num_samples,
+        base_model=session.base_model,
+        client_id=session.sampler_id or None,  # "" samples a checkpoint or model directly
     )
