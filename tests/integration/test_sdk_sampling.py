@@ -1,5 +1,6 @@
 """Sampling through the official SDK: every SamplingParams field, logprobs that agree with the
-trainer, immutable weight snapshots, many adapters at once, and bad sampling requests."""
+trainer, immutable weight snapshots and inflight samplers that follow their training client,
+many adapters at once, and bad sampling requests."""
 
 from __future__ import annotations
 
@@ -267,3 +268,31 @@ def test_bad_sampling_requests_are_user_errors(
         )
         == 3
     )
+
+
+def test_inflight_samplers_follow_their_training_client_forward_only(
+    service_client: tinker.ServiceClient,
+) -> None:
+    """``kind="inflight"``: a client made at W1 samples W2 once the inflight save of W2 is done;
+    one made at W2 never samples W1; a snapshot made at W1 keeps W1."""
+    tc = service_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=4).result()
+    probe = types.ModelInput.from_ints(random_tokens(5600, 12))
+
+    def step(seed: int) -> None:
+        tc.forward_backward([datum(random_tokens(seed, 16))], "cross_entropy").result()
+        tc.optim_step(types.AdamParams(learning_rate=2e-2)).result()
+
+    def logprobs(client: tinker.SamplingClient) -> np.ndarray:
+        return np.array(client.compute_logprobs(probe).result()[1:], dtype=float)
+
+    step(5601)
+    at_w1 = tc.save_weights_and_get_sampling_client(kind="inflight").result()
+    snapshot_w1 = tc.save_weights_and_get_sampling_client().result()
+    w1 = logprobs(snapshot_w1)
+    np.testing.assert_allclose(logprobs(at_w1), w1, atol=1e-5)
+    step(5602)
+    at_w2 = tc.save_weights_and_get_sampling_client(kind="inflight").result()
+    w2 = logprobs(at_w2)
+    assert np.abs(w2 - w1).max() > 1e-2  # the step moved the weights
+    np.testing.assert_allclose(logprobs(at_w1), w2, atol=1e-5)  # the W1 client moved on
+    np.testing.assert_allclose(logprobs(snapshot_w1), w1, atol=1e-5)  # the snapshot did not

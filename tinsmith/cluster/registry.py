@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from prometheus_client import Gauge
 
@@ -46,6 +46,7 @@ class SamplerSession:
     adapter_key: str | None
     source: AdapterSource | None
     owner: str
+    follows: str | None = None  # inflight: the training client whose newest weights it samples
 
     @property
     def session_id(self) -> str:
@@ -77,6 +78,8 @@ class ClientRegistry:
     ) -> None:
         self.training: dict[str, TrainingModel] = {}
         self.samplers: dict[str, SamplerSession] = {}
+        # training client -> (seq_id, adapter key) of its newest inflight save
+        self._inflight: dict[str, tuple[int, str]] = {}
         self.limits = limits or ClientLimits()
         self._last_seen: dict[str, float] = {}  # session id -> monotonic time of its last sign
         self._base_models = list(base_models)
@@ -191,13 +194,23 @@ class ClientRegistry:
         self.touch(session.session_id)
 
     def sampler(self, sampler_id: str) -> SamplerSession:
-        """The caller's sampling session (another tenant's answers as unknown)."""
+        """The caller's sampling session (another tenant's answers as unknown); an inflight one
+        with the newest weights its training client has saved inflight."""
         session = self.samplers.get(sampler_id)
         if session is None or session.owner != current_tenant():
             raise NotFoundError(f"sampling_session_id {sampler_id!r} is unknown")
         self.samplers[sampler_id] = self.samplers.pop(sampler_id)  # most recently used last
         self.touch(session.session_id)
+        if session.follows is not None and session.follows in self._inflight:
+            session = replace(session, adapter_key=self._inflight[session.follows][1])
         return session
+
+    def publish_inflight(self, model_id: str, seq_id: int, key: str) -> None:
+        """``key`` (synced to every replica) is now ``model_id``'s inflight weights, for every
+        inflight sampler that follows it, unless a later save (by ``seq_id``) came first."""
+        current = self._inflight.get(model_id)
+        if current is None or seq_id >= current[0]:
+            self._inflight[model_id] = (seq_id, key)
 
     def _count(self) -> None:
         for name in self._base_models:

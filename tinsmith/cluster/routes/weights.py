@@ -139,7 +139,14 @@ async def save_weights_for_sampler(
     body: SaveWeightsForSamplerRequest, request: Request, state: State
 ) -> UntypedAPIFuture:
     """A stored sampler checkpoint (with a path), or an ephemeral adapter version synced to
-    every sampler replica through Ray's object store (with a sampling_session_seq_id)."""
+    every sampler replica through Ray's object store (with a sampling_session_seq_id).
+
+    ``kind="inflight"`` (``types.SamplingClientKind``): one mutable target per training
+    client; each inflight save moves it, for the clients made by earlier inflight saves too.
+    A client never samples weights older than those of the save that made it: the save returns
+    only once every replica holds them (stricter than Tinker, whose inflight saves may return
+    before), and a target only moves forward. Each version is its own LoRA id to vLLM, so no
+    KV cache computed under other weights is reused."""
 
     async def work() -> FutureResult:
         model = state.clients.training_model(body.model_id)
@@ -156,8 +163,12 @@ async def save_weights_for_sampler(
         started = time.perf_counter()
         await served.coordinator.sync_to_samplers(body.model_id, body.seq_id, key)
         state.metrics.weight_sync.observe(time.perf_counter() - started)
+        follows = None
+        if body.kind == "inflight":  # this and every earlier inflight client now sample it
+            state.clients.publish_inflight(body.model_id, body.seq_id or 0, key)
+            follows = body.model_id
         state.clients.add_sampler(
-            SamplerSession(sampler_id, model.base_model, None, key, None, model.owner)
+            SamplerSession(sampler_id, model.base_model, None, key, None, model.owner, follows)
         )
         return json_result(SaveWeightsForSamplerResponseInternal(sampling_session_id=sampler_id))
 
