@@ -148,7 +148,37 @@ def test_logprobs_agree_with_compute_logprobs_and_the_trainer(
         atol=1e-3,
     )
     assert prompt_side.topk_prompt_logprobs is not None
+    assert prompt_side.topk_prompt_logprobs[0] is None
     assert all(len(row) == 5 for row in prompt_side.topk_prompt_logprobs[1:] if row)
+    # prompt_logprobs_last_n=k: exactly the last k positions, the same values
+    last = sampler.sample(
+        prompt,
+        1,
+        types.SamplingParams(max_tokens=1),
+        include_prompt_logprobs=True,
+        topk_prompt_logprobs=5,
+        prompt_logprobs_last_n=4,
+    ).result()
+    assert last.prompt_logprobs is not None and last.topk_prompt_logprobs is not None
+    assert last.prompt_logprobs[:-4] == [None] * 6
+    np.testing.assert_allclose(
+        last.prompt_logprobs[-4:], prompt_side.prompt_logprobs[-4:], atol=1e-4
+    )
+    assert last.topk_prompt_logprobs[:-4] == [None] * 6
+    assert [[t for t, _ in row] for row in last.topk_prompt_logprobs[-4:] if row] == [
+        [t for t, _ in row] for row in prompt_side.topk_prompt_logprobs[-4:] if row
+    ]
+    expect_user_error(
+        sampler.sample(
+            prompt,
+            1,
+            types.SamplingParams(max_tokens=1),
+            include_prompt_logprobs=True,
+            prompt_logprobs_last_n=10,
+        ),
+        "prompt_logprobs_last_n",
+        "1..9",
+    )
 
 
 def test_samples_of_one_prompt_reuse_its_cached_prefix(

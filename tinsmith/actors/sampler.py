@@ -288,9 +288,13 @@ class SamplerWorker:
                     final.prompt_logprobs[1:], work.prompt_tokens[1:], strict=True
                 )
             ]
-            resp.prompt_logprobs = prompt_lps
+            # prompt_logprobs_last_n: only the last N positions are reported (all are scored)
+            cutoff = len(prompt_lps) - (work.prompt_logprobs_last_n or len(prompt_lps))
+            unreported: list[None] = [None] * cutoff
+            resp.prompt_logprobs = [*unreported, *prompt_lps[cutoff:]]
             if work.topk_prompt_logprobs > 0:
-                resp.topk_prompt_logprobs = _topk(final.prompt_logprobs, work.topk_prompt_logprobs)
+                entries = [*unreported, *final.prompt_logprobs[cutoff:]]
+                resp.topk_prompt_logprobs = _topk(entries, work.topk_prompt_logprobs)
         return resp
 
     @staticmethod
@@ -338,13 +342,17 @@ def _logprob_of(entry: dict[int, object] | None, token: int) -> float | None:
     return float(entry[token].logprob)  # type: ignore[attr-defined]
 
 
+# The SDK's padding of a top-k row (token 0 with this logprob); a row of it alone reads as None.
+MASK_LOGPROB = -99999.0
+
+
 def _topk(entries: list[dict[int, object] | None], k: int) -> TopkLogprobs:
     ids: list[list[int]] = []
     lps: list[list[float]] = []
     for entry in entries:
         ranked = sorted((entry or {}).items(), key=lambda kv: -float(kv[1].logprob))[:k]  # type: ignore[attr-defined]
         row_ids = [int(t) for t, _ in ranked] + [0] * (k - len(ranked))
-        row_lps = [float(lp.logprob) for _, lp in ranked] + [float("-inf")] * (k - len(ranked))  # type: ignore[attr-defined]
+        row_lps = [float(lp.logprob) for _, lp in ranked] + [MASK_LOGPROB] * (k - len(ranked))  # type: ignore[attr-defined]
         ids.append(row_ids)
         lps.append(row_lps)
     return TopkLogprobs(token_ids=ids, logprobs=lps)

@@ -72,6 +72,7 @@ def sample_work(
         prompt_logprobs=bool(body.prompt_logprobs),
         topk_prompt_logprobs=body.topk_prompt_logprobs,
         topk_sample_logprobs=body.topk_sample_logprobs,
+        prompt_logprobs_last_n=_last_n(body, len(tokens)),
         adapter_key=session.adapter_key,
         images=images,
     )
@@ -117,15 +118,26 @@ def _check_sampling(body: SampleRequest) -> None:
         raise UserInputError(f"sampling_params.top_p must be in (0, 1], got {params.top_p}")
     if params.top_k == 0 or params.top_k < -1:
         raise UserInputError(f"sampling_params.top_k must be -1 (off) or >= 1, got {params.top_k}")
-    if (
-        body.prompt_alt_tokens_k
-        or body.prompt_logprobs_last_n is not None
-        or body.target_prompt_logprobs
-    ):
+    if body.prompt_alt_tokens_k or body.target_prompt_logprobs:
         raise UserInputError(
-            "prompt_alt_tokens_k, prompt_logprobs_last_n and target_prompt_logprobs "
-            "are not supported"
+            "prompt_alt_tokens_k and target_prompt_logprobs are not supported by this server "
+            "(vLLM reports only the top-k and the prompt's own tokens at each position)"
         )
+
+
+def _last_n(body: SampleRequest, prompt_length: int) -> int | None:
+    """``prompt_logprobs_last_n``: with prompt logprobs, in 1..len(prompt) - 1."""
+    n = body.prompt_logprobs_last_n
+    if n is None:
+        return None
+    if not body.prompt_logprobs:
+        raise UserInputError("prompt_logprobs_last_n needs prompt_logprobs")
+    if not 1 <= n <= prompt_length - 1:
+        raise UserInputError(
+            f"prompt_logprobs_last_n must be in 1..{prompt_length - 1} (the prompt's length - 1), "
+            f"got {n}"
+        )
+    return n
 
 
 def _stop_lists(stop: str | list[str] | list[int] | None) -> tuple[list[str], list[int]]:

@@ -138,6 +138,9 @@ class SampleWork(InternalModel):
     prompt_logprobs: bool
     topk_prompt_logprobs: int
     topk_sample_logprobs: int
+    prompt_logprobs_last_n: int | None = Field(
+        default=None, description="Report prompt logprobs of only the last N positions."
+    )
     adapter_key: str | None = Field(
         description="Loaded adapter to use; None samples the base model."
     )
