@@ -326,3 +326,58 @@ def test_inflight_samplers_follow_their_training_client_forward_only(
     assert np.abs(w2 - w1).max() > 1e-2  # the step moved the weights
     np.testing.assert_allclose(logprobs(at_w1), w2, atol=1e-5)  # the W1 client moved on
     np.testing.assert_allclose(logprobs(snapshot_w1), w1, atol=1e-5)  # the snapshot did not
+
+
+def test_provenance_spans_name_the_callers_own_sampled_sequences(
+    server: object, service_client: tinker.ServiceClient
+) -> None:
+    """A datum's provenance spans (which tokens were a sampled sequence's prompt and sample)
+    reach the trainer when they tile the datum and name the caller's own sequences; other
+    spans are user errors naming the field."""
+    from tests.conftest import OTHER_TENANT_KEY
+
+    tc = service_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=2).result()
+    sampler = tc.save_weights_and_get_sampling_client().result()
+    prompt = random_tokens(5700, 6)
+    seq = (
+        sampler.sample(types.ModelInput.from_ints(prompt), 2, types.SamplingParams(max_tokens=4))
+        .result()
+        .sequences[1]
+    )
+    assert seq.sequence_id and seq.sequence_id.endswith(":1"), seq.sequence_id
+    tokens = prompt + list(seq.tokens)
+
+    def spans_datum(sequence_id: str, prompt_run: int) -> types.Datum:
+        base = datum(tokens)
+        n = len(tokens) - 1
+        runs = [
+            types.PromptProvenanceSpan(sequence_id=sequence_id, offset=0, length=prompt_run),
+            types.SampledProvenanceSpan(sequence_id=sequence_id, offset=0, length=n - prompt_run),
+        ]
+        return types.Datum(
+            model_input=base.model_input,
+            loss_fn_inputs=base.loss_fn_inputs,
+            model_input_spans=runs,
+            loss_fn_input_spans=runs,
+        )
+
+    out = tc.forward_backward([spans_datum(seq.sequence_id, len(prompt))], "cross_entropy")
+    assert out.result().metrics["loss:sum"] > 0
+    other = tinker.ServiceClient(base_url=server.base_url, api_key=OTHER_TENANT_KEY)  # type: ignore[attr-defined]
+    theirs = other.create_sampling_client(base_model=DEFAULT_MODEL).result()
+    their_seq = (
+        theirs.sample(types.ModelInput.from_ints(prompt), 1, types.SamplingParams(max_tokens=4))
+        .result()
+        .sequences[0]
+    )
+    for sequence_id in (their_seq.sequence_id, "made-up:0"):
+        expect_user_error(
+            tc.forward_backward([spans_datum(sequence_id, len(prompt))], "cross_entropy"),
+            "data[0].model_input_spans[0].sequence_id",
+            "not a sequence you sampled",
+        )
+    expect_user_error(  # the runs cover one token too few
+        tc.forward_backward([spans_datum(seq.sequence_id, len(prompt) - 1)], "cross_entropy"),
+        "data[0].model_input_spans",
+        "cover",
+    )

@@ -21,6 +21,8 @@ from tinsmith.types.data import (
     ImageChunk,
     ModelInput,
     ModelInputChunk,
+    PromptProvenanceSpan,
+    SampledProvenanceSpan,
     TensorData,
 )
 from tinsmith.types.proto_schema import (
@@ -35,6 +37,8 @@ from tinsmith.types.proto_schema import (
 from tinsmith.types.requests import ForwardBackwardRequest
 from tinsmith.types.sampling import SampleResponse, TopkLogprobs
 from tinsmith.types.training import ForwardBackwardInput, ForwardBackwardOutput
+
+ProvenanceSpanType = PromptProvenanceSpan | SampledProvenanceSpan
 
 __all__ = [
     "DTYPE_BFLOAT16",
@@ -163,7 +167,12 @@ def decode_forward_backward_request(body: bytes) -> ForwardBackwardRequest:
         for key, tensor in datum.loss_fn_inputs.items():
             with _at(f"data[{i}].loss_fn_inputs[{key!r}]"):
                 inputs[key] = _tensor_from_proto(tensor)
-        data.append(Datum(model_input=ModelInput(chunks=chunks), loss_fn_inputs=inputs))
+        spans = {}
+        for name in ("model_input_spans", "loss_fn_input_spans"):
+            with _at(f"data[{i}].{name}"):
+                found = [_span_from_proto(span) for span in getattr(datum, name)]
+            spans[name] = found or None
+        data.append(Datum(model_input=ModelInput(chunks=chunks), loss_fn_inputs=inputs, **spans))
     config: dict[str, float | str] = {k: float(v) for k, v in m.loss_fn_config.items()}
     for key, value in m.loss_fn_config_v2.items():
         kind = value.WhichOneof("value")
@@ -181,6 +190,29 @@ def decode_forward_backward_request(body: bytes) -> ForwardBackwardRequest:
     )
 
 
+def _span_from_proto(span: Message) -> ProvenanceSpanType:
+    """A provenance span: which tokens of a datum a sampled sequence's prompt or sample are."""
+    kind = span.WhichOneof("span")
+    if kind not in ("prompt_tokens", "sampled_tokens"):
+        raise ValueError("a span is neither prompt_tokens nor sampled_tokens")
+    p = cast(_SpanMsg, getattr(span, kind))
+    cls = PromptProvenanceSpan if kind == "prompt_tokens" else SampledProvenanceSpan
+    return cls(sequence_id=p.sequence_id, offset=p.offset, length=p.length)
+
+
+class _SpanMsg(Protocol):
+    sequence_id: str
+    offset: int
+    length: int
+
+
+def _fill_span(target: _Msg, span: ProvenanceSpanType) -> None:
+    which = target.prompt_tokens if span.type == "prompt" else target.sampled_tokens
+    which.sequence_id = span.sequence_id
+    which.offset = span.offset
+    which.length = span.length
+
+
 class _FBRequestMsg(Protocol):
     model_id: str
     seq_id: int
@@ -194,6 +226,8 @@ class _FBRequestMsg(Protocol):
 class _DatumMsg(Protocol):
     model_input: Sequence[Message]
     loss_fn_inputs: dict[str, Message]
+    model_input_spans: Sequence[Message]
+    loss_fn_input_spans: Sequence[Message]
 
 
 def encode_forward_backward_request(req: ForwardBackwardRequest) -> bytes:
@@ -217,6 +251,10 @@ def encode_forward_backward_request(req: ForwardBackwardRequest) -> bytes:
             t.dense = np.asarray(td.data, dtype=dtype).tobytes()
             t.dtype = DTYPE_INT64 if td.dtype == "int64" else DTYPE_FLOAT32
             t.shape.extend(td.shape or [len(td.data)])
+        for span in datum.model_input_spans or []:
+            _fill_span(d.model_input_spans.add(), span)
+        for span in datum.loss_fn_input_spans or []:
+            _fill_span(d.loss_fn_input_spans.add(), span)
     for key, value in (req.forward_backward_input.loss_fn_config or {}).items():
         if isinstance(value, str):
             m.loss_fn_config_v2[key].text = value

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from fastapi import APIRouter, HTTPException, Request
 
@@ -15,6 +16,7 @@ from tinsmith.cluster.auth import current_tenant
 from tinsmith.cluster.futures import FutureResult
 from tinsmith.cluster.images import read_datum_images
 from tinsmith.cluster.limits import check_forward_backward
+from tinsmith.cluster.provenance import check_provenance
 from tinsmith.cluster.registry import TrainingModel
 from tinsmith.cluster.state import ServerState, State
 from tinsmith.cluster.submission import json_result
@@ -125,6 +127,13 @@ async def forward_backward(request: Request, state: State) -> UntypedAPIFuture:
         model = state.clients.training_model(fb.model_id)
         served = state.served(model.base_model)
         batch = fb.forward_backward_input
+        if any(d.model_input_spans or d.loss_fn_input_spans for d in batch.data):
+            try:
+                await asyncio.to_thread(
+                    check_provenance, batch, _future_owner_of(state), current_tenant()
+                )
+            except UserInputError as exc:  # consumes the seq_id, in order
+                await served.coordinator.refuse(fb.model_id, fb.seq_id, str(exc))
         if any(d.model_input.images for d in batch.data):
             try:
                 batch = await asyncio.to_thread(
@@ -161,6 +170,14 @@ async def optim_step(body: OptimStepRequest, request: Request, state: State) -> 
         return json_result(OptimStepResponse(metrics=metrics))
 
     return state.submitter.submit(request, work, model_id=body.model_id)
+
+
+def _future_owner_of(state: ServerState) -> Callable[[str], str | None]:
+    def owner(request_id: str) -> str | None:
+        found = state.store.get_future(request_id)
+        return None if found is None else found[0]
+
+    return owner
 
 
 _REFUSALS: set[asyncio.Task[None]] = set()  # refusals under way (a task needs a reference)
