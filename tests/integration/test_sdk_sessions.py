@@ -109,7 +109,7 @@ def test_sessions_keep_what_their_client_said_and_each_tenant_sees_its_own(
     assert other.search_sessions(everyone).result().sessions == []
 
     # Finished by its client: the first reason given is the one kept.
-    service.close("errored", "the test is over")
+    service.close("errored", "the test is over").result()  # close() returns a future
     finished = types.SessionSearchRequest(
         project_ids=["proj-b"],
         statuses=[types.ClientFinishedSessionStatusQuery(reasons=["errored"])],
