@@ -180,6 +180,65 @@ def test_logprobs_agree_with_compute_logprobs_and_the_trainer(
         "1..9",
     )
 
+    # target_prompt_logprobs: any ids per position (here the prompt's own next token, each
+    # position's top-1, and -1 on odd rows), equal to the trainer's and to the top-k
+    top1 = [row[0][0] for row in prompt_side.topk_prompt_logprobs[1:]]  # type: ignore[index]
+    n = len(prompt_tokens) - 1
+    cells = [[prompt_tokens[i + 1], top1[i], -1 if i % 2 else top1[i]] for i in range(n)]
+    targets = types.TensorData(data=[c for row in cells for c in row], dtype="int64", shape=[n, 3])
+    scored_targets = sampler.sample(
+        prompt, 1, types.SamplingParams(max_tokens=1), target_prompt_logprobs=targets
+    ).result()
+    got = np.array(scored_targets.target_prompt_logprobs.data).reshape(n, 3)  # type: ignore[union-attr]
+    own = tc.forward([datum(prompt_tokens)], "cross_entropy").result()
+    np.testing.assert_allclose(got[:, 0], own.loss_fn_outputs[0]["logprobs"].tolist(), atol=1e-3)
+    top1_lps = [row[0][1] for row in prompt_side.topk_prompt_logprobs[1:]]  # type: ignore[index]
+    np.testing.assert_allclose(got[:, 1], top1_lps, atol=1e-4)
+    assert all(got[i, 2] == 0.0 for i in range(1, n, 2))
+    # prompt_alt_tokens_k: greedy draws are each position's top-1; at temperature 1, every
+    # draw's logprob is the model's logprob of that token
+    greedy_alt = (
+        sampler.sample(
+            prompt, 1, types.SamplingParams(max_tokens=1, temperature=0.0), prompt_alt_tokens_k=2
+        )
+        .result()
+        .prompt_alt_tokens
+    )
+    assert greedy_alt is not None and greedy_alt.tokens.shape == [n, 2]
+    assert np.array(greedy_alt.tokens.data).reshape(n, 2)[:, 0].tolist() == top1
+    np.testing.assert_allclose(
+        np.array(greedy_alt.logprobs.data).reshape(n, 2)[:, 1], top1_lps, atol=1e-4
+    )
+    drawn = sampler.sample(
+        prompt,
+        1,
+        types.SamplingParams(max_tokens=1, temperature=1.0, seed=11),
+        prompt_alt_tokens_k=8,
+        include_prompt_logprobs=True,
+        topk_prompt_logprobs=20,
+    ).result()
+    assert drawn.prompt_alt_tokens is not None and drawn.topk_prompt_logprobs is not None
+    alt_ids = np.array(drawn.prompt_alt_tokens.tokens.data).reshape(n, 8)
+    alt_lps = np.array(drawn.prompt_alt_tokens.logprobs.data).reshape(n, 8)
+    checked = 0
+    for i in range(n):
+        known = dict(drawn.topk_prompt_logprobs[i + 1] or [])
+        for token, lp in zip(alt_ids[i], alt_lps[i], strict=True):
+            if int(token) in known:
+                assert lp == pytest.approx(known[int(token)], abs=1e-4)
+                checked += 1
+    assert checked >= n  # most draws land in the top 20
+    expect_user_error(
+        sampler.sample(
+            prompt,
+            1,
+            types.SamplingParams(max_tokens=1),
+            target_prompt_logprobs=types.TensorData(data=[5] * n, dtype="int64", shape=[n + 1, 1]),
+        ),
+        "target_prompt_logprobs",
+        "[9, K]",
+    )
+
 
 def test_samples_of_one_prompt_reuse_its_cached_prefix(
     service_client: tinker.ServiceClient,

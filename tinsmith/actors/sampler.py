@@ -20,12 +20,24 @@ from tinsmith.actors.image_inputs import decode
 from tinsmith.actors.lora_residency import LoraResidency
 from tinsmith.actors.merged_weights import MergedServing, MergedWeights
 from tinsmith.actors.node_info import node_info
+from tinsmith.actors.prompt_scores import (
+    MASK_LOGPROB,
+    extras_params,
+    fill_prompt_scores,
+    wants_extras,
+)
 from tinsmith.errors import NotFoundError
 from tinsmith.storage.transfer import StorageSite
 from tinsmith.types.archives import safe_name
 from tinsmith.types.data import ImagePlacement
 from tinsmith.types.internal import AdapterBlob, AdapterSource, SampleWork, WorkerStatus
-from tinsmith.types.sampling import SampledSequence, SampleResponse, StopReason, TopkLogprobs
+from tinsmith.types.sampling import (
+    MAX_PROMPT_COLUMNS,
+    SampledSequence,
+    SampleResponse,
+    StopReason,
+    TopkLogprobs,
+)
 from tinsmith.types.settings import SamplerConfig
 
 if TYPE_CHECKING:
@@ -75,6 +87,8 @@ def engine_args(
         "gpu_memory_utilization": config.gpu_memory_utilization,
         "seed": 0,
         "disable_log_stats": True,
+        # a prompt position's top-k, target ids and draws (tinsmith.actors.vllm_prompt_extras)
+        "max_logprobs": MAX_PROMPT_COLUMNS,
         # Samples of one prompt (an RL group, sent at once) reuse its KV blocks, within one
         # scheduler step too; adapter versions never share blocks (their names are unique).
         "enable_prefix_caching": True,
@@ -249,7 +263,8 @@ class SamplerWorker:
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
-        want_prompt = work.prompt_logprobs or work.topk_prompt_logprobs > 0
+        extras = wants_extras(work)
+        want_prompt = work.prompt_logprobs or work.topk_prompt_logprobs > 0 or extras
         # vLLM refuses n > 1 when greedy; greedy samples are identical, so run one and copy it.
         greedy = work.temperature == 0.0
         params = VllmSamplingParams(
@@ -265,6 +280,7 @@ class SamplerWorker:
             prompt_logprobs=max(0, work.topk_prompt_logprobs) if want_prompt else None,
             # One output holding all n completions (streamed outputs carry one child each).
             output_kind=RequestOutputKind.FINAL_ONLY,
+            **(extras_params(work) if extras else {}),  # type: ignore[arg-type]
         )
         final = None
         prompt = TokensPrompt(prompt_token_ids=work.prompt_tokens)
@@ -280,7 +296,9 @@ class SamplerWorker:
         resp = SampleResponse(
             sequences=sequences, prompt_cache_hit_tokens=final.num_cached_tokens or 0
         )
-        if want_prompt and final.prompt_logprobs is not None:
+        if extras and final.prompt_logprobs is not None:
+            fill_prompt_scores(resp, work, final.prompt_logprobs)
+        elif want_prompt and final.prompt_logprobs is not None:
             prompt_lps: list[float | None] = [None]
             prompt_lps += [
                 _logprob_of(entry, tok)
@@ -340,10 +358,6 @@ def _logprob_of(entry: dict[int, object] | None, token: int) -> float | None:
     if entry is None or token not in entry:
         return None
     return float(entry[token].logprob)  # type: ignore[attr-defined]
-
-
-# The SDK's padding of a top-k row (token 0 with this logprob); a row of it alone reads as None.
-MASK_LOGPROB = -99999.0
 
 
 def _topk(entries: list[dict[int, object] | None], k: int) -> TopkLogprobs:

@@ -11,12 +11,12 @@ from tinsmith.cluster.checkpoints import parse_tinker_path
 from tinsmith.cluster.registry import SamplerSession
 from tinsmith.cluster.state import ServedModel, ServerState
 from tinsmith.errors import UserInputError
-from tinsmith.types.data import ImagePlacement, ModelInput
+from tinsmith.types.data import ImagePlacement, ModelInput, TensorData
 from tinsmith.types.internal import AdapterSource, SampleWork
 from tinsmith.types.requests import SampleRequest
+from tinsmith.types.sampling import MAX_ALT_TOKENS, MAX_TARGET_IDS, MAX_TOPK_LOGPROBS
 
 MAX_NUM_SAMPLES = 128  # per request; more rollouts go in more requests
-MAX_TOPK_LOGPROBS = 20  # vLLM's default max_logprobs
 
 
 def sampler_for(state: ServerState, body: SampleRequest) -> SamplerSession:
@@ -73,6 +73,8 @@ def sample_work(
         topk_prompt_logprobs=body.topk_prompt_logprobs,
         topk_sample_logprobs=body.topk_sample_logprobs,
         prompt_logprobs_last_n=_last_n(body, len(tokens)),
+        target_token_ids=_targets(body.target_prompt_logprobs, len(tokens), served.vocab_size),
+        prompt_alt_tokens_k=body.prompt_alt_tokens_k,
         adapter_key=session.adapter_key,
         images=images,
     )
@@ -118,10 +120,9 @@ def _check_sampling(body: SampleRequest) -> None:
         raise UserInputError(f"sampling_params.top_p must be in (0, 1], got {params.top_p}")
     if params.top_k == 0 or params.top_k < -1:
         raise UserInputError(f"sampling_params.top_k must be -1 (off) or >= 1, got {params.top_k}")
-    if body.prompt_alt_tokens_k or body.target_prompt_logprobs:
+    if not 0 <= body.prompt_alt_tokens_k <= MAX_ALT_TOKENS:
         raise UserInputError(
-            "prompt_alt_tokens_k and target_prompt_logprobs are not supported by this server "
-            "(vLLM reports only the top-k and the prompt's own tokens at each position)"
+            f"prompt_alt_tokens_k must be in 0..{MAX_ALT_TOKENS}, got {body.prompt_alt_tokens_k}"
         )
 
 
@@ -149,3 +150,52 @@ def _stop_lists(stop: str | list[str] | list[int] | None) -> tuple[list[str], li
     if all(isinstance(s, str) for s in stop):
         return [str(s) for s in stop], []
     return [], [int(s) for s in stop]
+
+
+def _targets(
+    tensor: TensorData | None, prompt_length: int, vocab_size: int
+) -> list[list[int]] | None:
+    """``target_prompt_logprobs`` as ``[len(prompt) - 1][K]`` ids (dense or sparse CSR, whose
+    unlisted cells are -1): int64, K in 1..MAX_TARGET_IDS, each id -1 or in the vocabulary."""
+    if tensor is None:
+        return None
+    field = "target_prompt_logprobs"
+    rows = prompt_length - 1
+    shape = tensor.shape or []
+    if tensor.dtype != "int64" or len(shape) != 2 or shape[0] != rows:
+        raise UserInputError(
+            f"{field} must be an int64 tensor of shape [len(prompt) - 1, K] = [{rows}, K], got "
+            f"{tensor.dtype} {shape}"
+        )
+    k = shape[1]
+    if not 1 <= k <= MAX_TARGET_IDS:
+        raise UserInputError(f"{field}: K must be in 1..{MAX_TARGET_IDS}, got {k}")
+    ids = [int(v) for v in tensor.data]
+    if tensor.sparse_crow_indices is not None or tensor.sparse_col_indices is not None:
+        ids = _densify(tensor, rows, k, field)
+    elif len(ids) != rows * k:
+        raise UserInputError(f"{field} has {len(ids)} values for shape [{rows}, {k}]")
+    bad = next((i for i, v in enumerate(ids) if not -1 <= v < vocab_size), None)
+    if bad is not None:
+        raise UserInputError(
+            f"{field}[{bad // k}, {bad % k}] = {ids[bad]} is neither -1 nor in the vocabulary "
+            f"(0..{vocab_size - 1})"
+        )
+    return [ids[r * k : (r + 1) * k] for r in range(rows)]
+
+
+def _densify(tensor: TensorData, rows: int, k: int, field: str) -> list[int]:
+    """A CSR tensor's cells, unlisted ones -1."""
+    crow, cols = tensor.sparse_crow_indices or [], tensor.sparse_col_indices or []
+    values = [int(v) for v in tensor.data]
+    if len(crow) != rows + 1 or len(cols) != len(values) or crow[0] != 0 or crow[-1] != len(values):
+        raise UserInputError(f"{field}: sparse CSR indices do not match shape [{rows}, {k}]")
+    dense = [-1] * (rows * k)
+    for r in range(rows):
+        if not 0 <= crow[r] <= crow[r + 1] <= len(values):
+            raise UserInputError(f"{field}: sparse CSR row pointers must not decrease")
+        for i in range(crow[r], crow[r + 1]):
+            if not 0 <= cols[i] < k:
+                raise UserInputError(f"{field}: sparse column {cols[i]} is outside 0..{k - 1}")
+            dense[r * k + cols[i]] = values[i]
+    return dense

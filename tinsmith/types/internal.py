@@ -141,6 +141,13 @@ class SampleWork(InternalModel):
     prompt_logprobs_last_n: int | None = Field(
         default=None, description="Report prompt logprobs of only the last N positions."
     )
+    target_token_ids: list[list[int]] | None = Field(
+        default=None,
+        description="[len(prompt) - 1][K] ids whose logprobs to report per position (-1: none).",
+    )
+    prompt_alt_tokens_k: int = Field(
+        default=0, description="Draws per prompt position at the request's temperature."
+    )
     adapter_key: str | None = Field(
         description="Loaded adapter to use; None samples the base model."
     )

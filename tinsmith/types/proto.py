@@ -246,11 +246,7 @@ def encode_forward_backward_request(req: ForwardBackwardRequest) -> bytes:
                     chunk.tokens, dtype="<i4"
                 ).tobytes()
         for key, td in datum.loss_fn_inputs.items():
-            t = d.loss_fn_inputs[key]
-            dtype = "<i8" if td.dtype == "int64" else "<f4"
-            t.dense = np.asarray(td.data, dtype=dtype).tobytes()
-            t.dtype = DTYPE_INT64 if td.dtype == "int64" else DTYPE_FLOAT32
-            t.shape.extend(td.shape or [len(td.data)])
+            _fill_tensor(d.loss_fn_inputs[key], td)
         for span in datum.model_input_spans or []:
             _fill_span(d.model_input_spans.add(), span)
         for span in datum.loss_fn_input_spans or []:
@@ -328,5 +324,18 @@ def encode_sample_response(resp: SampleResponse) -> bytes:
         m.prompt_logprobs = np.asarray(values, dtype="<f4").tobytes()
     if resp.topk_prompt_logprobs is not None:
         _fill_topk(m.topk_prompt_logprobs, resp.topk_prompt_logprobs)
+    if resp.target_prompt_logprobs is not None:
+        _fill_tensor(m.target_prompt_logprobs, resp.target_prompt_logprobs)
+    if resp.prompt_alt_tokens is not None:
+        _fill_tensor(m.prompt_alt_tokens.tokens, resp.prompt_alt_tokens.tokens)
+        _fill_tensor(m.prompt_alt_tokens.logprobs, resp.prompt_alt_tokens.logprobs)
     m.prompt_cache_hit_tokens = resp.prompt_cache_hit_tokens
     return cast(bytes, msg.SerializeToString())
+
+
+def _fill_tensor(target: _Msg, td: TensorData) -> None:
+    """A dense int64 or float32 ``Tensor`` (little-endian bytes) with its shape."""
+    int64 = td.dtype == "int64"
+    target.dense = np.asarray(td.data, dtype="<i8" if int64 else "<f4").tobytes()
+    target.dtype = DTYPE_INT64 if int64 else DTYPE_FLOAT32
+    target.shape.extend(td.shape or [len(td.data)])

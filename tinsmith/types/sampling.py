@@ -12,6 +12,12 @@ from tinsmith.types.data import TensorData
 StopReason = Literal["length", "stop"]
 SamplingClientKind = Literal["snapshot", "inflight"]
 
+MAX_TOPK_LOGPROBS = 20  # top-k logprobs per position (vLLM's default max_logprobs)
+MAX_TARGET_IDS = 64  # target_prompt_logprobs ids per prompt position
+MAX_ALT_TOKENS = 64  # prompt_alt_tokens_k draws per prompt position
+# What one prompt position may carry back from vLLM: top-k, target ids and draws.
+MAX_PROMPT_COLUMNS = MAX_TOPK_LOGPROBS + MAX_TARGET_IDS + MAX_ALT_TOKENS
+
 
 class SamplingParams(WireModel):
     """``SampleRequest.sampling_params``, as the SDK's ``SamplingParams``; ``stop`` holds strings
@@ -44,7 +50,8 @@ class SampledSequence(WireModel):
 
 
 class PromptAltTokens(WireModel):
-    """Part of ``SampleResponse`` for ``prompt_alt_tokens_k``, which this server refuses."""
+    """Part of ``SampleResponse`` for ``prompt_alt_tokens_k``: ``[len(prompt) - 1, k]`` draws
+    (int64) and their logprobs (float32)."""
 
     tokens: TensorData
     logprobs: TensorData
