@@ -79,6 +79,20 @@ def test_sessions_keep_what_their_client_said_and_each_tenant_sees_its_own(
     assert found.session_id == session_id and found.project_id == "proj-a", found
     assert found.owner == "tests" and found.status is not None and found.status.type == "active"
     assert found.display_name == "the sessions test" and found.checkpoints_count == 0, found
+
+    # By tag: tinsmith's own filter (SDK 0.38's search has none), in the same JSON body.
+    def by_tags(tags: list[str], key: str = "tml-tests") -> list[str]:
+        req = urllib.request.Request(
+            f"{base_url}/api/v1/sessions/search",
+            data=json.dumps({"tags": tags, "limit": 200}).encode(),
+            headers={"Content-Type": "application/json", "X-API-Key": key},
+        )
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return [s["session_id"] for s in json.loads(resp.read())["sessions"]]
+
+    assert session_id in by_tags(["sessions-test", "tinsmith"])
+    assert session_id not in by_tags(["sessions-test", "no-such-tag"])
+    assert session_id not in by_tags(["sessions-test"], OTHER_TENANT_KEY)
     rest.assign_session_project(session_id, "proj-b").result()
     in_b = rest.search_sessions(types.SessionSearchRequest(project_ids=["proj-b"])).result()
     assert [s.session_id for s in in_b.sessions] == [session_id], in_b

@@ -111,7 +111,7 @@ class StatusQuery(WireModel):
 
 class SessionSearchRequest(WireModel):
     """``POST /sessions/search`` (``RestClient.search_sessions``): every given filter must match;
-    ``user_metadata`` pairs must all be present with those values."""
+    ``user_metadata`` pairs must all be present with those values, and so must ``tags``."""
 
     session_id: Identifier | None = None
     project_ids: (
@@ -119,6 +119,9 @@ class SessionSearchRequest(WireModel):
     ) = None
     user_metadata: Annotated[dict[Text, Text], Field(max_length=64)] = Field(default_factory=dict)
     display_name: Annotated[Text, Field(max_length=1024)] | None = None
+    tags: Annotated[list[Annotated[Text, Field(max_length=256)]], Field(max_length=64)] | None = (
+        Field(default=None, description="tinsmith's own filter (SDK 0.38 has none): all given.")
+    )
     owner: SearchOwner = Field(default_factory=SearchOwner)
     statuses: Annotated[list[StatusQuery], Field(max_length=8)] | None = None
     limit: int = Field(default=50, ge=1, le=1000)

@@ -188,6 +188,8 @@ def _matches(record: SessionRecord, query: SessionSearchRequest) -> bool:
     metadata = record.user_metadata or {}
     if any(metadata.get(k) != v for k, v in query.user_metadata.items()):
         return False
+    if query.tags is not None and not set(query.tags) <= set(record.tags):
+        return False
     if query.statuses is not None:
         return any(
             status.type == record.state
