@@ -423,7 +423,10 @@ def test_provenance_spans_name_the_callers_own_sampled_sequences(
     out = tc.forward_backward([spans_datum(seq.sequence_id, len(prompt))], "cross_entropy")
     assert out.result().metrics["loss:sum"] > 0
     other = tinker.ServiceClient(base_url=server.base_url, api_key=OTHER_TENANT_KEY)  # type: ignore[attr-defined]
-    theirs = other.create_sampling_client(base_model=DEFAULT_MODEL).result()
+    # recorded as theirs (record_stability_info), beyond their request's own retention
+    theirs = other.create_sampling_client(
+        base_model=DEFAULT_MODEL, record_stability_info=True
+    ).result()
     their_seq = (
         theirs.sample(types.ModelInput.from_ints(prompt), 1, types.SamplingParams(max_tokens=4))
         .result()

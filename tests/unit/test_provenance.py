@@ -12,7 +12,7 @@ from tinsmith.types.data import PromptProvenanceSpan, SampledProvenanceSpan
 from tinsmith.types.proto import decode_forward_backward_request, encode_forward_backward_request
 from tinsmith.types.requests import ForwardBackwardRequest
 
-OWNERS = {"req-a": "alice", "req-b": "bob"}
+OWNERS = {"req-a:0": "alice", "req-a:1": "alice", "req-b:0": "bob"}
 
 
 def _datum(model_spans: list[object], loss_spans: list[object]) -> Datum:
@@ -67,3 +67,15 @@ def test_bad_spans_are_refused_naming_the_field(spans: list[object], needle: str
     with pytest.raises(UserInputError, match=needle) as info:
         _check(_datum(spans, good))
     assert "data[0].model_input_spans" in str(info.value)
+
+
+def test_recorded_sequences_keep_their_owner(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from tinsmith.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(Path(str(tmp_path)) / "meta.db")
+    store.record_sequences(["r1:0", "r1:1"], "alice", "sess-1")
+    store.record_sequences(["r1:0"], "bob", "sess-2")  # an id is recorded once
+    assert store.sequence_owner("r1:1") == "alice" and store.sequence_owner("r1:0") == "alice"
+    assert store.sequence_owner("r2:0") is None

@@ -18,10 +18,11 @@ MAX_SEQUENCE_ID_CHARS = 256
 
 
 def check_provenance(
-    batch: ForwardBackwardInput, future_owner: Callable[[str], str | None], tenant: str
+    batch: ForwardBackwardInput, sequence_owner: Callable[[str], str | None], tenant: str
 ) -> None:
     """Refuse (``UserInputError``, naming the span) a span outside its datum or one naming a
-    sequence that is not ``tenant``'s; ``future_owner``: the tenant of a request id, or None."""
+    sequence that is not ``tenant``'s; ``sequence_owner``: the tenant of a sequence id, or
+    None."""
     owners: dict[str, str | None] = {}
     for i, datum in enumerate(batch.data):
         images = bool(datum.model_input.images)
@@ -42,7 +43,7 @@ def check_provenance(
                 where = f"data[{i}].{name}[{j}]"
                 if span.offset < 0 or span.length < 0:
                     raise UserInputError(f"{where}: offset and length must be >= 0")
-                _check_sequence(where, span.sequence_id, owners, future_owner, tenant)
+                _check_sequence(where, span.sequence_id, owners, sequence_owner, tenant)
             covered = sum(span.length for span in spans)
             if bound is not None and covered != bound:  # runs tile the field, in order
                 raise UserInputError(
@@ -54,13 +55,13 @@ def _check_sequence(
     where: str,
     sequence_id: str,
     owners: dict[str, str | None],
-    future_owner: Callable[[str], str | None],
+    sequence_owner: Callable[[str], str | None],
     tenant: str,
 ) -> None:
-    request_id, sep, index = sequence_id.rpartition(":")
+    _, sep, index = sequence_id.rpartition(":")
     if len(sequence_id) > MAX_SEQUENCE_ID_CHARS or not sep or not index.isdigit():
         raise UserInputError(f"{where}.sequence_id {sequence_id[:80]!r} is not a sequence id")
-    if request_id not in owners:
-        owners[request_id] = future_owner(request_id)
-    if owners[request_id] != tenant:
+    if sequence_id not in owners:
+        owners[sequence_id] = sequence_owner(sequence_id)
+    if owners[sequence_id] != tenant:
         raise UserInputError(f"{where}.sequence_id {sequence_id!r} is not a sequence you sampled")

@@ -52,6 +52,12 @@ class MetadataStore(Protocol):
         """The run's newest ``limit`` metric points, oldest first."""
         ...
 
+    def record_sequences(self, sequence_ids: list[str], owner: str, session_id: str) -> None:
+        """Remember sampled sequence ids (``record_stability_info``) with their owner."""
+        ...
+
+    def sequence_owner(self, sequence_id: str) -> str | None: ...
+
     def add_checkpoint(self, record: CheckpointRecord, replace: bool) -> None:
         """Record a checkpoint; raises ``ConflictError`` if its path exists and ``replace`` is
         False, or if it exists under another owner (rows never change owner)."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from tinsmith.errors import ConflictError
 from tinsmith.store.records import CheckpointRecord, FutureResult, RunRecord, utcnow
 from tinsmith.store.sqlite_metrics import METRICS_SCHEMA, MetricRows
+from tinsmith.store.sqlite_sequences import SEQUENCES_SCHEMA, SequenceRows
 from tinsmith.store.sqlite_sessions import SessionRows, sql_time
 
 _SCHEMA = """
@@ -72,7 +73,7 @@ CREATE INDEX IF NOT EXISTS futures_created ON futures(created_at);
 """
 
 
-class SQLiteStore(SessionRows, MetricRows):
+class SQLiteStore(SessionRows, MetricRows, SequenceRows):
     """The ``MetadataStore`` the server uses: one SQLite file in the data directory."""
 
     def __init__(self, path: str | Path) -> None:
@@ -82,7 +83,7 @@ class SQLiteStore(SessionRows, MetricRows):
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA + METRICS_SCHEMA)
+        self._db.executescript(_SCHEMA + METRICS_SCHEMA + SEQUENCES_SCHEMA)
         self._migrate()
 
     def _migrate(self) -> None:

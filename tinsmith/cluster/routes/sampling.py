@@ -78,10 +78,18 @@ async def asample(body: SampleRequest, request: Request, state: State) -> Untype
         )
         return FutureResult(kind="proto", body=proto.encode_sample_response(out))
 
-    return state.submitter.submit(
+    future = state.submitter.submit(
         request,
         work,
         n_samples=body.num_samples,
         base_model=session.base_model,
         client_id=session.sampler_id or None,  # "" samples a checkpoint or model directly
     )
+    if body.record_stability_info and future.sample_sequence_ids:
+        await asyncio.to_thread(
+            state.store.record_sequences,
+            future.sample_sequence_ids,
+            current_tenant(),
+            session.session_id,
+        )
+    return future

@@ -130,7 +130,7 @@ async def forward_backward(request: Request, state: State) -> UntypedAPIFuture:
         if any(d.model_input_spans or d.loss_fn_input_spans for d in batch.data):
             try:
                 await asyncio.to_thread(
-                    check_provenance, batch, _future_owner_of(state), current_tenant()
+                    check_provenance, batch, _sequence_owner_of(state), current_tenant()
                 )
             except UserInputError as exc:  # consumes the seq_id, in order
                 await served.coordinator.refuse(fb.model_id, fb.seq_id, str(exc))
@@ -172,9 +172,14 @@ async def optim_step(body: OptimStepRequest, request: Request, state: State) -> 
     return state.submitter.submit(request, work, model_id=body.model_id)
 
 
-def _future_owner_of(state: ServerState) -> Callable[[str], str | None]:
-    def owner(request_id: str) -> str | None:
-        found = state.store.get_future(request_id)
+def _sequence_owner_of(state: ServerState) -> Callable[[str], str | None]:
+    """A sequence id's owner: as recorded (``record_stability_info``), else its request's."""
+
+    def owner(sequence_id: str) -> str | None:
+        recorded = state.store.sequence_owner(sequence_id)
+        if recorded is not None:
+            return recorded
+        found = state.store.get_future(sequence_id.rpartition(":")[0])
         return None if found is None else found[0]
 
     return owner
