@@ -406,12 +406,14 @@ def test_provenance_spans_name_the_callers_own_sampled_sequences(
     assert seq.sequence_id and seq.sequence_id.endswith(":1"), seq.sequence_id
     tokens = prompt + list(seq.tokens)
 
-    def spans_datum(sequence_id: str, prompt_run: int) -> types.Datum:
+    def spans_datum(sequence_id: str, short: int = 0) -> types.Datum:
+        """The datum's runs: the prompt, then the sample (``short`` tokens too few)."""
         base = datum(tokens)
         n = len(tokens) - 1
+        p = len(prompt)
         runs = [
-            types.PromptProvenanceSpan(sequence_id=sequence_id, offset=0, length=prompt_run),
-            types.SampledProvenanceSpan(sequence_id=sequence_id, offset=0, length=n - prompt_run),
+            types.PromptProvenanceSpan(sequence_id=sequence_id, offset=0, length=p),
+            types.SampledProvenanceSpan(sequence_id=sequence_id, offset=0, length=n - p - short),
         ]
         return types.Datum(
             model_input=base.model_input,
@@ -420,7 +422,7 @@ def test_provenance_spans_name_the_callers_own_sampled_sequences(
             loss_fn_input_spans=runs,
         )
 
-    out = tc.forward_backward([spans_datum(seq.sequence_id, len(prompt))], "cross_entropy")
+    out = tc.forward_backward([spans_datum(seq.sequence_id)], "cross_entropy")
     assert out.result().metrics["loss:sum"] > 0
     other = tinker.ServiceClient(base_url=server.base_url, api_key=OTHER_TENANT_KEY)  # type: ignore[attr-defined]
     # recorded as theirs (record_stability_info), beyond their request's own retention
@@ -434,12 +436,12 @@ def test_provenance_spans_name_the_callers_own_sampled_sequences(
     )
     for sequence_id in (their_seq.sequence_id, "made-up:0"):
         expect_user_error(
-            tc.forward_backward([spans_datum(sequence_id, len(prompt))], "cross_entropy"),
+            tc.forward_backward([spans_datum(sequence_id)], "cross_entropy"),
             "data[0].model_input_spans[0].sequence_id",
             "not a sequence you sampled",
         )
     expect_user_error(  # the runs cover one token too few
-        tc.forward_backward([spans_datum(seq.sequence_id, len(prompt) - 1)], "cross_entropy"),
+        tc.forward_backward([spans_datum(seq.sequence_id, short=1)], "cross_entropy"),
         "data[0].model_input_spans",
         "cover",
     )

@@ -124,6 +124,7 @@ def test_sessions_keep_what_their_client_said_and_each_tenant_sees_its_own(
 
     # Finished by its client: the first reason given is the one kept.
     service.close("errored", "the test is over").result()  # close() returns a future
+    rest = tinker.RestClient(base_url=base_url, api_key="tml-tests")  # the service's is closed
     finished = types.SessionSearchRequest(
         project_ids=["proj-b"],
         statuses=[types.ClientFinishedSessionStatusQuery(reasons=["errored"])],
