@@ -27,7 +27,8 @@ def downsample(points: Sequence[tuple[float, float]], limit: int) -> list[tuple[
     return out
 
 
-def _ticks(low: float, high: float) -> list[float]:
+def _ticks(low: float, high: float, whole: bool = False) -> list[float]:
+    """Round values between ``low`` and ``high``, at most ~6 (whole numbers only: steps)."""
     if high == low:
         return [low]
     span = high - low
@@ -36,6 +37,8 @@ def _ticks(low: float, high: float) -> list[float]:
         if span / (step * factor) <= 5:
             step *= factor
             break
+    if whole:
+        step = max(1.0, float(round(step)))
     first = math.ceil(low / step) * step
     return [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
 
@@ -75,7 +78,7 @@ def line_plot(name: str, points: Sequence[tuple[float, float]]) -> str:
             f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>'
             f'<text x="{LEFT - 4}" y="{y + 4:.1f}" text-anchor="end">{_label(tick)}</text>'
         )
-    for tick in _ticks(x0, x1) if x1 > x0 else [x0]:
+    for tick in _ticks(x0, x1, whole=True) if x1 > x0 else [x0]:
         parts.append(
             f'<text x="{sx(tick):.1f}" y="{HEIGHT - 10}" text-anchor="middle">{_label(tick)}</text>'
         )
