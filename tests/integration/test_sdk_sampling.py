@@ -233,7 +233,9 @@ def test_logprobs_agree_with_compute_logprobs_and_the_trainer(
             prompt,
             1,
             types.SamplingParams(max_tokens=1),
-            target_prompt_logprobs=types.TensorData(data=[5] * n, dtype="int64", shape=[n + 1, 1]),
+            target_prompt_logprobs=types.TensorData(
+                data=[5] * (n + 1), dtype="int64", shape=[n + 1, 1]
+            ),
         ),
         "target_prompt_logprobs",
         "[9, K]",

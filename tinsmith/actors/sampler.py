@@ -267,6 +267,10 @@ class SamplerWorker:
         want_prompt = work.prompt_logprobs or work.topk_prompt_logprobs > 0 or extras
         # vLLM refuses n > 1 when greedy; greedy samples are identical, so run one and copy it.
         greedy = work.temperature == 0.0
+        prompt_side: dict[str, object] = {
+            "prompt_logprobs": max(0, work.topk_prompt_logprobs) if want_prompt else None,
+            **(extras_params(work) if extras else {}),
+        }
         params = VllmSamplingParams(
             n=1 if greedy else work.num_samples,
             max_tokens=work.max_tokens,
@@ -277,10 +281,9 @@ class SamplerWorker:
             stop=work.stop_strings or None,
             stop_token_ids=work.stop_token_ids or None,
             logprobs=max(0, work.topk_sample_logprobs),
-            prompt_logprobs=max(0, work.topk_prompt_logprobs) if want_prompt else None,
             # One output holding all n completions (streamed outputs carry one child each).
             output_kind=RequestOutputKind.FINAL_ONLY,
-            **(extras_params(work) if extras else {}),  # type: ignore[arg-type]
+            **prompt_side,  # type: ignore[arg-type]
         )
         final = None
         prompt = TokensPrompt(prompt_token_ids=work.prompt_tokens)
