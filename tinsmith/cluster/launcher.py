@@ -8,6 +8,7 @@ to start keeps them, so that its log can be read.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -20,6 +21,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+
+log = logging.getLogger(__name__)
 
 
 def free_port() -> int:
@@ -143,4 +146,7 @@ class ServerProcess:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.stop()
+        """Stop the server; after an error in the body its log and data stay for a look."""
+        self.stop(keep_files=exc_type is not None)
+        if exc_type is not None:
+            log.warning("server files kept after an error: %s", self.workdir)
