@@ -14,6 +14,7 @@ MASK_LOGPROB = -99999.0  # the SDK's padding of a top-k row; a row of it alone r
 
 
 def wants_extras(work: SampleWork) -> bool:
+    """Whether the request asks for anything only the plugin computes."""
     return work.target_token_ids is not None or work.prompt_alt_tokens_k > 0
 
 

@@ -120,8 +120,10 @@ class KeyRing:
             path = request.url.path
             if not path.startswith("/api/v1/") or path.startswith(_PUBLIC_PATHS):
                 return await call_next(request)
-            credential = request.headers.get("x-api-key")
-            if self.jwts is not None and credential and looks_like_jwt(credential):
+            credential = request.headers.get("x-api-key") or ""
+            # a key is a key even if it has dots; a JWT never starts with tml-
+            is_jwt = not credential.startswith(KEY_PREFIX) and looks_like_jwt(credential)
+            if self.jwts is not None and is_jwt:
                 try:
                     tenant: str | None = self.jwts.tenant(credential)
                 except InvalidToken as exc:  # the SDK fetches a new token and replays

@@ -20,7 +20,7 @@ async def cluster(state: State) -> HTMLResponse:
     """Models, trainer ranks and sampler replicas, restarts and queue depth: what
     ``/api/v1/tinsmith/status`` reports (workers for admins only, as there)."""
     admin = state.auth.mode == "open" or current_tenant() in state.auth.admin_tenants
-    parts = [f"<p>requests in flight (all tenants): {state.futures.pending()}</p>"]
+    parts = [f"<p>requests in flight (all tenants): {state.futures.pending()}</p>"] if admin else []
     for served in state.models.values():
         mine = sum(
             1
