@@ -14,8 +14,10 @@ import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
-MAX_SPANS_PER_SESSION = 50_000
-MAX_SESSIONS = 1_000
+# At most a million spans (~150 MB) whatever the clients do: the newest 20,000 requests of each
+# of the 50 most recently active sessions.
+MAX_SPANS_PER_SESSION = 20_000
+MAX_SESSIONS = 50
 
 
 @dataclass(frozen=True)
