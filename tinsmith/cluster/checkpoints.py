@@ -141,9 +141,6 @@ class CheckpointService:
             raise NotFoundError(f"{field}: checkpoint {tinker_path!r} does not exist")
         return record
 
-    def by_route(self, run_id: str, kind: str, name: str) -> CheckpointRecord:
-        return self.resolve(f"tinker://{run_id}/{kind}/{name}", field="checkpoint")
-
     def list(
         self, run_id: str | None, owner: str | None, limit: int, offset: int
     ) -> tuple[list[CheckpointRecord], int]:

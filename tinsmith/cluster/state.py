@@ -24,7 +24,13 @@ from tinsmith.cluster.submission import Submitter
 from tinsmith.errors import NotFoundError, UserInputError
 from tinsmith.storage.config import StorageConfig
 from tinsmith.store.base import MetadataStore
-from tinsmith.store.records import CheckpointRecord, MetricKind, utcnow
+from tinsmith.store.records import (
+    CheckpointRecord,
+    MetricKind,
+    RunRecord,
+    SessionRecord,
+    utcnow,
+)
 from tinsmith.types.architectures import Architecture, architecture
 from tinsmith.types.coordinator import CoordinatorAPI
 
@@ -117,11 +123,26 @@ class ServerState:
             raise NotFoundError(f"{field}: checkpoint {tinker_path!r} does not exist")
         return record
 
-    def owned_checkpoint(self, run_id: str, kind: CheckpointKind, name: str) -> CheckpointRecord:
-        """A checkpoint the caller may change or delete (only its own)."""
-        record = self.checkpoints.by_route(run_id, kind, name)
+    def owned_checkpoint(self, run_id: str, checkpoint_id: str) -> CheckpointRecord:
+        """A checkpoint the caller may change or delete (only its own); ``checkpoint_id`` is
+        ``<kind>/<name>``."""
+        record = self.checkpoints.resolve(f"tinker://{run_id}/{checkpoint_id}", "checkpoint")
         if record.owner != current_tenant():
-            raise NotFoundError(f"checkpoint tinker://{run_id}/{kind}/{name} does not exist")
+            raise NotFoundError(f"checkpoint tinker://{run_id}/{checkpoint_id} does not exist")
+        return record
+
+    def owned_run(self, run_id: str) -> RunRecord:
+        """The caller's training run, live or not (another tenant's answers as missing)."""
+        run = self.store.get_run(run_id)
+        if run is None or run.owner != current_tenant():
+            raise NotFoundError(f"training run {run_id!r} does not exist")
+        return run
+
+    def owned_session(self, session_id: str) -> SessionRecord:
+        """The caller's session, live or ended (another tenant's answers as missing)."""
+        record = self.store.get_session(session_id)
+        if record is None or record.owner != current_tenant():
+            raise NotFoundError(f"session {session_id!r} does not exist")
         return record
 
     def check_session(self, session_id: str) -> None:

@@ -14,8 +14,8 @@ from tinsmith.cluster.auth import current_tenant
 from tinsmith.cluster.console.html import PREFIX, esc, href, link, pager, size, table, when
 from tinsmith.cluster.console.pages import MAX_OFFSET, PAGE, checkpoints_table
 from tinsmith.cluster.console.routing import console_router, form_fields, html
-from tinsmith.cluster.state import ServerState, State
-from tinsmith.errors import NotFoundError, UserInputError
+from tinsmith.cluster.state import State
+from tinsmith.errors import UserInputError
 from tinsmith.store.records import CheckpointRecord
 
 router = console_router()
@@ -29,23 +29,12 @@ async def checkpoints(state: State, offset: int = Query(0, ge=0, le=MAX_OFFSET))
     return html("Checkpoints", body + pager(f"{PREFIX}/checkpoints", offset, PAGE, total))
 
 
-def _readable(state: ServerState, run_id: str, checkpoint_id: str) -> CheckpointRecord:
-    return state.readable_checkpoint(f"tinker://{run_id}/{checkpoint_id}", field="checkpoint")
-
-
-def _owned(state: ServerState, run_id: str, checkpoint_id: str) -> CheckpointRecord:
-    record = _readable(state, run_id, checkpoint_id)
-    if record.owner != current_tenant():
-        raise NotFoundError(f"checkpoint {record.tinker_path!r} is not yours to change")
-    return record
-
-
 @router.get("/checkpoints/{run_id}/{checkpoint_id:path}")
 async def checkpoint(
     run_id: str, checkpoint_id: str, request: Request, state: State, confirm: str = ""
 ) -> HTMLResponse:
     """One checkpoint: what it is, a download link, and (the owner's) actions."""
-    record = _readable(state, run_id, checkpoint_id)
+    record = state.readable_checkpoint(f"tinker://{run_id}/{checkpoint_id}", "checkpoint")
     mine = record.owner == current_tenant()
     url, expires = state.checkpoints.download_link(record, current_tenant(), str(request.base_url))
     ttl = "none" if record.expires_at is None else str(record.expires_at - record.created_at)
@@ -105,7 +94,7 @@ async def change_checkpoint(
 ) -> RedirectResponse:
     """Publish, unpublish or delete (the owner only), then back to a page."""
     action = (await form_fields(request)).get("action", "")
-    record = _owned(state, run_id, checkpoint_id)
+    record = state.owned_checkpoint(run_id, checkpoint_id)
     if action in ("publish", "unpublish"):
         state.checkpoints.set_public(record, action == "publish")
         back = href("checkpoints", run_id, checkpoint_id)

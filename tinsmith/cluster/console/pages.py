@@ -14,7 +14,6 @@ from tinsmith.cluster.console.html import PREFIX, esc, href, link, pager, size, 
 from tinsmith.cluster.console.plots import line_plot
 from tinsmith.cluster.console.routing import console_router, html
 from tinsmith.cluster.state import ServerState, State
-from tinsmith.errors import NotFoundError
 from tinsmith.store.records import CheckpointRecord, MetricPoint, RunRecord, SessionRecord
 
 PAGE = 50
@@ -61,24 +60,10 @@ def _session_state(state: ServerState, record: SessionRecord) -> str:
     return "active, training clients loaded" if live else "active"
 
 
-def _own_session(state: ServerState, session_id: str) -> SessionRecord:
-    record = state.store.get_session(session_id)
-    if record is None or record.owner != current_tenant():
-        raise NotFoundError(f"session {session_id!r} does not exist")
-    return record
-
-
-def _own_run(state: ServerState, run_id: str) -> RunRecord:
-    run = state.store.get_run(run_id)
-    if run is None or run.owner != current_tenant():
-        raise NotFoundError(f"training run {run_id!r} does not exist")
-    return run
-
-
 @router.get("/sessions/{session_id}")
 async def session_page(session_id: str, state: State) -> HTMLResponse:
     """One session: what its client said of it, its training and sampling clients."""
-    record = _own_session(state, session_id)
+    record = state.owned_session(session_id)
     count, stored = state.store.session_checkpoints(session_id)
     facts = [
         ("status", esc(_session_state(state, record))),
@@ -133,7 +118,7 @@ async def training_runs(state: State, offset: int = Query(0, ge=0, le=MAX_OFFSET
 @router.get("/training_runs/{run_id}")
 async def training_run(run_id: str, state: State) -> HTMLResponse:
     """One run: its status, metrics per step as plots, and checkpoints."""
-    run = _own_run(state, run_id)
+    run = state.owned_run(run_id)
     points = state.store.run_metrics(run_id, state.limits.max_metric_points_per_run)
     steps = max((p.step for p in points if p.kind == "optim_step"), default=0)
     facts = [

@@ -50,13 +50,6 @@ def _run_to_wire(state: ServerState, run: RunRecord) -> TrainingRun:
     )
 
 
-def _own_run(state: ServerState, run_id: str) -> RunRecord:
-    run = state.store.get_run(run_id)
-    if run is None or run.owner != current_tenant():
-        raise NotFoundError(f"training run {run_id!r} does not exist")
-    return run
-
-
 @router.get("/training_runs")
 async def list_training_runs(
     state: State,
@@ -74,7 +67,7 @@ async def list_training_runs(
 @router.get("/training_runs/{run_id}")
 async def get_training_run(run_id: str, state: State) -> TrainingRun:
     """One of the caller's training runs, with its latest checkpoints."""
-    return _run_to_wire(state, _own_run(state, run_id))
+    return _run_to_wire(state, state.owned_run(run_id))
 
 
 @router.get("/training_runs/{run_id}/checkpoints")
@@ -85,7 +78,7 @@ async def list_run_checkpoints(
     offset: int = Query(default=0, ge=0, le=2**62),
 ) -> CheckpointsListResponse:
     """The checkpoints of one of the caller's runs."""
-    _own_run(state, run_id)
+    state.owned_run(run_id)
     records, total = state.checkpoints.list(run_id, current_tenant(), limit, offset)
     return CheckpointsListResponse(
         checkpoints=[r.to_wire() for r in records],
@@ -111,7 +104,7 @@ async def list_user_checkpoints(
 async def delete_checkpoint(run_id: str, kind: Kind, name: str, state: State) -> dict[str, str]:
     """Remove the record, then the stored object (owner only), off the event loop (a slow
     object store must not hold up other requests)."""
-    record = state.owned_checkpoint(run_id, kind, name)
+    record = state.owned_checkpoint(run_id, f"{kind}/{name}")
     await asyncio.to_thread(state.checkpoints.delete, record)
     return {"status": "deleted"}
 
@@ -119,14 +112,14 @@ async def delete_checkpoint(run_id: str, kind: Kind, name: str, state: State) ->
 @router.post(_CHECKPOINT + "/publish")
 async def publish(run_id: str, kind: Kind, name: str, state: State) -> dict[str, str]:
     """Make the checkpoint readable and loadable by every tenant (owner only)."""
-    state.checkpoints.set_public(state.owned_checkpoint(run_id, kind, name), True)
+    state.checkpoints.set_public(state.owned_checkpoint(run_id, f"{kind}/{name}"), True)
     return {"status": "published"}
 
 
 @router.delete(_CHECKPOINT + "/publish")
 async def unpublish(run_id: str, kind: Kind, name: str, state: State) -> dict[str, str]:
     """Make the checkpoint private again (owner only)."""
-    state.checkpoints.set_public(state.owned_checkpoint(run_id, kind, name), False)
+    state.checkpoints.set_public(state.owned_checkpoint(run_id, f"{kind}/{name}"), False)
     return {"status": "unpublished"}
 
 
@@ -135,7 +128,7 @@ async def set_ttl(
     run_id: str, kind: Kind, name: str, body: CheckpointTtlRequest, state: State
 ) -> dict[str, str]:
     """Set or clear the checkpoint's expiry (owner only)."""
-    state.checkpoints.set_ttl(state.owned_checkpoint(run_id, kind, name), body.ttl_seconds)
+    state.checkpoints.set_ttl(state.owned_checkpoint(run_id, f"{kind}/{name}"), body.ttl_seconds)
     return {"status": "ok"}
 
 

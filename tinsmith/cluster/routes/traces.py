@@ -31,9 +31,7 @@ async def trace_export(
     session_id: str, request: Request, state: State
 ) -> SessionTraceExportResponse:
     """The caller's own session only; another tenant's answers as unknown."""
-    record = state.store.get_session(session_id)
-    if record is None or record.owner != current_tenant():
-        raise NotFoundError(f"session {session_id!r} does not exist")
+    state.owned_session(session_id)
     token = _links(state).issue(current_tenant(), session=session_id)
     base = str(request.base_url).rstrip("/")
     return SessionTraceExportResponse(status="ready", url=f"{base}{TRACE_LINKS}{token}")
