@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import math
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from tinsmith.actors.batching import to_token_datums
 from tinsmith.actors.loss_specs import validate_loss_config
@@ -35,6 +35,9 @@ from tinsmith.types.training import (
     ForwardBackwardOutput,
     LoraConfig,
 )
+
+if TYPE_CHECKING:
+    from tinsmith.cluster.server import ServerState
 
 MODEL = "test/model"
 VOCAB = 100
@@ -203,3 +206,22 @@ class FakeCoordinator:
 def _conforms(fake: FakeCoordinator) -> CoordinatorAPI:
     """Where mypy checks that the fake implements every ``CoordinatorAPI`` method, as typed."""
     return fake
+
+
+def fake_state(tmp_path: Path, **settings: object) -> ServerState:
+    """A ``ServerState`` serving MODEL (64-token context, 100-token vocabulary) through a
+    FakeCoordinator, with local checkpoint storage under ``tmp_path``; ``settings``: the state's
+    other fields (auth, limits, reaper_seconds...)."""
+    from tinsmith.cluster.checkpoints import open_checkpoint_service
+    from tinsmith.cluster.server import ServedModel, ServerState
+    from tinsmith.storage.config import StorageConfig
+
+    served = ServedModel(
+        name=MODEL,
+        model_dir=tmp_path,
+        max_context_length=64,
+        coordinator=FakeCoordinator(tmp_path / "data"),
+        vocab_size=100,
+    )
+    checkpoints = open_checkpoint_service(StorageConfig(), tmp_path / "data")
+    return ServerState(models={MODEL: served}, checkpoints=checkpoints, **settings)  # type: ignore[arg-type]

@@ -14,12 +14,10 @@ from urllib.parse import quote
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.fakes import MODEL, FakeCoordinator
-from tinsmith.cluster.checkpoints import open_checkpoint_service
+from tests.fakes import MODEL, fake_state
 from tinsmith.cluster.config import AuthConfig
 from tinsmith.cluster.console.plots import MAX_POINTS
-from tinsmith.cluster.server import ServedModel, ServerState, build_app
-from tinsmith.storage.config import StorageConfig
+from tinsmith.cluster.server import ServerState, build_app
 from tinsmith.store.records import RunRecord, utcnow
 from tinsmith.types import Datum, ForwardBackwardInput, ModelInput, TensorData
 from tinsmith.types.proto import encode_forward_backward_request
@@ -35,18 +33,7 @@ def app(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[TestClient, ServerState]]:
     monkeypatch.setenv("TINSMITH_API_KEYS", "alice:tml-alice,bob:tml-bob")
-    served = ServedModel(
-        name=MODEL,
-        model_dir=tmp_path,
-        max_context_length=64,
-        coordinator=FakeCoordinator(tmp_path / "data"),
-        vocab_size=100,
-    )
-    state = ServerState(
-        models={MODEL: served},
-        checkpoints=open_checkpoint_service(StorageConfig(), tmp_path / "data"),
-        auth=AuthConfig(mode="keys"),
-    )
+    state = fake_state(tmp_path, auth=AuthConfig(mode="keys"))
     with TestClient(build_app(state)) as client:
         yield client, state
 

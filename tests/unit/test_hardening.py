@@ -11,12 +11,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.fakes import MODEL, FakeCoordinator
-from tinsmith.cluster.checkpoints import open_checkpoint_service
+from tests.fakes import MODEL, FakeCoordinator, fake_state
 from tinsmith.cluster.config import AuthConfig, LimitsConfig
-from tinsmith.cluster.server import ServedModel, ServerState, build_app
+from tinsmith.cluster.server import build_app
 from tinsmith.errors import ConflictError
-from tinsmith.storage.config import StorageConfig
 from tinsmith.store.records import CheckpointRecord, RunRecord
 from tinsmith.types.training import LoraConfig
 
@@ -27,21 +25,12 @@ class App:
     """The app, its state and the fake coordinator behind it."""
 
     def __init__(self, tmp_path: Path, limits: LimitsConfig, reaper_seconds: float) -> None:
-        self.coordinator = FakeCoordinator(tmp_path / "data")
-        served = ServedModel(
-            name=MODEL,
-            model_dir=tmp_path,
-            max_context_length=64,
-            coordinator=self.coordinator,
-            vocab_size=100,
+        self.state = fake_state(
+            tmp_path, auth=AuthConfig(mode="keys"), limits=limits, reaper_seconds=reaper_seconds
         )
-        self.state = ServerState(
-            models={MODEL: served},
-            checkpoints=open_checkpoint_service(StorageConfig(), tmp_path / "data"),
-            auth=AuthConfig(mode="keys"),
-            limits=limits,
-            reaper_seconds=reaper_seconds,
-        )
+        coordinator = self.state.models[MODEL].coordinator
+        assert isinstance(coordinator, FakeCoordinator)
+        self.coordinator = coordinator
         self.http = TestClient(build_app(self.state))
 
     def session(self, who: dict[str, str]) -> str:

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.fakes import MODEL, FakeCoordinator
+from tests.fakes import fake_state
 from tinsmith.cluster.auth import hash_key
 from tinsmith.cluster.checkpoints import open_checkpoint_service
 from tinsmith.cluster.config import AuthConfig
 from tinsmith.cluster.jwt_tokens import InvalidToken, JwtIssuer
-from tinsmith.cluster.server import ServedModel, ServerState, build_app
+from tinsmith.cluster.server import ServerState, build_app
 from tinsmith.storage.config import StorageConfig
 
 
@@ -40,18 +40,7 @@ def app(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[TestClient, ServerState]]:
     monkeypatch.setenv("TINSMITH_API_KEYS", "alice:tml-alice")
-    served = ServedModel(
-        name=MODEL,
-        model_dir=tmp_path,
-        max_context_length=64,
-        coordinator=FakeCoordinator(tmp_path / "data"),
-        vocab_size=100,
-    )
-    state = ServerState(
-        models={MODEL: served},
-        checkpoints=open_checkpoint_service(StorageConfig(), tmp_path / "data"),
-        auth=AuthConfig(mode="keys", jwt_ttl_seconds=60),
-    )
+    state = fake_state(tmp_path, auth=AuthConfig(mode="keys", jwt_ttl_seconds=60))
     with TestClient(build_app(state)) as client:
         yield client, state
 
