@@ -5,8 +5,8 @@ Two batches: uniform (8 x 128 tokens) and mixed (16 datums of 64-512 tokens, fix
 the bare loop runs as one would write it: micro-batches of 8 datums in request order, each padded
 to its longest. The bare step runs in a process of its own three times: with no server running
 (before the server starts and after it stops: the baseline), and (uniform batch only: the padded
-mixed loop needs ~14 GB, too much beside the server on 24 GB) with the server up and idle,
-alternating step by step with the SDK's (so drift on a noisy machine hits both alike). Prints
+mixed loop needs ~14 GB, too much beside the server on 24 GB) with the server up and idle after
+the SDK's steps (a bare process alive during them slowed them by up to 15%). Prints
 tokens/s of each, the ratios (targets: uniform >= 0.95x the no-server bare step, mixed >= 1.3x
 the padded bare loop) and tinsmith's padding fraction (target 0).
 Run: `python benchmarks/train_step.py`.
@@ -26,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import BATCH, LORA_RANK, MODEL, ROOT, SEQ_LEN, fixed_batch, median
+from benchmarks.proc_stats import command, descendants, idle_load, minor_faults
 
 BARE_MICRO_BATCH = 8  # datums per padded micro-batch of the bare loop
 
@@ -93,7 +94,7 @@ def bare_step(model_dir: str, batch: list[list[int]]) -> Callable[[], None]:
 
 
 def bare_worker(model_dir: str, kind: str) -> None:
-    """Child-process mode: one bare step per line on stdin, its seconds on stdout.
+    """Child-process mode: one bare step per line on stdin, its seconds and page faults on stdout.
 
     The bare loop runs in its own clean process (no SDK threads, no server client) so the
     baseline is not handicapped by the measuring process.
@@ -101,9 +102,11 @@ def bare_worker(model_dir: str, kind: str) -> None:
     step = bare_step(model_dir, fixed_batch() if kind == "uniform" else mixed_batch())
     print("ready", flush=True)
     for _ in sys.stdin:
+        faults = minor_faults(os.getpid())
         start = time.perf_counter()
         step()
-        print(f"{time.perf_counter() - start:.6f}", flush=True)
+        took = time.perf_counter() - start
+        print(f"{took:.6f} {minor_faults(os.getpid()) - faults}", flush=True)
 
 
 class BareProcess:
@@ -117,12 +120,16 @@ class BareProcess:
         assert self.proc.stdout is not None
         while self.proc.stdout.readline().strip() != "ready":
             pass
+        self.faults: list[int] = []
 
     def step(self) -> float:
+        """One step's seconds (its page faults go to ``faults``)."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write("step\n")
         self.proc.stdin.flush()
-        return float(self.proc.stdout.readline())
+        seconds, faults = self.proc.stdout.readline().split()
+        self.faults.append(int(faults))
+        return float(seconds)
 
     def close(self) -> None:
         if self.proc.stdin is not None:
@@ -130,10 +137,14 @@ class BareProcess:
         self.proc.wait(timeout=60)
 
 
+FAULTS: dict[str, list[int]] = {}  # page faults per step, by who stepped
+
+
 def bare_alone(model_dir: str, kind: str, steps: int, warmup: int) -> list[float]:
-    """Seconds of ``steps`` bare steps in a fresh process, nothing else running."""
+    """Seconds of ``steps`` bare steps in a fresh process (its page faults into FAULTS)."""
     bare = BareProcess(model_dir, kind)
     times = [bare.step() for _ in range(warmup + steps)][warmup:]
+    FAULTS.setdefault(f"bare {kind}", []).extend(bare.faults[warmup:])
     bare.close()
     return times
 
@@ -287,30 +298,32 @@ def main() -> None:
     with ServerProcess(args.config) as server:
         service = tinker.ServiceClient(base_url=server.base_url, api_key="tml-bench")
         tc = service.create_lora_training_client(base_model=MODEL, rank=LORA_RANK).result()
+        assert server.proc is not None
+        tree = descendants(server.proc.pid)
+        rank = next(p for p in tree if command(p).startswith("ray::TrainerWorker"))
         for kind, batch in batches.items():
             data = _data(batch)
-            # The padded bare loop of the mixed batch holds ~14 GB (8 rows of 512 tokens' fp32
-            # logits, their log-softmax and gradients): beside the server, on a 24 GB machine,
-            # Ray's memory monitor kills the server's workers. Its baseline is the no-server one.
-            bare = BareProcess(model_dir, kind) if kind == "uniform" else None
             for i in range(args.warmup + args.steps):
+                faults = minor_faults(rank)
                 start = time.perf_counter()
                 fb = tc.forward_backward(data, "cross_entropy")  # type: ignore[arg-type]
                 opt = tc.optim_step(types.AdamParams(learning_rate=1e-4))
                 metrics = fb.result().metrics
                 opt.result()
-                took = time.perf_counter() - start
-                plain = bare.step() if bare is not None else None
                 if i >= args.warmup:
-                    sdk.setdefault(kind, []).append(took)
-                    if plain is not None:
-                        beside.setdefault(kind, []).append(plain)
+                    sdk.setdefault(kind, []).append(time.perf_counter() - start)
                     trainer.setdefault(kind, []).append(metrics.get("trainer_seconds:max", 0.0))
+                    FAULTS.setdefault(f"trainer {kind}", []).append(minor_faults(rank) - faults)
             padding[kind] = metrics["padding_tokens:sum"] / (
                 metrics["padding_tokens:sum"] + tokens[kind]
             )
-            if bare is not None:
-                bare.close()
+        # The idle server's cost to a process beside it, measured after the SDK's steps (a bare
+        # process alive during them slowed them too). Uniform batch only: the padded mixed loop
+        # holds ~14 GB, and beside the server on 24 GB Ray's memory monitor kills its workers.
+        time.sleep(2)
+        load = idle_load(descendants(server.proc.pid), 10.0)
+        if "uniform" in batches:
+            beside["uniform"] = bare_alone(model_dir, "uniform", args.steps, args.warmup)
     after = {k: bare_alone(model_dir, k, args.steps, args.warmup) for k in batches}
     setup = f"LoRA rank {LORA_RANK}, fp32, {os.cpu_count()} CPUs"
     print(f"{MODEL}, {setup}; tokens/s (median step seconds)")
@@ -331,10 +344,18 @@ def main() -> None:
         print(f"  tinsmith via tinker SDK:        {rate(sdk[kind])}")
         print(f"    of which trainer forward+backward: {median(trainer[kind]):.2f} s")
         print(f"  tinsmith padding fraction:      {padding[kind]:.3f} (target 0)")
+        bare_faults = median([float(f) for f in FAULTS[f"bare {kind}"]])
+        ours_faults = median([float(f) for f in FAULTS[f"trainer {kind}"]])
+        print(f"  page faults a step: bare {bare_faults:,.0f}, trainer {ours_faults:,.0f}")
         print(f"  ratio to the no-server bare step:   {ours / alone:.3f}")
         if kind in beside:
             print(f"  ratio to the bare step beside it:   {ours / (n / median(beside[kind])):.3f}")
     print("targets: uniform >= 0.95 (no server) and >= 1.0; mixed >= 1.3 (no server)")
+    cpu = sum(p.cpu for p in load)
+    wakeups = sum(p.wakeups for p in load)
+    print(f"idle server: {100 * cpu:.1f}% of a core, {wakeups:,.0f} wake-ups/s; busiest:")
+    for p in load[:6]:
+        print(f"  {p.wakeups:7.0f}/s {100 * p.cpu:5.1f}%  {p.command}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ unembedding's (chunks) in the backward.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import math
 from typing import TYPE_CHECKING
@@ -85,36 +84,3 @@ def _chunk_logprobs(
 
     logits_N_V = head(hidden_N_H).float()
     return -torch.nn.functional.cross_entropy(logits_N_V, targets_N, reduction="none")
-
-
-LONG_ROWS_MMAP_THRESHOLD = 4 << 20
-SHORT_ROWS_MMAP_THRESHOLD = 32 << 20  # glibc's own ceiling for its sliding threshold
-_M_MMAP_THRESHOLD = -3
-
-
-@functools.cache
-def _glibc() -> ctypes.CDLL | None:
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc: nothing to tune
-        return None
-
-
-_threshold = [0]  # the one set last (0: glibc's own sliding threshold)
-
-
-def return_large_frees(long_rows: bool) -> None:
-    """Set glibc malloc's mmap threshold for the micro-batch to come (only when it changes).
-
-    Long (checkpointed) micro-batches: blocks of 4 MiB and more are mapped, so their
-    activations, freed layer by layer, go straight back to the system; with glibc's sliding
-    threshold they stayed in the heap (an 8,192-token step held ~7 GiB of RSS for ~1 GiB of live
-    tensors). Other micro-batches: 32 MiB, where their tensors are reused from the heap without
-    page faults (mapping every 4 MiB block cost ~20% of a 2,048-token step).
-    """
-    threshold = LONG_ROWS_MMAP_THRESHOLD if long_rows else SHORT_ROWS_MMAP_THRESHOLD
-    libc = _glibc()
-    if libc is None or _threshold[0] == threshold:
-        return
-    libc.mallopt(_M_MMAP_THRESHOLD, threshold)
-    _threshold[0] = threshold

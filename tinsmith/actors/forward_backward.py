@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from tinsmith.actors.activation_memory import return_large_frees
+from tinsmith.actors import malloc_tuning
 from tinsmith.actors.loss_specs import DATUM_KEY
 from tinsmith.errors import UserInputError
 from tinsmith.types.internal import DatumResult, MicroBatch, RankResult, RankWork
@@ -47,7 +47,7 @@ def run_forward_backward(
         if not batch.datums:
             _dummy_pass(engine, batch, device, backward=not work.forward_only, zero3=zero3)
             continue
-        return_large_frees(batch.checkpoint)
+        malloc_tuning.tune_for(long_rows=batch.checkpoint)
         with torch.set_grad_enabled(not work.forward_only):
             rows = _rows(batch, device, image_inputs)
             logprobs_B_T = engine(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tinsmith.actors import segment_attention
+from tinsmith.actors import gloo_device, segment_attention
 from tinsmith.types.architectures import Architecture, read_model_shape
 from tinsmith.types.settings import TrainerConfig
 
@@ -64,6 +64,8 @@ def start_rank(
 
     torch.set_num_threads(threads)
     import deepspeed
+
+    gloo_device.install()  # one 100 Hz gloo loop thread, not one per group
 
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     backend = "nccl" if device.type == "cuda" else "gloo"
