@@ -321,7 +321,7 @@ def main() -> None:
         # process alive during them slowed them too). Uniform batch only: the padded mixed loop
         # holds ~14 GB, and beside the server on 24 GB Ray's memory monitor kills its workers.
         time.sleep(2)
-        load = idle_load(descendants(server.proc.pid), 10.0)
+        load = idle_load(tree, 10.0)
         if "uniform" in batches:
             beside["uniform"] = bare_alone(model_dir, "uniform", args.steps, args.warmup)
     after = {k: bare_alone(model_dir, k, args.steps, args.warmup) for k in batches}

@@ -45,7 +45,7 @@ def test_gloo_groups_share_one_loop_thread_and_still_reduce() -> None:
     print(names.count("gloo_tcp_loop"))
     dist.destroy_process_group()
     """
-    shared = _run(f"import os; os.environ['SHARE'] = '1'\n{textwrap.dedent(code)}")
+    shared = _run(code, env={"SHARE": "1"})
     own = _run(code)
     assert (int(shared), int(own)) == (1, 5), (shared, own)
 

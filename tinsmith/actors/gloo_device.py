@@ -5,9 +5,9 @@ flight, and torch gives each process group a device of its own. vLLM's engine cr
 groups even for a single CPU worker, so an idle sampler woke ~1,300 times a second, half of
 an idle local server's wake-ups (3,000 a second of them cost a training step beside them ~4%
 on two cores). One device serves any number of groups (gloo keeps a pair per group on it), so
-sharing it leaves one loop thread per process. Installed in
-the trainer ranks before DeepSpeed joins torch.distributed, and in vLLM's processes as a
-general plugin (``tinsmith_gloo_device``), which vLLM loads before it initialises its groups.
+sharing it leaves one loop thread per process. Installed in the trainer ranks before
+DeepSpeed joins torch.distributed, and in vLLM's processes as a general plugin
+(``tinsmith_gloo_device``), which vLLM loads before it initialises its groups.
 """
 
 from __future__ import annotations
