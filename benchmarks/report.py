@@ -40,6 +40,12 @@ BENCHMARKS: list[tuple[str, list[str], str]] = [
         "1 vs 2 ranks (ZeRO-1; ZeRO-2 for comparison), padding, memory per tenant",
     ),
     (
+        "Long context",
+        ["long_context.py"],
+        "one datum of 1k-8k tokens: step seconds and trainer peak memory, checkpointing and "
+        "chunked logprobs on vs off",
+    ),
+    (
         "Weight sync",
         ["weight_sync.py", "--repeats", "3"],
         "in-memory and storage sync latency by LoRA rank",

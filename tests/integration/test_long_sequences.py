@@ -49,7 +49,7 @@ def test_an_8k_datum_trains_in_bounded_memory_and_its_logprobs_are_the_samplers(
     # token after its prompt, so the prompt is the datum's first 8,191 tokens: the logprobs of
     # tokens 1..8190, the trainer's first 8,190.
     trainer_lps = np.array(fb.loss_fn_outputs[0]["logprobs"].tolist())
-    sampler = service_client.create_sampling_client(base_model=DEFAULT_MODEL)
+    sampler = service_client.create_sampling_client(base_model=DEFAULT_MODEL).result()
     prompt = types.ModelInput.from_ints(tokens[: LENGTH - 1])
     scored = sampler.compute_logprobs(prompt).result()
     assert len(scored) == LENGTH - 1 and scored[0] is None

@@ -32,7 +32,7 @@ from tinsmith.cluster.routes import (
     training,
     weights,
 )
-from tinsmith.cluster.state import ServedModel, ServerState, attach_state
+from tinsmith.cluster.state import ServedModel, ServerState, attach
 from tinsmith.errors import (
     ConflictError,
     NotFoundError,
@@ -74,12 +74,12 @@ def build_app(state: ServerState) -> FastAPI:
         redoc_url="/redoc" if is_open else None,
         openapi_url="/openapi.json" if is_open else None,
     )
-    attach_state(app, state)
+    attach(app, state)
     jwts = None
     if state.auth.issue_jwts:
         jwts = JwtIssuer(state.checkpoints.derived_secret("jwt"), state.auth.jwt_ttl_seconds)
     keys = KeyRing(state.auth, state.store.tenant_for_key, jwts)
-    app.state.keys = keys
+    attach(app, keys)
     keys.install(app)
     install_console(app, keys)
     app.add_middleware(

@@ -1,6 +1,6 @@
 """What the API server's routes share: the served base models, the live clients, the futures, the
 checkpoint service, and the tenant checks on them. Routes receive it as a FastAPI dependency
-(``State``), read from ``app.state``, so no route module imports another.
+(``State``), found through ``app_part``, so no route module imports another.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from fastapi import Depends, FastAPI, Request
 
@@ -34,6 +34,7 @@ from tinsmith.store.records import (
 from tinsmith.types.architectures import Architecture, architecture
 from tinsmith.types.coordinator import CoordinatorAPI
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 CheckpointKind = Literal["weights", "sampler_weights", "external_weights"]
@@ -180,17 +181,23 @@ class ServerState:
         return len(closed)
 
 
-def attach_state(app: FastAPI, state: ServerState) -> None:
-    """Make ``state`` the one every route of ``app`` receives through ``State``."""
-    app.state.tinsmith = state
+def attach(app: FastAPI, part: object) -> None:
+    """Make ``part`` (the ``ServerState``, the ``KeyRing``, the console's sign-ins) what
+    ``app_part`` finds for every request of ``app``: one object of each class."""
+    setattr(app.state, type(part).__name__, part)
+
+
+def app_part(request: Request, kind: type[T]) -> T:
+    """The ``kind`` object ``attach`` gave this request's app."""
+    part = getattr(request.app.state, kind.__name__, None)
+    if not isinstance(part, kind):
+        raise RuntimeError(f"the app has no {kind.__name__}; build it with build_app")
+    return part
 
 
 def get_state(request: Request) -> ServerState:
     """The FastAPI dependency behind ``State``: the app's ``ServerState``."""
-    state = request.app.state.tinsmith
-    if not isinstance(state, ServerState):
-        raise RuntimeError("the app has no ServerState; build it with build_app")
-    return state
+    return app_part(request, ServerState)
 
 
 State = Annotated[ServerState, Depends(get_state)]

@@ -18,12 +18,13 @@ from tinsmith.cluster.console import (
     playground,
 )
 from tinsmith.cluster.console.logins import ConsoleLogins
+from tinsmith.cluster.state import attach
 
 
 def install_console(app: FastAPI, keys: KeyRing) -> None:
     """Add the console's pages to ``app``, signing in with the keys ``keys`` accepts."""
     logins = ConsoleLogins(open_mode=keys.mode == "open", tenant_of_key=keys.tenant_of)
-    app.state.console_logins = logins
+    attach(app, logins)
     logins.install(app)
     for module in (login_pages, pages, checkpoint_pages, playground, cluster_page):
         app.include_router(module.router)

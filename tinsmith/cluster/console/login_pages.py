@@ -8,15 +8,13 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from tinsmith.cluster.console.html import PREFIX, esc
 from tinsmith.cluster.console.logins import COOKIE, ConsoleLogins, safe_next
 from tinsmith.cluster.console.routing import console_router, form_fields, html
+from tinsmith.cluster.state import app_part
 
 router = console_router()
 
 
 def _logins(request: Request) -> ConsoleLogins:
-    logins = request.app.state.console_logins
-    if not isinstance(logins, ConsoleLogins):
-        raise RuntimeError("the console is not installed on this app")
-    return logins
+    return app_part(request, ConsoleLogins)
 
 
 def _login_form(target: str, problem: str = "") -> str:

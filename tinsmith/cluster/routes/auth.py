@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Request
 
 from tinsmith.cluster.auth import KeyRing, current_tenant, hash_key
-from tinsmith.cluster.state import State
+from tinsmith.cluster.state import State, app_part
 from tinsmith.errors import ConflictError
 from tinsmith.types.auth import (
     ApiKeyDetails,
@@ -25,10 +25,7 @@ router = APIRouter(prefix="/api/v1")
 
 def get_keys(request: Request) -> KeyRing:
     """The app's ``KeyRing`` (set by ``build_app``)."""
-    keys = request.app.state.keys
-    if not isinstance(keys, KeyRing):
-        raise RuntimeError("the app has no KeyRing; build it with build_app")
-    return keys
+    return app_part(request, KeyRing)
 
 
 Keys = Annotated[KeyRing, Depends(get_keys)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter
 
 from tinsmith.cluster.auth import current_tenant
 from tinsmith.cluster.state import State
@@ -84,17 +84,9 @@ async def create_session(body: CreateSessionRequest, state: State) -> CreateSess
 async def heartbeat(body: SessionHeartbeatRequest, state: State) -> SessionHeartbeatResponse:
     """Succeeds for the caller's sessions, also those of an earlier server process."""
     if state.store.session_owner(body.session_id) != current_tenant():
-        raise HTTPException(status_code=404, detail=f"session_id {body.session_id!r} is unknown")
+        raise NotFoundError(f"session {body.session_id!r} does not exist")
     state.clients.touch(body.session_id)
     return SessionHeartbeatResponse()
-
-
-def _own_session(state: State, session_id: str) -> SessionRecord:
-    """The caller's session (another tenant's answers as unknown)."""
-    record = state.store.get_session(session_id)
-    if record is None or record.owner != current_tenant():
-        raise NotFoundError(f"session {session_id!r} is unknown")
-    return record
 
 
 @router.post("/sessions/{session_id}/finish")
@@ -103,7 +95,7 @@ async def finish_session(
 ) -> dict[str, str]:
     """The client is done (``ServiceClient.close``): the session is recorded as finished, with
     the reason it gave first. Its training clients stay loaded until the session timeout."""
-    record = _own_session(state, session_id)
+    record = state.owned_session(session_id)
     if record.state == "client_finished":
         return {"status": "ok"}  # the first reason given stands
     body = body or FinishSessionRequest()
@@ -129,7 +121,7 @@ async def list_sessions(state: State, limit: int = 20, offset: int = 0) -> ListS
 @router.get("/sessions/{session_id}")
 async def get_session(session_id: str, state: State) -> GetSessionResponse:
     """A session's training runs and sampling sessions, metadata and name."""
-    record = _own_session(state, session_id)
+    record = state.owned_session(session_id)
     return GetSessionResponse(
         training_run_ids=state.store.session_runs(session_id),
         sampler_ids=state.store.session_samplers(session_id),
@@ -143,7 +135,7 @@ async def assign_project(
     session_id: str, body: AssignProjectRequest, state: State
 ) -> dict[str, str]:
     """Move a session to a project (searchable by ``project_ids``)."""
-    record = _own_session(state, session_id)
+    record = state.owned_session(session_id)
     record.project_id = body.project_id
     state.store.update_session(record)
     return {"status": "ok"}
