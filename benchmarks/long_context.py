@@ -83,14 +83,34 @@ def run_one(model_dir: str, length: int, features: bool) -> dict[str, float]:
     }
 
 
-def _child(model_dir: str, length: int, features: bool) -> dict[str, float]:
+def _child(model_dir: str, length: int, features: bool) -> dict[str, float] | None:
+    """One step in a fresh process; None when the kernel killed it (out of memory)."""
     out = subprocess.run(
         [sys.executable, __file__, "--child", model_dir, str(length), str(int(features))],
-        check=True,
+        check=False,
         capture_output=True,
         text=True,
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    if out.returncode == -9:
+        return None
+    if out.returncode != 0:
+        raise RuntimeError(f"the {length}-token step failed:\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _fits_off(off: dict[int, dict[str, float]], length: int) -> bool:
+    """Whether the features-off step of ``length`` tokens is expected to fit in 80% of the
+    available memory: extrapolated linearly at the steepest slope measured so far (the heap's
+    reuse makes single intervals flatter than the real growth)."""
+    known = sorted(off)
+    if len(known) < 2:
+        return True
+    slope = max(
+        (off[b]["peak_bytes"] - off[a]["peak_bytes"]) / (b - a)
+        for a, b in itertools.pairwise(known)
+    )
+    last = known[-1]
+    return off[last]["peak_bytes"] + slope * (length - last) < 0.8 * _available_bytes()
 
 
 def _available_bytes() -> float:
@@ -118,22 +138,22 @@ def main() -> None:
     print("tokens | features on: step s, peak GiB | features off: step s, peak GiB")
     on: dict[int, dict[str, float]] = {}
     off: dict[int, dict[str, float]] = {}
+    killed = False  # the features-off step of a shorter length ran out of memory
     for length in args.lengths:
-        on[length] = _child(model_dir, length, True)
-        known = sorted(off)
-        fits = True
-        if len(known) >= 2:  # extrapolate linearly from the last two lengths measured off
-            a, b = known[-2], known[-1]
-            slope = (off[b]["peak_bytes"] - off[a]["peak_bytes"]) / (b - a)
-            fits = off[b]["peak_bytes"] + slope * (length - b) < 0.8 * _available_bytes()
-        if fits:
-            off[length] = _child(model_dir, length, False)
+        result = _child(model_dir, length, True)
+        if result is None:
+            print(f"{length:6d} | killed by the kernel (out of memory) with the features on")
+            break
+        on[length] = result
+        other = "   (does not fit: not run)"
+        if not killed and _fits_off(off, length):
+            result = _child(model_dir, length, False)
+            if result is None:
+                killed, other = True, "   (killed by the kernel: out of memory)"
+            else:
+                off[length] = result
+                other = f"{result['seconds']:7.1f} s, {result['peak_bytes'] / gib:5.2f} GiB"
         cells = f"{on[length]['seconds']:7.1f} s, {on[length]['peak_bytes'] / gib:5.2f} GiB"
-        other = (
-            f"{off[length]['seconds']:7.1f} s, {off[length]['peak_bytes'] / gib:5.2f} GiB"
-            if length in off
-            else "   (does not fit: not run)"
-        )
         print(f"{length:6d} | {cells} | {other}", flush=True)
     lengths = sorted(on)
     if len(lengths) >= 2:

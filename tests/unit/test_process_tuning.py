@@ -92,3 +92,34 @@ def test_short_rows_keep_big_blocks_in_the_heap_and_long_rows_give_them_back() -
     assert short_heap == "True" and int(short_kept) > 190, out  # kept for the next step
     assert int(released) > 190, out
     assert long_heap == "False" and int(long_kept) < 10, out  # mapped, unmapped on free
+
+
+def test_an_idle_rank_gives_its_kept_heap_back() -> None:
+    """Several models' ranks share a node: the heap a short step keeps is released once no
+    call has come for a while, not while calls keep coming."""
+    out = _run(
+        """
+        import time
+        import torch
+        from tinsmith.actors import malloc_tuning
+
+        def rss():
+            return int(open("/proc/self/statm").read().split()[1]) * 4096
+
+        malloc_tuning.tune_for(long_rows=False)
+        start = rss()
+        for _ in range(2):  # back to back: the second call cancels the first one's release
+            with malloc_tuning.working(idle_release_seconds=0.5):
+                t = torch.ones(50 * 2**20)
+                del t
+        kept = rss() - start
+        time.sleep(0.2)
+        still = rss() - start
+        time.sleep(1.0)
+        print(kept >> 20, still >> 20, (rss() - start) >> 20)
+        """,
+        env=malloc_tuning.process_env(),
+    )
+    kept, still, after = (int(x) for x in out.split())
+    assert kept > 190 and still > 190, out
+    assert after < 10, out

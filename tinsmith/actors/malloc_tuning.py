@@ -12,20 +12,27 @@ there and faults ~0 times. Its RSS stays at its high-water mark, which the micro
 (``micro_batch_tokens``) bounds. Long (checkpointed) micro-batches do the opposite: blocks of
 4 MiB and more are mapped, so activations freed layer by layer go straight back to the system
 (with the heap an 8,192-token step held ~7 GiB of RSS for ~1 GiB of live tensors), and the heap
-that short micro-batches kept is released when a long one comes.
+that short micro-batches kept is released when a long one comes. A rank that has had no call for
+``IDLE_RELEASE_SECONDS`` gives its kept heap back too (``working``): several models' ranks share a
+node, and an idle one holding its peak (8 GB after a mixed batch) got a busy one killed by Ray's
+memory monitor; a step after the release faults its pages in again once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
+import threading
+from collections.abc import Iterator
 
 _M_MMAP_THRESHOLD = -3
 _M_MMAP_MAX = -4
 
 LONG_ROWS_MMAP_THRESHOLD = 4 << 20
 GLIBC_MMAP_MAX = 65536  # glibc's default: mapping allowed
+IDLE_RELEASE_SECONDS = 5.0
 KEEP_HEAP_TUNABLE = f"glibc.malloc.trim_threshold={1 << 40}"  # mallopt's int stops at 2 GiB
 
 
@@ -63,3 +70,28 @@ def tune_for(long_rows: bool) -> None:
         # mapped: with mapping "off" glibc falls back to it rather than fail.
         libc.mallopt(_M_MMAP_MAX, 0)
     _mode[0] = long_rows
+
+
+_idle_timer: list[threading.Timer | None] = [None]
+
+
+def release_kept_memory() -> None:
+    """Give every free page of the heap back to the system (``malloc_trim``)."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@contextlib.contextmanager
+def working(idle_release_seconds: float = IDLE_RELEASE_SECONDS) -> Iterator[None]:
+    """Around a rank's call: no release while it runs; if no other call comes within
+    ``idle_release_seconds`` of its end, the kept heap is released (off the rank's thread)."""
+    if _idle_timer[0] is not None:
+        _idle_timer[0].cancel()
+    try:
+        yield
+    finally:
+        timer = threading.Timer(idle_release_seconds, release_kept_memory)
+        timer.daemon = True
+        _idle_timer[0] = timer
+        timer.start()

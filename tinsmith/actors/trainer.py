@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from tinsmith.actors import malloc_tuning
 from tinsmith.actors.adapter_engine import AdapterEngine
 from tinsmith.actors.checkpoint_io import (
     adapter_blob,
@@ -123,15 +124,17 @@ class TrainerWorker:
     # ----- forward / backward ------------------------------------------------------------
     def forward_backward(self, work: RankWork) -> RankResult:
         """Run every micro-batch; gradients accumulate into this adapter until optim_step."""
-        adapter = self._activate(work.adapter_id)
-        return run_forward_backward(
-            adapter.engine, work, self.device, self.zero3, self.image_inputs
-        )
+        with malloc_tuning.working():
+            adapter = self._activate(work.adapter_id)
+            return run_forward_backward(
+                adapter.engine, work, self.device, self.zero3, self.image_inputs
+            )
 
     # ----- optimizer ----------------------------------------------------------------------
     def optim_step(self, work: OptimStepWork) -> dict[str, float]:
         """Apply AdamW with this call's hyper-parameters to the accumulated gradients."""
-        return self._activate(work.adapter_id).optim_step(work.adam)
+        with malloc_tuning.working():
+            return self._activate(work.adapter_id).optim_step(work.adam)
 
     # ----- weights ------------------------------------------------------------------------
     def node_id(self) -> str:
