@@ -27,6 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import BATCH, LORA_RANK, MODEL, ROOT, SEQ_LEN, fixed_batch, median
 from benchmarks.proc_stats import command, descendants, idle_load, minor_faults
+from tinsmith.actors.malloc_tuning import IDLE_RELEASE_SECONDS
 
 BARE_MICRO_BATCH = 8  # datums per padded micro-batch of the bare loop
 
@@ -186,6 +187,12 @@ def scaling(config: str, steps: int, warmup: int) -> None:
         worker = next(m for m in status if m["base_model"] == model)["workers"][0]
         return int(worker["rss_bytes"]), int(worker["adapter_param_bytes"])
 
+    def settled_memory(base_url: str, model: str) -> tuple[int, int]:
+        """``memory`` once the rank has been idle long enough to give its kept heap back, so
+        the two readings compare memory held, not the last step's reusable heap."""
+        time.sleep(IDLE_RELEASE_SECONDS + 1.5)
+        return memory(base_url, model)
+
     with ServerProcess(config) as server:
         service = tinker.ServiceClient(base_url=server.base_url, api_key="tml-bench")
         results: dict[str, float] = {}
@@ -206,7 +213,7 @@ def scaling(config: str, steps: int, warmup: int) -> None:
                 )
             results[model] = tokens / median(times)
             steps_s[model] = (median(times), median(trainer))
-        before = memory(server.base_url, "bench/one-rank")
+        before = settled_memory(server.base_url, "bench/one-rank")
         extra = [
             service.create_lora_training_client(base_model="bench/one-rank", rank=32).result()
             for _ in range(4)
@@ -214,7 +221,7 @@ def scaling(config: str, steps: int, warmup: int) -> None:
         for tc in extra:
             tc.forward_backward(data[:2], "cross_entropy").result()
             tc.optim_step(types.AdamParams()).result()
-        after = memory(server.base_url, "bench/one-rank")
+        after = settled_memory(server.base_url, "bench/one-rank")
     one, two = results["bench/one-rank"], results["bench/two-ranks"]
     print(
         f"mixed lengths {int(lengths.min())}..{int(lengths.max())}, {len(lengths)} "
@@ -242,7 +249,10 @@ def scaling(config: str, steps: int, warmup: int) -> None:
         f"per added rank-32 tenant: adapter + optimizer state {per_state:.1f} MiB, "
         f"trainer RSS {per_rss:+.1f} MiB"
     )
-    print("  (RSS can grow less: the allocator reuses memory freed by earlier steps' activations)")
+    print(
+        f"  (both read {IDLE_RELEASE_SECONDS + 1.5:.1f} s after the rank's last call, once it has "
+        "given its kept heap back)"
+    )
 
 
 def _data(batch: list[list[int]]) -> list[object]:
