@@ -11,6 +11,8 @@ import sys
 import textwrap
 from importlib.metadata import entry_points
 
+from tinsmith.actors import malloc_tuning
+
 
 def _run(code: str, env: dict[str, str] | None = None) -> str:
     done = subprocess.run(
@@ -84,6 +86,7 @@ def test_short_rows_keep_big_blocks_in_the_heap_and_long_rows_give_them_back() -
         long_heap, long_kept = block()
         print(short_heap, short_kept >> 20, released >> 20, long_heap, long_kept >> 20)
         """,
+        env=malloc_tuning.process_env(),
     )
     short_heap, short_kept, released, long_heap, long_kept = out.split()
     assert short_heap == "True" and int(short_kept) > 190, out  # kept for the next step
@@ -115,6 +118,7 @@ def test_an_idle_rank_gives_its_kept_heap_back() -> None:
         time.sleep(1.0)
         print(kept >> 20, still >> 20, (rss() - start) >> 20)
         """,
+        env=malloc_tuning.process_env(),
     )
     kept, still, after = (int(x) for x in out.split())
     assert kept > 190 and still > 190, out

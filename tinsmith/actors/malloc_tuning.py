@@ -6,10 +6,10 @@ step's big tensors (at 8 x 128 tokens of SmolLM2: the logits, their softmax and 
 each) came back as fresh pages the kernel zeroes on first touch: 200,000-400,000 page faults a
 step, 8% of it on a quiet machine and ~20% beside a server's processes (the bare loop suffered
 the same). So a rank keeps its memory, as PyTorch's CUDA allocator does: short micro-batches
-take every block from the heap (no mapping) and the heap is no longer trimmed by itself, so from
-the second step on a step finds its memory already there and faults ~0 times. Its RSS stays at
-its high-water mark, which the micro-batch budget (``micro_batch_tokens``) bounds. Long
-(checkpointed) micro-batches do the opposite: blocks of
+take every block from the heap (no mapping), and the rank's process starts with a trim threshold
+no heap reaches (``process_env``), so from the second step on a step finds its memory already
+there and faults ~0 times. Its RSS stays at its high-water mark, which the micro-batch budget
+(``micro_batch_tokens``) bounds. Long (checkpointed) micro-batches do the opposite: blocks of
 4 MiB and more are mapped, so activations freed layer by layer go straight back to the system
 (with the heap an 8,192-token step held ~7 GiB of RSS for ~1 GiB of live tensors), and the heap
 that short micro-batches kept is released when a long one comes. A rank that has had no call for
@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import os
 import threading
 from collections.abc import Iterator
 
@@ -32,11 +33,17 @@ _M_MMAP_MAX = -4
 LONG_ROWS_MMAP_THRESHOLD = 4 << 20
 GLIBC_MMAP_MAX = 65536  # glibc's default: mapping allowed
 IDLE_RELEASE_SECONDS = 5.0
-# A trim threshold no heap of ours reaches (mallopt takes an int), set at the first short
-# micro-batch. Set at start-up instead (``GLIBC_TUNABLES``) it made the in-memory sync of a rank-32
-# adapter 0.13 s instead of 0.07 (measured with benchmarks/weight_sync.py; the cause not found).
-KEEP_HEAP_TRIM_THRESHOLD = 2**31 - 1
-_M_TRIM_THRESHOLD = -1
+# mallopt's int stops at 2 GiB. Known cost (open): with it the in-memory sync of a rank-32 adapter
+# takes ~0.13 s, not ~0.07; set by mallopt at the first short micro-batch instead, the sync was
+# 0.064 s but the trainer faulted ~200k pages a step again (0.92x the bare step).
+KEEP_HEAP_TUNABLE = f"glibc.malloc.trim_threshold={1 << 40}"  # mallopt's int stops at 2 GiB
+
+
+def process_env() -> dict[str, str]:
+    """Environment a trainer rank's process must start with (glibc reads it at start-up): the
+    heap is never trimmed by itself. Tunables already set are kept."""
+    current = os.environ.get("GLIBC_TUNABLES", "")
+    return {"GLIBC_TUNABLES": f"{current}:{KEEP_HEAP_TUNABLE}" if current else KEEP_HEAP_TUNABLE}
 
 
 @functools.cache
@@ -65,7 +72,6 @@ def tune_for(long_rows: bool) -> None:
         # A block glibc cannot place in the heap (another thread's arena past 64 MiB) is still
         # mapped: with mapping "off" glibc falls back to it rather than fail.
         libc.mallopt(_M_MMAP_MAX, 0)
-        libc.mallopt(_M_TRIM_THRESHOLD, KEEP_HEAP_TRIM_THRESHOLD)
     _mode[0] = long_rows
 
 
