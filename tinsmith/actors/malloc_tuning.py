@@ -33,10 +33,10 @@ _M_MMAP_MAX = -4
 LONG_ROWS_MMAP_THRESHOLD = 4 << 20
 GLIBC_MMAP_MAX = 65536  # glibc's default: mapping allowed
 IDLE_RELEASE_SECONDS = 5.0
-# mallopt's int stops at 2 GiB. Known cost (open): with it the in-memory sync of a rank-32 adapter
-# takes ~0.13 s, not ~0.07; set by mallopt at the first short micro-batch instead, the sync was
-# 0.064 s but the trainer faulted ~200k pages a step again (0.92x the bare step).
-KEEP_HEAP_TUNABLE = f"glibc.malloc.trim_threshold={1 << 40}"  # mallopt's int stops at 2 GiB
+# A tunable, as mallopt's int stops at 2 GiB. Known cost (open): with it the in-memory sync of a
+# rank-32 adapter takes ~0.13 s, not ~0.07; set by mallopt at the first short micro-batch instead,
+# the sync was 0.064 s but the trainer faulted ~200k pages a step again (0.92x the bare step).
+KEEP_HEAP_TUNABLE = f"glibc.malloc.trim_threshold={1 << 40}"
 
 
 def process_env() -> dict[str, str]:
