@@ -4,11 +4,14 @@
 The session server serves the default model as configs/local.yaml does: 8,192 tokens of context,
 gradient checkpointing for micro-batches of 2,048 tokens or more, logprobs in chunks of 2,048
 tokens. The trainer's peak memory is read from the kernel (VmHWM of the rank's process, reset
-just before the step), so it is the step's own peak, not one of an earlier test's.
+just before the step), so it is the step's own peak, not one of an earlier test's; the idle
+figure is read once the rank has given back the heap an earlier test's short steps kept (5 s
+after its last call), so it is what the rank holds, not what it keeps for reuse.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ from tinker import types
 
 from tests.conftest import DEFAULT_MODEL
 from tests.integration.helpers import datum, model_status, proc_memory_kib, random_tokens
+from tinsmith.actors.malloc_tuning import IDLE_RELEASE_SECONDS
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -32,6 +36,7 @@ def test_an_8k_datum_trains_in_bounded_memory_and_its_logprobs_are_the_samplers(
     pid = next(w["pid"] for w in workers if w["kind"] == "trainer")  # type: ignore[index,union-attr]
     tc = service_client.create_lora_training_client(base_model=DEFAULT_MODEL, rank=8).result()
     tokens = random_tokens(8192, LENGTH + 1)
+    time.sleep(IDLE_RELEASE_SECONDS + 1)
     idle = proc_memory_kib(pid, "VmRSS")
     Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset VmHWM, the peak RSS, to now
     fb = tc.forward_backward([datum(tokens)], "cross_entropy").result()

@@ -11,8 +11,6 @@ import sys
 import textwrap
 from importlib.metadata import entry_points
 
-from tinsmith.actors import malloc_tuning
-
 
 def _run(code: str, env: dict[str, str] | None = None) -> str:
     done = subprocess.run(
@@ -86,12 +84,41 @@ def test_short_rows_keep_big_blocks_in_the_heap_and_long_rows_give_them_back() -
         long_heap, long_kept = block()
         print(short_heap, short_kept >> 20, released >> 20, long_heap, long_kept >> 20)
         """,
-        env=malloc_tuning.process_env(),
     )
     short_heap, short_kept, released, long_heap, long_kept = out.split()
     assert short_heap == "True" and int(short_kept) > 190, out  # kept for the next step
     assert int(released) > 190, out
     assert long_heap == "False" and int(long_kept) < 10, out  # mapped, unmapped on free
+
+
+def test_a_long_micro_batch_in_a_kept_heap_gives_back_what_it_frees_between_layers() -> None:
+    """glibc serves a block from the heap's free chunks before mapping one: after short
+    micro-batches a long one's blocks land in the kept heap's holes, where what they free stays
+    resident unless it is released as each layer starts."""
+    out = _run(
+        """
+        import torch
+        from tinsmith.actors import malloc_tuning
+
+        def rss():
+            return int(open("/proc/self/statm").read().split()[1]) * 4096
+
+        malloc_tuning.tune_for(long_rows=False)
+        hole = torch.ones(50 * 2**20)  # 200 MiB...
+        pin = torch.ones(2**18)  # ...below a live 1 MiB block: freed, it is a hole, not the top
+        del hole
+        malloc_tuning.tune_for(long_rows=True)
+        start = rss()
+        layer = torch.ones(25 * 2**20)  # 100 MiB: taken from the hole, not mapped
+        del layer
+        stayed = rss() - start
+        malloc_tuning.between_layers()
+        print(stayed >> 20, (rss() - start) >> 20)
+        """,
+    )
+    stayed, after = (int(x) for x in out.split())
+    assert stayed > 90, out  # the hole's pages, touched and kept
+    assert after < 10, out
 
 
 def test_an_idle_rank_gives_its_kept_heap_back() -> None:
@@ -118,7 +145,6 @@ def test_an_idle_rank_gives_its_kept_heap_back() -> None:
         time.sleep(1.0)
         print(kept >> 20, still >> 20, (rss() - start) >> 20)
         """,
-        env=malloc_tuning.process_env(),
     )
     kept, still, after = (int(x) for x in out.split())
     assert kept > 190 and still > 190, out

@@ -25,6 +25,8 @@ def checkpointable_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     import torch.utils.checkpoint
     from transformers.modeling_layers import GradientCheckpointingLayer
 
+    from tinsmith.actors import malloc_tuning
+
     layers: list[torch.nn.Module] = [
         m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)
     ]
@@ -32,6 +34,7 @@ def checkpointable_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
         layer._gradient_checkpointing_func = functools.partial(  # type: ignore[assignment]
             torch.utils.checkpoint.checkpoint, use_reentrant=False
         )
+        layer.register_forward_pre_hook(lambda _module, _args: malloc_tuning.between_layers())
     return layers
 
 
@@ -82,5 +85,8 @@ def _chunk_logprobs(
     and its backward is a single softmax-minus-one-hot."""
     import torch
 
+    from tinsmith.actors import malloc_tuning
+
+    malloc_tuning.between_layers()
     logits_N_V = head(hidden_N_H).float()
     return -torch.nn.functional.cross_entropy(logits_N_V, targets_N, reduction="none")

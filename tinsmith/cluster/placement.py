@@ -215,7 +215,6 @@ class TrainerFactory:
         )
 
     def spawn(self, master_addr: str, master_port: int) -> list[ActorHandle]:
-        from tinsmith.actors import malloc_tuning
         from tinsmith.actors.trainer import TrainerWorker
 
         cfg = self.config
@@ -228,7 +227,6 @@ class TrainerFactory:
                 resources=cfg.resources,
                 scheduling_strategy=_strategy(self.group, rank),
                 max_restarts=0,
-                runtime_env={"env_vars": malloc_tuning.process_env()},
             )
             .remote(rank, cfg.num_ranks, master_addr, master_port, self.model_dir, cfg, self.site)
             for rank in range(cfg.num_ranks)
