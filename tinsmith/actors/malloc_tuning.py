@@ -37,7 +37,7 @@ _M_TRIM_THRESHOLD = -1
 # mallopt takes an int but glibc stores the trim threshold as a size_t: -1 is "never". (Stop 30
 # tried 2**31 - 1: a mixed batch frees more than 2 GiB at the heap's top, which was trimmed, and
 # the next step faulted ~200k pages again.) It is set at run time, not by a GLIBC_TUNABLES at the
-# rank's start: a never-trimmed start-up (model loading) doubled the in-memory sync's time.
+# rank's start: with that, the in-memory sync took twice as long (cause not found).
 NEVER_TRIM = -1
 GLIBC_TRIM_THRESHOLD = 128 << 10  # glibc's default
 
