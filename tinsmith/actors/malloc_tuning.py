@@ -27,13 +27,13 @@ import functools
 import threading
 from collections.abc import Iterator
 
+_M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _M_MMAP_MAX = -4
 
 LONG_ROWS_MMAP_THRESHOLD = 4 << 20
 GLIBC_MMAP_MAX = 65536  # glibc's default: mapping allowed
 IDLE_RELEASE_SECONDS = 5.0
-_M_TRIM_THRESHOLD = -1
 # mallopt takes an int but glibc stores the trim threshold as a size_t: -1 is "never". (Stop 30
 # tried 2**31 - 1: a mixed batch frees more than 2 GiB at the heap's top, which was trimmed, and
 # the next step faulted ~200k pages again.) It is set at run time, not by a GLIBC_TUNABLES at the
@@ -65,7 +65,7 @@ def tune_for(long_rows: bool) -> None:
         libc.mallopt(_M_MMAP_THRESHOLD, LONG_ROWS_MMAP_THRESHOLD)
         libc.mallopt(_M_TRIM_THRESHOLD, GLIBC_TRIM_THRESHOLD)
         if _mode[0] is False:
-            libc.malloc_trim(0)  # what short micro-batches kept in the heap
+            release_kept_memory()  # what short micro-batches kept in the heap
     else:
         # A block glibc cannot place in the heap (another thread's arena past 64 MiB) is still
         # mapped: with mapping "off" glibc falls back to it rather than fail.
